@@ -1,0 +1,40 @@
+# fedsilo: `make run` and `make test` set up .venv themselves on a fresh clone.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+SCENARIO ?= scenarios/medical.yaml
+MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
+export MLFLOW_TRACKING_URI
+
+.PHONY: setup run test lint format ui clean
+
+setup: $(STAMP)
+
+# torch first, from the pinned 2.13.0 CPU wheel, so no resolver ever pulls a CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade "pip>=24"
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
+	touch $@
+
+run: setup
+	$(VENV)/bin/fedsilo run $(SCENARIO)
+
+test: setup lint
+	$(PY) -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+ui: setup
+	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+
+clean:
+	rm -rf .fedsilo mlartifacts mlruns mlflow.db .pytest_cache

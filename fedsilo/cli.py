@@ -1,0 +1,162 @@
+"""`fedsilo` command line: run, validate, compare, pretrain. The composition root.
+
+User mistakes (a bad scenario, missing data, an unloadable model) end with a message that names
+the field, file or silo and exit code 2 or 1, never a traceback.
+"""
+
+import argparse
+import os
+import sys
+import threading
+from pathlib import Path
+
+from fedsilo.scenario import ScenarioError, load_scenario
+
+EXIT_INVALID, EXIT_FAILED = 2, 1
+
+
+def _quiet_defaults() -> None:
+    # No analytics insert on the ephemeral server's SQLite (the "database is locked" source)
+    # and no transformers load reports about the new classifier head, which is expected.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _warm_prefect() -> threading.Thread | None:
+    """Start the ephemeral Prefect server in the background while silos load their data."""
+    if os.environ.get("PREFECT_API_URL"):
+        return None
+    from prefect.server.api.server import SubprocessASGIServer
+
+    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-server", daemon=True)
+    thread.start()
+    return thread
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    failures = 0
+    for file in args.files:
+        try:
+            scenario = load_scenario(file, args.set)
+        except ScenarioError as exc:
+            print(exc.report(), file=sys.stderr)
+            failures += 1
+        else:
+            print(f"{file}: ok ({scenario.name}: {len(scenario.silos)} silos, {scenario.model.kind} model)")
+    return EXIT_INVALID if failures else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from fedsilo.data import DataError
+    from fedsilo.federation import FederationError
+    from fedsilo.modeling import ModelSourceError
+    from fedsilo.silo import participant
+
+    scenario = load_scenario(args.scenario, args.set, args.rounds)
+    warming = _warm_prefect()
+    print(f"Preparing {len(scenario.silos)} silos of scenario {scenario.name!r}...", flush=True)
+    try:
+        for silo in scenario.silo_names():  # data and model errors surface here, before any training
+            silo_participant = participant(scenario, silo)
+            print(f"  {silo}: {silo_participant.num_examples} training examples", flush=True)
+        if warming:
+            warming.join()
+        from pipelines.flows import federated_training
+
+        result = federated_training(scenario, job_name=args.job_name)
+    except (DataError, ModelSourceError, FederationError) as exc:
+        print(f"fedsilo run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(
+        f"\nDone: global accuracy {result.initial_accuracy:.1%} (pretrained) -> {result.final_accuracy:.1%} "
+        f"after {result.rounds} rounds.\nMLflow: {result.tracking_uri}, experiment '{result.experiment}', "
+        f"run {result.parent_run_id} (see it with `make ui`)."
+    )
+    if result.registered_version:
+        state = "now the champion" if result.champion else "champion unchanged"
+        print(
+            f"Registered model {result.registered_model} version {result.registered_version} ({state}: "
+            f"{result.champion_reason})."
+        )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from fedsilo.tracking import compare
+
+    experiment = args.scenario
+    if experiment.endswith((".yaml", ".yml")):
+        experiment = load_scenario(experiment).experiment_name
+    try:
+        table = compare(experiment, args.jobs)
+    except LookupError as exc:
+        print(f"fedsilo compare: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    if table.empty:
+        print(f"no federated jobs in experiment {experiment!r} yet; run `fedsilo run` first")
+        return EXIT_FAILED
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from fedsilo.pretrain import pretrain_cnn
+
+    print(f"Pretraining the CNN on scikit-learn digits at {args.image_size}x{args.image_size}...", flush=True)
+    result = pretrain_cnn(Path(args.output), args.image_size, args.epochs)
+    print(f"digits test accuracy {result.accuracy:.1%}; weights written to {result.path}")
+    if not args.no_mlflow:
+        from fedsilo.tracking import log_pretrained
+
+        uri = log_pretrained(result.path, {"accuracy": result.accuracy}, {"image_size": args.image_size})
+        print(f"logged to MLflow as {uri} (usable as model.source)")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="fedsilo", description="Cross-silo federated fine-tuning.")
+    commands = root.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="run a scenario's federated job")
+    run.add_argument("scenario", help="scenario YAML file, e.g. scenarios/medical.yaml")
+    run.add_argument("--rounds", type=int, help="override federation.rounds")
+    run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field")
+    run.add_argument("--job-name", help="MLflow run name of the job (default: scenario-timestamp)")
+    run.set_defaults(handler=cmd_run)
+
+    validate = commands.add_parser("validate", help="check scenario files; exit 2 on problems")
+    validate.add_argument("files", nargs="+")
+    validate.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    validate.set_defaults(handler=cmd_validate)
+
+    compare = commands.add_parser("compare", help="per-silo table of the latest jobs, from MLflow")
+    compare.add_argument("scenario", help="scenario name (MLflow experiment) or YAML file")
+    compare.add_argument("--jobs", type=int, default=1, help="how many recent jobs")
+    compare.set_defaults(handler=cmd_compare)
+
+    pretrain = commands.add_parser("pretrain", help="pretrain the CNN on scikit-learn digits")
+    pretrain.add_argument("--output", default="pretrained/cnn-digits.safetensors")
+    pretrain.add_argument("--image-size", type=int, default=28)
+    pretrain.add_argument("--epochs", type=int, default=5)
+    pretrain.add_argument("--no-mlflow", action="store_true", help="only write the file")
+    pretrain.set_defaults(handler=cmd_pretrain)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_defaults()
+    args = parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except ScenarioError as exc:
+        print(exc.report(), file=sys.stderr)
+        return EXIT_INVALID
+    except KeyboardInterrupt:
+        print("interrupted; rounds already finished are in MLflow", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""From a scenario to a model and to batches it can eat: the bridge to the models/ zoo."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fedsilo.data.examples import DataError, Examples
+from fedsilo.data.sources import resolve_path
+from fedsilo.scenario import ModelSpec
+from fedsilo.weights import State
+from models import build_bert, build_cnn, load_matching_weights, load_tokenizer
+from models.bert import resolve_source
+
+
+class ModelSourceError(Exception):
+    """model.source cannot be loaded; the message says what to do."""
+
+
+@dataclass
+class EncodedSet:
+    """Model-ready inputs and integer labels of one split."""
+
+    features: dict[str, list | torch.Tensor]
+    labels: torch.Tensor
+    pad: object = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def batches(self, batch_size: int, generator: torch.Generator | None = None):
+        """Yield (inputs, labels) batches; shuffled when a generator is given."""
+        order = torch.randperm(len(self), generator=generator) if generator else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            rows = order[start : start + batch_size]
+            if "pixel_values" in self.features:
+                inputs = {"pixel_values": self.features["pixel_values"][rows]}
+            else:
+                ids = [self.features["input_ids"][i] for i in rows.tolist()]
+                inputs = dict(self.pad({"input_ids": ids}, return_tensors="pt"))
+            yield inputs, self.labels[rows]
+
+
+def label_ids(examples: Examples, labels: list[str], silo: str) -> torch.Tensor:
+    """Labels as class indices; labels unknown to the model are an error naming the silo."""
+    index = {name: i for i, name in enumerate(labels)}
+    unknown = sorted(set(examples.labels.tolist()) - set(index))
+    if unknown:
+        raise DataError(f"silo {silo!r} has label(s) {unknown[:5]} that are not in data.labels {labels[:10]}")
+    return torch.tensor([index[name] for name in examples.labels.tolist()], dtype=torch.long)
+
+
+def encode(examples: Examples, labels: list[str], spec: ModelSpec, silo: str, tokenizer=None) -> EncodedSet:
+    """Tokenize texts once (padding per batch) or scale images to [-1, 1]."""
+    targets = label_ids(examples, labels, silo)
+    if spec.kind == "cnn":
+        pixels = torch.from_numpy(np.asarray(examples.inputs, dtype=np.float32) / 127.5 - 1.0)
+        return EncodedSet({"pixel_values": pixels}, targets)
+    tokens = tokenizer(list(examples.inputs), truncation=True, max_length=spec.max_length)
+    return EncodedSet({"input_ids": tokens["input_ids"]}, targets, pad=tokenizer.pad)
+
+
+def tokenizer_for(spec: ModelSpec):
+    """The tokenizer of a bert model source, or None for the CNN."""
+    if spec.kind != "bert":
+        return None
+    try:
+        return load_tokenizer(spec.source)
+    except OSError as exc:
+        raise ModelSourceError(
+            f"model.source {spec.source!r}: no tokenizer found ({exc}). Use "
+            "'packaged:all-MiniLM-L6-v2', a local model folder, or a hub id on a machine with internet."
+        ) from None
+
+
+def _cnn_checkpoint(source: str) -> State:
+    from safetensors.torch import load_file
+
+    if source.startswith(("models:/", "runs:/")):
+        from fedsilo import tracking  # only here: MLflow is needed only for MLflow URIs
+
+        folder = Path(tracking.download_model(source))
+        files = sorted(folder.rglob("*.safetensors"))
+        if not files:
+            raise ModelSourceError(f"model.source {source!r}: the MLflow model holds no .safetensors weights")
+        return load_file(files[0])
+    path = resolve_path(source)
+    if not path.is_file():
+        raise ModelSourceError(
+            f"model.source: pretrained CNN checkpoint {path} not found. Create it with "
+            f"`fedsilo pretrain --output {source}` (trains on scikit-learn's digits, about a minute), "
+            "or name an MLflow model URI from a previous `fedsilo pretrain`."
+        )
+    return load_file(path)
+
+
+def build_model(spec: ModelSpec, num_labels: int, input_shape: tuple[int, ...], seed: int) -> torch.nn.Module:
+    """The shared model at its pretrained starting point; the same seed gives the same weights."""
+    if spec.kind == "bert":
+        try:
+            return build_bert(spec.source, num_labels, seed)
+        except OSError as exc:
+            raise ModelSourceError(
+                f"model.source {resolve_source(spec.source)!r} could not be loaded ({exc})"
+            ) from None
+    channels, size = input_shape[0], input_shape[-1]
+    model = build_cnn(channels, size, num_labels, seed)
+    if spec.source != "random":
+        load_matching_weights(model, _cnn_checkpoint(spec.source))
+    return model

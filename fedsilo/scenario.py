@@ -1,0 +1,314 @@
+"""The scenario file: a pydantic schema, loading from YAML, overrides and readable errors.
+
+A scenario is data. Every name in it (model kind, source kind, partitioner, strategy) comes from
+a closed list, so a scenario file can never make fedsilo import or run code.
+"""
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelSpec(Strict):
+    """The shared model every silo fine-tunes."""
+
+    kind: Literal["bert", "cnn"] = Field(description="bert: text classifier; cnn: image classifier")
+    source: str = Field(
+        "packaged:all-MiniLM-L6-v2",
+        description=(
+            "Pretrained starting point. bert: 'packaged:all-MiniLM-L6-v2' (offline), "
+            "'tiny-random' (tests), a local folder or a Hugging Face hub id. cnn: a checkpoint "
+            "file from `fedsilo pretrain`, an MLflow model URI (models:/..., runs:/...), "
+            "or 'random'."
+        ),
+    )
+    max_length: int = Field(128, ge=8, le=512, description="bert: tokens kept per text")
+    lora: bool = Field(False, description="LoRA adapters (not available yet: keep false)")
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_not_yet(cls, value: bool) -> bool:
+        if value:
+            raise ValueError("LoRA is not available yet; set model.lora to false")
+        return value
+
+
+class GeneratedSource(Strict):
+    """Built-in offline generator for the scenario's domain; adds a `silo` column."""
+
+    kind: Literal["generated"] = "generated"
+    rows_per_silo: int = Field(300, ge=4, description="examples generated for each silo")
+    label_noise: float = Field(0.05, ge=0, lt=1, description="share of labels flipped at random")
+    label_skew: float | None = Field(
+        2.0, gt=0, description="Dirichlet alpha of each silo's label mix; null for uniform"
+    )
+
+
+class TableSource(Strict):
+    """A local CSV or Parquet file with a text and a label column."""
+
+    kind: Literal["csv", "parquet"]
+    path: str
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+class NpzSource(Strict):
+    """Images in MedMNIST's NPZ layout (train/val/test _images and _labels arrays)."""
+
+    kind: Literal["npz"]
+    path: str
+    download: str | None = Field(
+        None, description="MedMNIST flag (e.g. 'pneumoniamnist') to download when the file is missing"
+    )
+
+
+class HuggingFaceSource(Strict):
+    """A Hugging Face dataset (needs internet and the `datasets` package)."""
+
+    kind: Literal["huggingface"]
+    dataset: str
+    config: str | None = None
+    split: str = "train"
+    text_column: str = "text"
+    label_column: str = "label"
+
+
+Source = Annotated[GeneratedSource | TableSource | NpzSource | HuggingFaceSource, Field(discriminator="kind")]
+
+
+class IidPartition(Strict):
+    kind: Literal["iid"]
+
+
+class DirichletPartition(Strict):
+    """Label skew: each label is spread over silos by proportions drawn from Dirichlet(alpha)."""
+
+    kind: Literal["dirichlet"]
+    alpha: float = Field(gt=0, description="smaller is more skewed (0.1 severe, 100 near IID)")
+
+
+class QuantityPartition(Strict):
+    """Quantity skew: silo sizes drawn from Dirichlet(alpha), labels mixed IID."""
+
+    kind: Literal["quantity"]
+    alpha: float = Field(1.0, gt=0)
+
+
+class NaturalPartition(Strict):
+    """A column of the data names the silo each row belongs to."""
+
+    kind: Literal["natural"]
+    column: str = "silo"
+
+
+Partition = Annotated[
+    IidPartition | DirichletPartition | QuantityPartition | NaturalPartition,
+    Field(discriminator="kind"),
+]
+
+
+class DataSpec(Strict):
+    source: Source = Field(default_factory=GeneratedSource)
+    partition: Partition = Field(default_factory=lambda: NaturalPartition(kind="natural"))
+    labels: list[str] | None = Field(
+        None, description="label names in order; derived from the data when omitted"
+    )
+
+
+class SiloSpec(Strict):
+    name: Name
+    data: Source | None = Field(None, description="this silo's own data, instead of a partition")
+
+
+class FederationSpec(Strict):
+    rounds: int = Field(5, ge=1, le=10_000)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(16, ge=1)
+    learning_rate: float = Field(5e-5, gt=0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    strategy: Literal["fedavg", "fedavgm"] = Field(
+        "fedavg", description="fedavgm adds server momentum to the averaged update"
+    )
+    server_learning_rate: float = Field(1.0, gt=0, description="1.0 is plain FedAvg")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm only")
+    seed: int = 0
+    min_silos: int | None = Field(None, ge=1, description="silos needed per round; null: all")
+    silo_timeout_seconds: float = Field(3600, gt=0)
+    silo_retries: int = Field(1, ge=0)
+
+
+class EvaluationSpec(Strict):
+    test_fraction: float = Field(0.2, gt=0, lt=1, description="each silo's held-out share")
+    metric: Literal["accuracy", "f1_macro"] = Field(
+        "accuracy", description="metric that decides whether a new model becomes champion"
+    )
+
+
+class TrackingSpec(Strict):
+    experiment: str | None = Field(None, description="MLflow experiment; default: scenario name")
+    registered_model: str | None = Field(None, description="default: '<name>-global'")
+    log_models: bool = Field(True, description="log the global model of every round")
+
+
+class Scenario(Strict):
+    """One federated fine-tuning job: who takes part, on what data, with which model."""
+
+    name: Name
+    domain: Literal["medical", "finance", "telecom"]
+    description: str = ""
+    model: ModelSpec
+    data: DataSpec = Field(default_factory=DataSpec)
+    silos: list[SiloSpec] = Field(min_length=1)
+    federation: FederationSpec = Field(default_factory=FederationSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Scenario":
+        names = [s.name for s in self.silos]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"silos: names must be unique, repeated: {', '.join(duplicates)}")
+        minimum = self.federation.min_silos
+        if minimum is not None and minimum > len(self.silos):
+            raise ValueError(
+                f"federation.min_silos is {minimum} but the scenario has {len(self.silos)} silos"
+            )
+        image_data = [s.kind == "npz" for s in self.sources()]
+        if self.model.kind == "cnn" and not all(image_data):
+            raise ValueError("model.kind 'cnn' needs image data (data.source.kind: npz)")
+        if self.model.kind == "bert" and any(image_data):
+            raise ValueError("model.kind 'bert' needs text data, not npz images")
+        return self
+
+    def sources(self) -> list[Any]:
+        """Every data source the scenario reads: the shared one if used, and per-silo ones."""
+        own = [s.data for s in self.silos if s.data is not None]
+        shared = [self.data.source] if len(own) < len(self.silos) else []
+        return shared + own
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def registered_model_name(self) -> str:
+        return self.tracking.registered_model or f"{self.name}-global"
+
+    @property
+    def min_silos(self) -> int:
+        return self.federation.min_silos or len(self.silos)
+
+    def silo_names(self) -> list[str]:
+        return [s.name for s in self.silos]
+
+
+class ScenarioError(Exception):
+    """A scenario that cannot be used; `problems` lists each one with its field path."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        super().__init__(f"{source}: " + "; ".join(problems))
+
+    def report(self) -> str:
+        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
+        return "\n".join(lines + [f"  - {p}" for p in self.problems])
+
+
+def _describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key; remove it or check its spelling"
+    if error["type"] == "missing":
+        return f"{path}: required field is missing"
+    return f"{path}: {error['msg']} (got {error.get('input')!r})"
+
+
+def validate_scenario(raw: Any, source: str = "scenario") -> Scenario:
+    """Validate a parsed scenario; raise ScenarioError naming every bad field."""
+    if not isinstance(raw, dict):
+        raise ScenarioError(source, ["the file must hold a mapping of scenario fields"])
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors(include_url=False)]
+        raise ScenarioError(source, problems) from None
+
+
+def apply_override(raw: dict[str, Any], assignment: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (3 -> int)."""
+    if "=" not in assignment:
+        raise ScenarioError("--set", [f"{assignment!r}: expected FIELD.PATH=VALUE"])
+    path, _, text = assignment.partition("=")
+    keys = path.strip().split(".")
+    node: Any = raw
+    for key in keys[:-1]:
+        if isinstance(node, list) and key.isdigit() and int(key) < len(node):
+            node = node[int(key)]
+        elif isinstance(node, dict):
+            node = node.setdefault(key, {})
+        else:
+            raise ScenarioError("--set", [f"{path}: {key!r} does not name a field or list index"])
+    last = keys[-1]
+    value = yaml.safe_load(text) if text.strip() else None
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    elif isinstance(node, dict):
+        node[last] = value
+    else:
+        raise ScenarioError("--set", [f"{path}: {last!r} does not name a field or list index"])
+
+
+def read_scenario_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Parse a scenario YAML file, turning I/O and syntax errors into ScenarioError."""
+    file = Path(path)
+    if not file.is_file():
+        raise ScenarioError(str(path), ["file not found; scenarios live in scenarios/*.yaml"])
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"
+        raise ScenarioError(str(path), [problem]) from None
+    return raw if raw is not None else {}
+
+
+def load_scenario(path: str | os.PathLike, overrides: list[str] = (), rounds: int | None = None) -> Scenario:
+    """Read, override and validate a scenario file."""
+    raw = read_scenario_file(path)
+    if isinstance(raw, dict):
+        for assignment in overrides:
+            apply_override(raw, assignment)
+        if rounds is not None:
+            apply_override(raw, f"federation.rounds={rounds}")
+    return validate_scenario(raw, str(path))
+
+
+def flatten(scenario: Scenario) -> dict[str, str]:
+    """The scenario as dotted keys, for MLflow params."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, child in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, child)
+        elif isinstance(value, list) and value and isinstance(value[0], dict):
+            for index, child in enumerate(value):
+                walk(f"{prefix}.{index}", child)
+        else:
+            flat[prefix] = str(value)
+
+    walk("", scenario.model_dump(mode="json"))
+    return flat

@@ -1,0 +1,143 @@
+"""A silo's participant: its data, its copy of the model, and what it does in a round.
+
+The same participant serves the embedded mode (one process) and, later, a silo's own worker.
+It receives the global model by reference and answers with small records.
+"""
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from fedsilo.data import label_names, load_silo_data
+from fedsilo.metrics import classification_metrics
+from fedsilo.modeling import build_model, encode, tokenizer_for
+from fedsilo.scenario import Scenario
+from fedsilo.training import FitSettings, Progress, fit, predict
+from fedsilo.weights import State, WeightRef, read_state, write_state
+
+EVAL_BATCH_SIZE = 64
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's predictions and metrics on one silo's test split."""
+
+    silo: str
+    accuracy: float
+    f1_macro: float
+    loss: float
+    y_true: list[int]
+    y_pred: list[int]
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What a silo sends back after local training: a weight reference, never the tensors."""
+
+    silo: str
+    round: int
+    update: WeightRef
+    num_examples: int
+    train_loss: float
+    local: Evaluation
+    seconds: float
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """Counts and label distribution of a silo's data, never its rows."""
+
+    silo: str
+    train_counts: dict[str, int] = field(default_factory=dict)
+    test_counts: dict[str, int] = field(default_factory=dict)
+
+
+class SiloParticipant:
+    """Holds one silo's encoded data and model between rounds."""
+
+    def __init__(self, scenario: Scenario, silo: str):
+        self.scenario = scenario
+        self.silo = silo
+        self.labels = label_names(scenario)
+        data = load_silo_data(scenario, silo)
+        tokenizer = tokenizer_for(scenario.model)
+        self.summary = DataSummary(silo, data.train.label_counts(), data.test.label_counts())
+        self.train = encode(data.train, self.labels, scenario.model, silo, tokenizer)
+        self.test = encode(data.test, self.labels, scenario.model, silo, tokenizer)
+        self.input_shape = tuple(data.train.inputs.shape[1:]) if data.train.is_image else ()
+        self.model = self.initial_model()
+
+    def initial_model(self) -> torch.nn.Module:
+        """The pretrained starting point every silo and the coordinator agree on."""
+        return build_model(
+            self.scenario.model, len(self.labels), self.input_shape, self.scenario.federation.seed
+        )
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.train)
+
+    def _load(self, ref: WeightRef) -> None:
+        self.model.load_state_dict(read_state(ref))
+
+    def evaluate(self, ref: WeightRef) -> Evaluation:
+        """Evaluate the weights at `ref` on this silo's test split."""
+        self._load(ref)
+        return self._evaluate_current()
+
+    def _evaluate_current(self) -> Evaluation:
+        probs = predict(self.model, self.test, EVAL_BATCH_SIZE)
+        y_true = self.test.labels.numpy()
+        metrics = classification_metrics(y_true, probs)
+        return Evaluation(self.silo, y_true=y_true.tolist(), y_pred=probs.argmax(1).tolist(), **metrics)
+
+    def fit(
+        self, ref: WeightRef, round_index: int, update_uri: str, progress: Progress | None = None
+    ) -> FitReport:
+        """Start from the global weights at `ref`, train locally, write the update to `update_uri`."""
+        started = time.perf_counter()
+        self._load(ref)
+        federation = self.scenario.federation
+        silo_index = self.scenario.silo_names().index(self.silo)
+        settings = FitSettings(
+            epochs=federation.local_epochs,
+            batch_size=federation.batch_size,
+            learning_rate=federation.learning_rate,
+            optimizer=federation.optimizer,
+            seed=int(np.random.SeedSequence([federation.seed, round_index, silo_index]).generate_state(1)[0]),
+        )
+        train_loss = fit(self.model, self.train, settings, progress)
+        local = self._evaluate_current()
+        update = write_state(self.model.state_dict(), update_uri)
+        return FitReport(
+            self.silo,
+            round_index,
+            update,
+            self.num_examples,
+            train_loss,
+            local,
+            time.perf_counter() - started,
+        )
+
+
+_participants: dict[tuple[str, str], SiloParticipant] = {}
+
+
+def participant(scenario: Scenario, silo: str) -> SiloParticipant:
+    """This process's participant for a silo, built once per scenario and kept across rounds."""
+    key = (scenario.model_dump_json(), silo)
+    if key not in _participants:
+        _participants[key] = SiloParticipant(scenario, silo)
+    return _participants[key]
+
+
+def release_participants() -> None:
+    """Free the models and data held for finished jobs."""
+    _participants.clear()
+
+
+def initial_state(scenario: Scenario) -> State:
+    """The global model before round 1: the pretrained model with a seeded new head."""
+    return participant(scenario, scenario.silo_names()[0]).initial_model().state_dict()

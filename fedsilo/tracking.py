@@ -1,0 +1,298 @@
+"""The MLflow layout of a federated job, behind one small class. The only module that imports MLflow.
+
+experiment = scenario name; a parent run (fedsilo.role=federation) with the flattened scenario as
+params and the global metrics per round; a child run per silo (fedsilo.role=silo,
+fedsilo.silo=<name>) with its metrics per round and its data summary as a dataset input; the
+global model of every round as a LoggedModel whose metrics are linked by model_id; the final model
+registered as `<scenario>-global`, alias `champion` moved only when the new model is as good.
+
+Everything goes through MlflowClient with explicit run ids, so an MLflow run that the caller
+already has active is neither used nor disturbed.
+"""
+
+import json
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+
+from fedsilo.plots import accuracy_by_round
+from fedsilo.scenario import Scenario, flatten
+from fedsilo.silo import DataSummary
+
+ROLE, SILO = "fedsilo.role", "fedsilo.silo"
+CHAMPION = "champion"
+_BATCH_LIMIT = 100  # MLflow accepts at most 100 params per log_batch call
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _metrics(values: dict[str, float], step: int, model_id: str | None = None) -> list[Metric]:
+    stamp = _now_ms()
+    return [Metric(k, float(v), stamp, step, model_id=model_id) for k, v in values.items()]
+
+
+class FederationTracker:
+    """Writes one federated job to MLflow in the layout above."""
+
+    def __init__(self, scenario: Scenario, job_name: str, tracking_uri: str | None = None):
+        self.scenario = scenario
+        self.job_name = job_name
+        self.client = MlflowClient(tracking_uri)
+        self.parent_id = ""
+        self.silo_runs: dict[str, str] = {}
+        self.history: dict[str, dict[str, dict[int, float]]] = {}
+        self.federation_history: dict[int, float] = {}
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.client.tracking_uri
+
+    def _experiment_id(self) -> str:
+        name = self.scenario.experiment_name
+        experiment = self.client.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        try:
+            return self.client.create_experiment(name, tags={"fedsilo.domain": self.scenario.domain})
+        except MlflowException:  # created meanwhile by another process
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def start(self) -> str:
+        """Create the parent run and one child run per silo; return the parent run id."""
+        self.experiment_id = self._experiment_id()
+        common = {"fedsilo.scenario": self.scenario.name, "fedsilo.job": self.job_name}
+        parent = self.client.create_run(
+            self.experiment_id,
+            run_name=self.job_name,
+            tags={**common, ROLE: "federation", "mlflow.note.content": self.scenario.description},
+        )
+        self.parent_id = parent.info.run_id
+        params = [Param(k, v[:6000]) for k, v in flatten(self.scenario).items()]
+        for start in range(0, len(params), _BATCH_LIMIT):
+            self.client.log_batch(self.parent_id, params=params[start : start + _BATCH_LIMIT])
+        for silo in self.scenario.silo_names():
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{self.job_name}/{silo}",
+                tags={**common, ROLE: "silo", SILO: silo, "mlflow.parentRunId": self.parent_id},
+            )
+            self.silo_runs[silo] = run.info.run_id
+        return self.parent_id
+
+    def log_data(self, summary: DataSummary) -> None:
+        """Record a silo's data as an MLflow dataset input: label counts only, never rows."""
+        labels = sorted(set(summary.train_counts) | set(summary.test_counts))
+        table = pd.DataFrame(
+            {
+                "label": labels,
+                "train": [summary.train_counts.get(x, 0) for x in labels],
+                "test": [summary.test_counts.get(x, 0) for x in labels],
+            }
+        )
+        with warnings.catch_warnings():  # integer counts are intended; MLflow hints about NaNs
+            warnings.simplefilter("ignore")
+            dataset = mlflow.data.from_pandas(
+                table, name=f"{self.scenario.name}/{summary.silo}", targets="label"
+            )
+            entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])
+        self.client.log_inputs(self.silo_runs[summary.silo], datasets=[entity])
+        self.client.log_batch(
+            self.silo_runs[summary.silo],
+            params=[
+                Param("num_train", str(sum(summary.train_counts.values()))),
+                Param("num_test", str(sum(summary.test_counts.values()))),
+            ],
+        )
+
+    def log_global_model(self, round_index: int, weights_path: str, meta: dict) -> str:
+        """Log the round's global model as a LoggedModel (step = round); return its model_id."""
+        model = self.client.create_logged_model(
+            self.experiment_id,
+            name=f"{self.scenario.name}-global",
+            source_run_id=self.parent_id,
+            tags={"fedsilo.round": str(round_index), "fedsilo.job": self.job_name},
+            model_type="fedsilo-global",
+        )
+        with tempfile.TemporaryDirectory() as folder:
+            meta_path = Path(folder, "meta.json")
+            meta_path.write_text(json.dumps(meta))
+            local = Path(folder, "model")
+            with warnings.catch_warnings():  # MLflow notes that an Any input is not validated
+                warnings.simplefilter("ignore")
+                mlflow.pyfunc.save_model(
+                    local,
+                    python_model=str(Path(__file__).with_name("mlflow_model.py")),
+                    artifacts={"weights": weights_path, "meta": str(meta_path)},
+                    pip_requirements=[
+                        "fedsilo",
+                        f"torch=={_version('torch')}",
+                        f"transformers=={_version('transformers')}",
+                    ],
+                    mlflow_model=mlflow.models.Model(model_id=model.model_id, run_id=self.parent_id),
+                )
+            self.client.log_model_artifacts(model.model_id, str(local))
+        self.client.log_outputs(self.parent_id, [LoggedModelOutput(model.model_id, step=round_index)])
+        self.client.finalize_logged_model(model.model_id, "READY")
+        return model.model_id
+
+    def log_round(
+        self,
+        round_index: int,
+        federation: dict[str, float],
+        silos: dict[str, dict[str, float]],
+        model_id: str | None = None,
+    ) -> None:
+        """One log_batch per run: the parent's metrics (linked to the model) and each silo's."""
+        self.client.log_batch(self.parent_id, metrics=_metrics(federation, round_index, model_id))
+        if "global_accuracy" in federation:
+            self.federation_history[round_index] = federation["global_accuracy"]
+        for silo, values in silos.items():
+            self.client.log_batch(self.silo_runs[silo], metrics=_metrics(values, round_index))
+            for key, value in values.items():
+                self.history.setdefault(silo, {}).setdefault(key, {})[round_index] = value
+        figure = accuracy_by_round(self.federation_history, self.history)
+        self.client.log_figure(self.parent_id, figure, "plots/accuracy_by_round.png")
+        import matplotlib.pyplot as plt
+
+        plt.close(figure)
+
+    def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None:
+        run_id = self.silo_runs[silo] if silo else self.parent_id
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def champion(self) -> tuple[str, str] | None:
+        """(version, model URI) of the registered model's champion, or None."""
+        try:
+            version = self.client.get_model_version_by_alias(self.scenario.registered_model_name, CHAMPION)
+        except MlflowException:
+            return None
+        return version.version, version.source
+
+    def register(self, model_id: str, make_champion: bool, reason: str) -> str:
+        """Register the final global model; move `champion` to it when it earned it."""
+        name = self.scenario.registered_model_name
+        try:
+            self.client.create_registered_model(
+                name, description=f"Global model of scenario {self.scenario.name}"
+            )
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        version = self.client.create_model_version(
+            name,
+            f"models:/{model_id}",
+            run_id=self.parent_id,
+            model_id=model_id,
+            tags={"fedsilo.job": self.job_name},
+            description=reason,
+        )
+        if make_champion:
+            self.client.set_registered_model_alias(name, CHAMPION, version.version)
+        self.set_tags(
+            {
+                "fedsilo.registered_version": version.version,
+                "fedsilo.champion": str(make_champion),
+                "fedsilo.champion_reason": reason,
+            }
+        )
+        return version.version
+
+    def finish(self, status: str = "FINISHED") -> None:
+        for run_id in [*self.silo_runs.values(), self.parent_id]:
+            if run_id:
+                self.client.set_terminated(run_id, status)
+
+    def run_url(self) -> str:
+        return f"experiment {self.experiment_id}, run {self.parent_id}"
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import version
+
+    return version(package)
+
+
+def download_model(uri: str) -> str:
+    """Download an MLflow model (models:/, runs:/) to a local folder and return its path."""
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri)
+
+
+def model_weights_path(model_uri: str) -> str:
+    """Local path of a logged global model's weights file (model URI: models:/<model_id>)."""
+    folder = Path(download_model(model_uri))
+    return str(next(folder.rglob("*.safetensors")))
+
+
+def compare(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> pd.DataFrame:
+    """Per-silo table for the latest `jobs` federated jobs of an experiment, read back from MLflow."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+    parents = client.search_runs(
+        [found.experiment_id],
+        f"tags.`{ROLE}` = 'federation'",
+        order_by=["attributes.start_time DESC"],
+        max_results=jobs,
+    )
+    rows = []
+    for parent in parents:
+        children = client.search_runs(
+            [found.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+        )
+        job = parent.data.tags.get("fedsilo.job", parent.info.run_name)
+        for child in sorted(children, key=lambda r: r.data.tags.get(SILO, "")):
+            m = child.data.metrics
+            rows.append(
+                {
+                    "job": job,
+                    "silo": child.data.tags.get(SILO),
+                    "num_examples": m.get("num_examples"),
+                    "local_accuracy": m.get("local_accuracy"),
+                    "global_accuracy": m.get("global_accuracy"),
+                    "train_loss": m.get("train_loss"),
+                }
+            )
+        m = parent.data.metrics
+        rows.append(
+            {
+                "job": job,
+                "silo": "(all silos)",
+                "num_examples": None,
+                "local_accuracy": None,
+                "global_accuracy": m.get("global_accuracy"),
+                "train_loss": None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def log_pretrained(weights: Path, metrics: dict[str, float], params: dict[str, object]) -> str:
+    """Log a pretrained CNN checkpoint to experiment `fedsilo-pretrain`; return its model URI."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("fedsilo-pretrain")
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment("fedsilo-pretrain")
+    run = client.create_run(experiment_id, run_name="cnn-digits", tags={ROLE: "pretrain"})
+    run_id = run.info.run_id
+    client.log_batch(
+        run_id, metrics=_metrics(metrics, 0), params=[Param(k, str(v)) for k, v in params.items()]
+    )
+    model = client.create_logged_model(
+        experiment_id, name="cnn-digits", source_run_id=run_id, model_type="fedsilo-pretrained"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        Path(folder, "weights.safetensors").write_bytes(Path(weights).read_bytes())
+        client.log_model_artifacts(model.model_id, folder)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])
+    client.finalize_logged_model(model.model_id, "READY")
+    client.set_terminated(run_id)
+    return f"models:/{model.model_id}"

@@ -1,0 +1,1 @@
+"""Prefect flows and tasks that compose the fedsilo engine. Thin: no numerics here."""

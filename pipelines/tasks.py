@@ -1,0 +1,69 @@
+"""Prefect tasks: one per (round, silo) for fit and evaluate, plus aggregation and tracking.
+
+Tasks pass weight references and small records, never tensors.
+"""
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from fedsilo import federation
+from fedsilo.aggregation import FedAvg
+from fedsilo.scenario import Scenario
+from fedsilo.silo import DataSummary, Evaluation, FitReport, initial_state, participant
+from fedsilo.weights import WeightRef, write_state
+
+PROGRESS_EVERY = 0.25  # log a silo's training progress every quarter of its steps
+
+
+@task(name="prepare-silo", task_run_name="prepare-{silo}", cache_policy=NO_CACHE)
+def prepare_silo(scenario: Scenario, silo: str) -> DataSummary:
+    """Load, partition, split and encode the silo's data, and build its model."""
+    return participant(scenario, silo).summary
+
+
+@task(name="initial-global-model", cache_policy=NO_CACHE)
+def initial_global(scenario: Scenario, uri: str) -> WeightRef:
+    """Write the pretrained starting point as round 0's global model."""
+    return write_state(initial_state(scenario), uri)
+
+
+@task(
+    name="fit-silo",
+    task_run_name="fit-{silo}-round-{round_index}",
+    cache_policy=NO_CACHE,
+    retries=1,
+    retry_delay_seconds=2,
+    timeout_seconds=3600,
+)
+def fit_silo(
+    scenario: Scenario, silo: str, round_index: int, global_ref: WeightRef, update_uri: str
+) -> FitReport:
+    """Local training of one silo from the current global model."""
+    logger = get_run_logger()
+    marks: set[int] = set()
+
+    def progress(step: int, total: int, loss: float) -> None:
+        mark = int(step / total / PROGRESS_EVERY)
+        if mark not in marks or step == total:
+            marks.add(mark)
+            logger.info("%s round %d: step %d/%d, loss %.3f", silo, round_index, step, total, loss)
+
+    report = participant(scenario, silo).fit(global_ref, round_index, update_uri, progress)
+    logger.info(
+        "%s round %d: local accuracy %.3f in %.1fs", silo, round_index, report.local.accuracy, report.seconds
+    )
+    return report
+
+
+@task(name="evaluate-silo", task_run_name="evaluate-{silo}-{label}", cache_policy=NO_CACHE, retries=1)
+def evaluate_silo(scenario: Scenario, silo: str, weights: WeightRef, label: str) -> Evaluation:
+    """A model (global or champion) on one silo's test split."""
+    return participant(scenario, silo).evaluate(weights)
+
+
+@task(name="aggregate", task_run_name="aggregate-round-{round_index}", cache_policy=NO_CACHE)
+def aggregate(
+    strategy: FedAvg, current: WeightRef, reports: list[FitReport], round_index: int, out_uri: str
+) -> WeightRef:
+    """FedAvg of the updates that arrived, then the strategy's server step."""
+    return federation.aggregate(strategy, current, reports, out_uri)

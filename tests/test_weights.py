@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from fedsilo.weights import ChecksumError, delete_state, read_state, write_state
+
+
+def test_round_trip_through_a_folder_uri(tmp_path):
+    state = {"a": torch.randn(3, 4), "b": torch.arange(5)}
+    ref = write_state(state, (tmp_path / "x" / "w.safetensors").as_uri())
+    back = read_state(ref)
+    assert torch.equal(back["a"], state["a"]) and torch.equal(back["b"], state["b"])
+    assert len(ref.sha256) == 64
+    delete_state(ref)
+    assert not (tmp_path / "x" / "w.safetensors").exists()
+
+
+def test_shared_memory_tensors_are_accepted(tmp_path):
+    base = torch.randn(4)
+    ref = write_state({"a": base, "tied": base}, str(tmp_path / "w.safetensors"))
+    assert torch.equal(read_state(ref)["tied"], base)
+
+
+def test_a_changed_file_fails_its_checksum(tmp_path):
+    path = tmp_path / "w.safetensors"
+    ref = write_state({"a": torch.zeros(8)}, str(path))
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ChecksumError, match="w.safetensors"):
+        read_state(ref)
