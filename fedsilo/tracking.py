@@ -204,7 +204,7 @@ class FederationTracker:
                 "fedsilo.champion_reason": reason,
             }
         )
-        return version.version
+        return str(version.version)
 
     def finish(self, status: str = "FINISHED") -> None:
         for run_id in [*self.silo_runs.values(), self.parent_id]:

@@ -35,7 +35,7 @@ class JobResult(BaseModel):
     initial_accuracy: float
     final_accuracy: float
     registered_model: str | None = None
-    registered_version: str | None = None
+    registered_version: str | None = None  # MLflow version number, as a string
     champion: bool = False
     champion_reason: str = ""
 

@@ -1,0 +1,132 @@
+"""The federated-training flow end to end, on a real Prefect server and a temporary MLflow store."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from fedsilo.pretrain import pretrain_cnn
+from fedsilo.scenario import load_scenario
+from fedsilo.silo import release_participants
+from tests.conftest import shared_file
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_flow(scenario):
+    from pipelines.flows import federated_training
+
+    try:
+        return federated_training(scenario, job_name=f"{scenario.name}-test")
+    finally:
+        release_participants()
+
+
+@pytest.mark.slow
+def test_smoke_job_writes_the_mlflow_layout(prefect_server, mlflow_store):
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
+    with mlflow.start_run(run_name="caller's own run") as outer:  # must be left alone
+        result = run_flow(scenario)
+        assert mlflow.active_run().info.run_id == outer.info.run_id
+    client = MlflowClient(mlflow_store)
+    experiment = client.get_experiment_by_name("smoke")
+    parent = client.get_run(result.parent_run_id)
+    assert parent.data.tags["fedsilo.role"] == "federation" and parent.info.status == "FINISHED"
+    assert parent.data.params["federation.rounds"] == "2"
+    history = client.get_metric_history(parent.info.run_id, "global_accuracy")
+    assert sorted(m.step for m in history) == [0, 1, 2]
+    for key in ("global_f1_macro", "global_loss", "round_seconds", "bytes_exchanged"):
+        assert [m.step for m in client.get_metric_history(parent.info.run_id, key)] == (
+            [0, 1, 2] if key.startswith("global") else [1, 2]
+        )
+
+    silos = client.search_runs(
+        [experiment.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    assert sorted(r.data.tags["fedsilo.silo"] for r in silos) == ["clinic-a", "clinic-b"]
+    for run in silos:
+        assert run.data.tags["fedsilo.role"] == "silo"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "local_accuracy")] == [1, 2]
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "global_accuracy")] == [0, 1, 2]
+        assert run.data.metrics["num_examples"] == 30
+        (dataset,) = run.inputs.dataset_inputs
+        assert "label" in dataset.dataset.schema and "text" not in dataset.dataset.schema  # counts, no rows
+
+    models = client.search_logged_models([experiment.experiment_id])
+    assert len(models) == 3
+    for model in models:  # each round's global metrics are linked to that round's model
+        linked = {m.key: m.step for m in model.metrics}
+        assert linked["global_accuracy"] == int(model.tags["fedsilo.round"])
+    champion = client.get_model_version_by_alias("smoke-global", "champion")
+    assert str(champion.version) == result.registered_version == "1"
+    assert "plots/accuracy_by_round.png" in [
+        a.path for a in client.list_artifacts(parent.info.run_id, "plots")
+    ]
+
+    loaded = mlflow.pyfunc.load_model(champion.source)
+    labels = loaded.predict(["Pt 40M c/o palpitations, elevated troponin."])
+    assert labels[0] in {"cardiology", "pulmonology", "gastroenterology", "neurology", "orthopedics"}
+
+    second = run_flow(scenario)  # same data, same seed: the same score keeps or takes the alias
+    assert second.registered_version == "2" and "champion v1" in second.champion_reason
+
+
+@pytest.mark.slow
+def test_imaging_job_improves_on_the_pretrained_cnn(prefect_server, mlflow_store, tmp_path):
+    npz = shared_file("pneumoniamnist", "pneumoniamnist.npz")
+    checkpoint = pretrain_cnn(tmp_path / "cnn.safetensors", epochs=2)
+    assert checkpoint.accuracy > 0.9
+    scenario = load_scenario(
+        REPO / "scenarios" / "medical-imaging.yaml",
+        [f"data.source.path={npz}", f"model.source={checkpoint.path}", "tracking.log_models=false"],
+        rounds=2,
+    )
+    result = run_flow(scenario)
+    assert result.initial_accuracy < 0.65 < result.final_accuracy
+
+
+def test_cli_reports_missing_data_without_a_traceback(tmp_path):
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsilo.cli",
+            "run",
+            str(REPO / "scenarios" / "medical-imaging.yaml"),
+            "--set",
+            "model.source=random",
+            "--set",
+            f"data.source.path={tmp_path}/absent.npz",
+            "--set",
+            "data.source.download=null",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 1
+    assert "absent.npz" in run.stderr and "data.source.path" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
+def test_cli_reports_a_missing_cnn_checkpoint_with_the_command_to_make_it(tmp_path):
+    npz = shared_file("pneumoniamnist", "pneumoniamnist.npz")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fedsilo.cli",
+            "run",
+            str(REPO / "scenarios" / "medical-imaging.yaml"),
+            "--set",
+            f"data.source.path={npz}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 1 and "fedsilo pretrain --output" in run.stderr
+    assert "Traceback" not in run.stderr
