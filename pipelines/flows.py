@@ -15,11 +15,12 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from fedsilo import federation
+from fedsilo.data import label_names
 from fedsilo.federation import JobPaths
 from fedsilo.scenario import Scenario
-from fedsilo.silo import label_names, participant
+from fedsilo.silo import participant
 from fedsilo.tracking import FederationTracker, model_weights_path
-from fedsilo.weights import WeightRef, delete_state, read_state, write_state
+from fedsilo.weights import WeightRef, delete_state, write_state
 from pipelines.report import RoundRow, markdown, print_round
 from pipelines.tasks import aggregate, evaluate_silo, fit_silo, initial_global, prepare_silo
 
@@ -70,12 +71,33 @@ def _fit_round(scenario: Scenario, round_index: int, current: WeightRef, paths: 
     return reports, missing
 
 
-def _log_evaluation(tracker, round_index, evaluations, num_classes, extra, model_id=None):
-    """Log a global model's evaluation: union metrics on the parent, per-silo global_accuracy."""
-    union = federation.global_metrics(evaluations, num_classes)
+def _record_round(tracker, scenario, round_index, current, evaluations, reports, extra, meta, missing=()):
+    """Log one round to MLflow (global model, metrics linked to it) and print its table."""
+    union = federation.global_metrics(evaluations, len(meta["labels"]))
     parent = {f"global_{k}": v for k, v in union.items()} | extra
-    silos = {e.silo: {"global_accuracy": e.accuracy, "global_f1_macro": e.f1_macro} for e in evaluations}
-    return union, parent, silos
+    per_silo = {e.silo: {"global_accuracy": e.accuracy, "global_f1_macro": e.f1_macro} for e in evaluations}
+    for report in reports:
+        per_silo[report.silo] |= {
+            "local_accuracy": report.local.accuracy,
+            "local_f1_macro": report.local.f1_macro,
+            "train_loss": report.train_loss,
+            "num_examples": report.num_examples,
+            "fit_seconds": report.seconds,
+        }
+    model_id = None
+    if scenario.tracking.log_models:
+        model_id = tracker.log_global_model(round_index, _local_path(current), meta)
+    tracker.log_round(round_index, parent, per_silo, model_id)
+    row = RoundRow(
+        round_index,
+        union["accuracy"],
+        silo_local={r.silo: r.local.accuracy for r in reports},
+        silo_global={e.silo: e.accuracy for e in evaluations},
+        seconds=extra.get("round_seconds", 0.0),
+        missing=list(missing),
+    )
+    print_round(row, scenario.silo_names())
+    return union, model_id, row
 
 
 def _champion_decision(scenario, tracker, paths, final_union, num_classes):
@@ -135,34 +157,10 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
         }
         strategy = federation.strategy_for(scenario)
         current = initial_global(scenario, paths.global_uri(0))
-        rows = []
 
-        def log_round(round_index, evaluations, extra, row):
-            union, parent, per_silo = _log_evaluation(tracker, round_index, evaluations, len(labels), extra)
-            model_id = (
-                tracker.log_global_model(round_index, _local_path(current), meta)
-                if scenario.tracking.log_models
-                else None
-            )
-            for report in row_reports.get(round_index, []):
-                per_silo[report.silo] |= {
-                    "local_accuracy": report.local.accuracy,
-                    "local_f1_macro": report.local.f1_macro,
-                    "train_loss": report.train_loss,
-                    "num_examples": report.num_examples,
-                    "fit_seconds": report.seconds,
-                }
-            tracker.log_round(round_index, parent, per_silo, model_id)
-            row.global_accuracy = union["accuracy"]
-            row.silo_global = {e.silo: e.accuracy for e in evaluations}
-            rows.append(row)
-            print_round(row, silos)
-            return union, model_id
-
-        row_reports: dict[int, list] = {}
-        started = time.perf_counter()
-        union, model_id = log_round(0, _evaluate_all(scenario, current, "round-0"), {}, RoundRow(0, 0.0))
-        initial = union
+        evaluations = _evaluate_all(scenario, current, "round-0")
+        initial, model_id, row = _record_round(tracker, scenario, 0, current, evaluations, [], {}, meta)
+        union, rows = initial, [row]
         for round_index in range(1, scenario.federation.rounds + 1):
             started = time.perf_counter()
             reports, missing = _fit_round(scenario, round_index, current, paths)
@@ -173,17 +171,17 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
             for ref in [r.update for r in reports] + [previous]:
                 delete_state(ref)
             evaluations = _evaluate_all(scenario, current, f"round-{round_index}")
-            row_reports[round_index] = reports
-            row = RoundRow(round_index, 0.0, {r.silo: r.local.accuracy for r in reports}, missing=missing)
+            if missing:
+                tracker.set_tags({f"fedsilo.missing.round_{round_index}": ",".join(missing)})
             extra = {
                 "round_seconds": time.perf_counter() - started,
                 "bytes_exchanged": exchanged,
                 "silos_answered": len(reports),
             }
-            row.seconds = extra["round_seconds"]
-            if missing:
-                tracker.set_tags({f"fedsilo.missing.round_{round_index}": ",".join(missing)})
-            union, model_id = log_round(round_index, evaluations, extra, row)
+            union, model_id, row = _record_round(
+                tracker, scenario, round_index, current, evaluations, reports, extra, meta, missing
+            )
+            rows.append(row)
 
         result = JobResult(
             job=job,
@@ -224,4 +222,4 @@ def _local_path(ref: WeightRef) -> str:
     return url_to_fs(ref.uri)[1]
 
 
-__all__ = ["JobResult", "federated_training", "read_state"]
+__all__ = ["JobResult", "federated_training"]
