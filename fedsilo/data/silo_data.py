@@ -1,0 +1,81 @@
+"""What one silo trains and tests on: its partition (or own source), split train/test."""
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from fedsilo.data.examples import DataError, Examples
+from fedsilo.data.generators import domain_labels
+from fedsilo.data.partition import partition
+from fedsilo.data.sources import load_source
+from fedsilo.scenario import GeneratedSource, NaturalPartition, Scenario
+
+
+@dataclass(frozen=True)
+class SiloData:
+    name: str
+    train: Examples
+    test: Examples
+
+
+@functools.lru_cache(maxsize=8)
+def _pooled(source_json: str, scenario_json: str) -> Examples:
+    scenario = Scenario.model_validate_json(scenario_json)
+    source = scenario.data.source
+    column = scenario.data.partition.column if isinstance(scenario.data.partition, NaturalPartition) else None
+    return load_source(source, scenario.domain, scenario.silo_names(), scenario.federation.seed, column)
+
+
+def _shared_partition(scenario: Scenario) -> dict[str, Examples]:
+    """The shared source split over the silos that have no data of their own."""
+    silos = [s.name for s in scenario.silos if s.data is None]
+    pooled = _pooled(scenario.data.source.model_dump_json(), scenario.model_dump_json())
+    rows = partition(pooled, scenario.data.partition, silos, scenario.federation.seed)
+    return {silo: pooled.take(indices) for silo, indices in rows.items()}
+
+
+def silo_examples(scenario: Scenario, silo: str) -> Examples:
+    """All rows of one silo, before its train/test split."""
+    spec = next((s for s in scenario.silos if s.name == silo), None)
+    if spec is None:
+        raise DataError(f"silo {silo!r} is not in scenario {scenario.name!r}")
+    if spec.data is not None:
+        examples = load_source(spec.data, scenario.domain, [silo], scenario.federation.seed)
+        if len(examples) < 2:
+            raise DataError(f"silo {silo!r}: its data (silos[].data) has fewer than 2 rows")
+        return examples
+    return _shared_partition(scenario)[silo]
+
+
+def split(examples: Examples, test_fraction: float, seed: int, silo: str) -> tuple[Examples, Examples]:
+    """Stratified train/test split; falls back to a plain split when a label has one row."""
+    _, counts = np.unique(examples.labels, return_counts=True)
+    stratify = examples.labels if counts.min() >= 2 else None
+    try:
+        train, test = train_test_split(
+            np.arange(len(examples)), test_size=test_fraction, random_state=seed, stratify=stratify
+        )
+    except ValueError as exc:
+        raise DataError(f"silo {silo!r}: cannot split {len(examples)} rows for testing ({exc})") from None
+    return examples.take(train), examples.take(test)
+
+
+def load_silo_data(scenario: Scenario, silo: str) -> SiloData:
+    """The silo's train and test sets, deterministic for a given scenario."""
+    train, test = split(silo_examples(scenario, silo), scenario.evaluation.test_fraction,
+                        scenario.federation.seed, silo)
+    return SiloData(silo, train, test)
+
+
+def label_names(scenario: Scenario) -> list[str]:
+    """Label names in the order of the model's outputs."""
+    if scenario.data.labels:
+        return list(scenario.data.labels)
+    if all(isinstance(s, GeneratedSource) for s in scenario.sources()):
+        return domain_labels(scenario.domain)
+    seen: set[str] = set()
+    for silo in scenario.silo_names():
+        seen.update(silo_examples(scenario, silo).labels.tolist())
+    return sorted(seen, key=lambda name: (len(name), name) if name.isdigit() else (0, name))

@@ -1,0 +1,118 @@
+"""Loading a configured source into Examples: generated, CSV/Parquet, MedMNIST NPZ, Hugging Face."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.data.examples import DataError, Examples, concat
+from fedsilo.data.generators import generate
+from fedsilo.scenario import GeneratedSource, HuggingFaceSource, NpzSource, TableSource
+
+
+def resolve_path(path: str) -> Path:
+    """Expand ~ and $VARS; relative paths are taken from the current directory."""
+    return Path(os.path.expandvars(os.path.expanduser(path)))
+
+
+def load_table(source: TableSource, group_column: str | None = None) -> Examples:
+    """Rows of a CSV or Parquet file; the text and label columns must exist and be non-empty."""
+    path = resolve_path(source.path)
+    if not path.is_file():
+        raise DataError(f"{source.kind} file not found: {path} (data.source.path)")
+    frame = pd.read_csv(path) if source.kind == "csv" else pd.read_parquet(path)
+    wanted = [source.text_column, source.label_column] + ([group_column] if group_column else [])
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{path}: column(s) {', '.join(map(repr, missing))} not found; the file has "
+            f"{', '.join(map(repr, frame.columns))}. Set text_column/label_column in the scenario."
+        )
+    frame = frame.dropna(subset=[source.text_column, source.label_column])
+    groups = frame[group_column].astype(str).to_numpy() if group_column else None
+    return Examples(
+        frame[source.text_column].astype(str).tolist(),
+        frame[source.label_column].astype(str).to_numpy(),
+        groups,
+    )
+
+
+def _download_medmnist(flag: str, path: Path) -> None:
+    try:
+        import medmnist
+    except ImportError:
+        raise DataError(
+            f"{path} is missing and the medmnist package is not installed. Put the NPZ file at "
+            f"{path} (PneumoniaMNIST ships in ../shared/data/pneumoniamnist/), or "
+            "`pip install medmnist` on a machine with internet."
+        ) from None
+    info = medmnist.INFO[flag]
+    dataset_class = getattr(medmnist, info["python_class"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dataset_class(split="train", download=True, root=str(path.parent))
+    downloaded = path.parent / f"{flag}.npz"
+    if downloaded != path:
+        downloaded.rename(path)
+
+
+def load_npz(source: NpzSource) -> Examples:
+    """All splits of a MedMNIST-layout NPZ as N x C x H x W uint8 images with string labels."""
+    path = resolve_path(source.path)
+    if not path.is_file():
+        if not source.download:
+            raise DataError(
+                f"image file not found: {path}. Put a MedMNIST NPZ there (PneumoniaMNIST ships in "
+                "../shared/data/pneumoniamnist/pneumoniamnist.npz), point data.source.path at it, "
+                "or set data.source.download to the MedMNIST flag on a machine with internet."
+            )
+        _download_medmnist(source.download, path)
+    arrays = np.load(path)
+    parts = []
+    for split in ("train", "val", "test"):
+        if f"{split}_images" not in arrays:
+            continue
+        images = arrays[f"{split}_images"]
+        images = images[:, None] if images.ndim == 3 else images.transpose(0, 3, 1, 2)
+        labels = arrays[f"{split}_labels"].reshape(len(images), -1)[:, 0].astype(str)
+        parts.append(Examples(images.astype(np.uint8), labels))
+    if not parts:
+        raise DataError(f"{path}: no train_images/train_labels arrays (MedMNIST layout expected)")
+    return concat(parts)
+
+
+def load_huggingface(source: HuggingFaceSource, group_column: str | None = None) -> Examples:
+    """A Hugging Face dataset split; needs internet and the `datasets` package."""
+    try:
+        import datasets
+    except ImportError:
+        raise DataError(
+            "data.source.kind 'huggingface' needs the datasets package: pip install datasets"
+        ) from None
+    frame = datasets.load_dataset(source.dataset, source.config, split=source.split).to_pandas()
+    wanted = [source.text_column, source.label_column] + ([group_column] if group_column else [])
+    missing = [c for c in wanted if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source.dataset}: column(s) {missing} not found; it has {list(frame.columns)}")
+    groups = frame[group_column].astype(str).to_numpy() if group_column else None
+    return Examples(
+        frame[source.text_column].astype(str).tolist(),
+        frame[source.label_column].astype(str).to_numpy(),
+        groups,
+    )
+
+
+def load_source(
+    source, domain: str, silos: list[str], seed: int, group_column: str | None = None
+) -> Examples:
+    """Load any configured source. Generated data carries its silo in `groups`."""
+    if isinstance(source, GeneratedSource):
+        frame = generate(
+            domain, silos, source.rows_per_silo, seed, source.label_noise, source.label_skew
+        )
+        return Examples(frame["text"].tolist(), frame["label"].to_numpy(), frame["silo"].to_numpy())
+    if isinstance(source, TableSource):
+        return load_table(source, group_column)
+    if isinstance(source, NpzSource):
+        return load_npz(source)
+    return load_huggingface(source, group_column)
