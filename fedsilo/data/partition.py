@@ -35,9 +35,7 @@ def dirichlet(
     return {silo: np.sort(np.array(rows, dtype=int)) for silo, rows in zip(silos, assigned)}
 
 
-def quantity(
-    n_rows: int, silos: list[str], alpha: float, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
+def quantity(n_rows: int, silos: list[str], alpha: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Quantity skew: silo sizes drawn from Dirichlet(alpha), rows shuffled IID."""
     for _ in range(_DRAWS):
         sizes = rng.dirichlet([alpha] * len(silos))
@@ -51,9 +49,7 @@ def quantity(
 def natural(groups: np.ndarray | None, silos: list[str], column: str) -> dict[str, np.ndarray]:
     """Rows whose `column` value equals the silo's name."""
     if groups is None:
-        raise DataError(
-            f"data.partition 'natural' reads column {column!r}, which the data does not have"
-        )
+        raise DataError(f"data.partition 'natural' reads column {column!r}, which the data does not have")
     return {silo: np.flatnonzero(groups == silo) for silo in silos}
 
 

@@ -64,8 +64,9 @@ def split(examples: Examples, test_fraction: float, seed: int, silo: str) -> tup
 
 def load_silo_data(scenario: Scenario, silo: str) -> SiloData:
     """The silo's train and test sets, deterministic for a given scenario."""
-    train, test = split(silo_examples(scenario, silo), scenario.evaluation.test_fraction,
-                        scenario.federation.seed, silo)
+    train, test = split(
+        silo_examples(scenario, silo), scenario.evaluation.test_fraction, scenario.federation.seed, silo
+    )
     return SiloData(silo, train, test)
 
 

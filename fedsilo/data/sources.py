@@ -107,9 +107,7 @@ def load_source(
 ) -> Examples:
     """Load any configured source. Generated data carries its silo in `groups`."""
     if isinstance(source, GeneratedSource):
-        frame = generate(
-            domain, silos, source.rows_per_silo, seed, source.label_noise, source.label_skew
-        )
+        frame = generate(domain, silos, source.rows_per_silo, seed, source.label_noise, source.label_skew)
         return Examples(frame["text"].tolist(), frame["label"].to_numpy(), frame["silo"].to_numpy())
     if isinstance(source, TableSource):
         return load_table(source, group_column)
