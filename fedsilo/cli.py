@@ -69,6 +69,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (DataError, ModelSourceError, FederationError) as exc:
         print(f"fedsilo run: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    finally:
+        if warming:  # exiting while the server starts aborts the interpreter
+            warming.join()
     print(
         f"\nDone: global accuracy {result.initial_accuracy:.1%} (pretrained) -> {result.final_accuracy:.1%} "
         f"after {result.rounds} rounds.\nMLflow: {result.tracking_uri}, experiment '{result.experiment}', "
