@@ -24,9 +24,6 @@ class JobPaths:
     def global_uri(self, round_index: int) -> str:
         return f"{self.root}/global-{round_index:03d}.safetensors"
 
-    def champion_uri(self) -> str:
-        return f"{self.root}/champion.safetensors"
-
     def update_uri(self, round_index: int, silo: str) -> str:
         return f"{self.root}/round-{round_index:03d}/{silo}.safetensors"
 
@@ -70,10 +67,7 @@ def global_metrics(evaluations: list[Evaluation], num_classes: int) -> dict[str,
 
 def update_bytes(reports: list[FitReport]) -> int:
     """Bytes that crossed silo boundaries in a round: the global model out, each update back."""
-    from fsspec.core import url_to_fs
-
-    sizes = [url_to_fs(r.update.uri)[0].size(url_to_fs(r.update.uri)[1]) for r in reports]
-    return 2 * sum(sizes)
+    return 2 * sum(r.update.size for r in reports)
 
 
 def beats(candidate: float, champion: float | None) -> bool:

@@ -138,6 +138,16 @@ def release_participants() -> None:
     _participants.clear()
 
 
+def model_card(scenario: Scenario) -> dict:
+    """What a logged model needs to be rebuilt elsewhere: its spec, label names and input shape."""
+    first = participant(scenario, scenario.silo_names()[0])
+    return {
+        "model": scenario.model.model_dump(),
+        "labels": first.labels,
+        "input_shape": list(first.input_shape),
+    }
+
+
 def initial_state(scenario: Scenario) -> State:
     """The global model before round 1: the pretrained model with a seeded new head."""
     return participant(scenario, scenario.silo_names()[0]).initial_model().state_dict()

@@ -16,6 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
 from mlflow import MlflowClient
@@ -161,8 +162,6 @@ class FederationTracker:
                 self.history.setdefault(silo, {}).setdefault(key, {})[round_index] = value
         figure = accuracy_by_round(self.federation_history, self.history)
         self.client.log_figure(self.parent_id, figure, "plots/accuracy_by_round.png")
-        import matplotlib.pyplot as plt
-
         plt.close(figure)
 
     def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None:

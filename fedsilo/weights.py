@@ -23,6 +23,7 @@ class ChecksumError(Exception):
 class WeightRef:
     uri: str
     sha256: str
+    size: int
 
 
 def to_bytes(state: State) -> bytes:
@@ -35,7 +36,22 @@ def write_state(state: State, uri: str) -> WeightRef:
     payload = to_bytes(state)
     with fsspec.open(uri, "wb", auto_mkdir=True) as handle:
         handle.write(payload)
-    return WeightRef(uri, hashlib.sha256(payload).hexdigest())
+    return WeightRef(uri, hashlib.sha256(payload).hexdigest(), len(payload))
+
+
+def ref_for(uri: str) -> WeightRef:
+    """Reference weights already written by someone else (e.g. a registered model's file)."""
+    with fsspec.open(uri, "rb") as handle:
+        payload = handle.read()
+    return WeightRef(uri, hashlib.sha256(payload).hexdigest(), len(payload))
+
+
+def local_path(ref: WeightRef) -> str:
+    """The filesystem path of weights in a local store (what MLflow's artifact logging takes)."""
+    fs, path = fsspec.core.url_to_fs(ref.uri)
+    if "file" not in fs.protocol:
+        raise ValueError(f"{ref.uri} is not on the local filesystem")
+    return path
 
 
 def read_state(ref: WeightRef) -> State:

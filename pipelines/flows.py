@@ -15,12 +15,11 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel
 
 from fedsilo import federation
-from fedsilo.data import label_names
 from fedsilo.federation import JobPaths
 from fedsilo.scenario import Scenario
-from fedsilo.silo import participant
+from fedsilo.silo import model_card
 from fedsilo.tracking import FederationTracker, model_weights_path
-from fedsilo.weights import WeightRef, delete_state, write_state
+from fedsilo.weights import WeightRef, delete_state, local_path, ref_for
 from pipelines.report import RoundRow, markdown, print_round
 from pipelines.tasks import aggregate, evaluate_silo, fit_silo, initial_global, prepare_silo
 
@@ -86,7 +85,7 @@ def _record_round(tracker, scenario, round_index, current, evaluations, reports,
         }
     model_id = None
     if scenario.tracking.log_models:
-        model_id = tracker.log_global_model(round_index, _local_path(current), meta)
+        model_id = tracker.log_global_model(round_index, local_path(current), meta)
     tracker.log_round(round_index, parent, per_silo, model_id)
     row = RoundRow(
         round_index,
@@ -100,31 +99,29 @@ def _record_round(tracker, scenario, round_index, current, evaluations, reports,
     return union, model_id, row
 
 
-def _champion_decision(scenario, tracker, paths, final_union, num_classes):
-    """Evaluate the current champion on this job's test data; decide whether the new model wins."""
+def _champion_decision(scenario, tracker, final_union, num_classes):
+    """Evaluate the current champion on this job's test data; decide whether the new model wins.
+
+    Only a champion that cannot load into this model (other labels or architecture) is replaced
+    without a comparison; one that cannot be read at all is kept, never replaced on doubt.
+    """
     metric = scenario.evaluation.metric
     current = tracker.champion()
     if current is None:
         return True, f"first registered model ({metric} {final_union[metric]:.4f})"
     version, model_uri = current
     try:
-        ref = write_state(read_state_file(model_weights_path(model_uri)), paths.champion_uri())
+        ref = ref_for(Path(model_weights_path(model_uri)).as_uri())
+    except Exception as exc:  # registry or artifact store unreachable, files missing
+        return False, f"champion v{version} could not be read ({exc}); champion kept"
+    try:
         champion_union = federation.global_metrics(_evaluate_all(scenario, ref, "champion"), num_classes)
-    except Exception as exc:  # an incompatible champion (other labels or architecture) cannot compete
-        return (
-            True,
-            f"champion v{version} could not be evaluated on this job's data ({exc.__class__.__name__})",
-        )
+    except RuntimeError:  # load_state_dict: the champion's tensors do not fit this model
+        return True, f"champion v{version} has another architecture or label set; replaced"
     new, old = final_union[metric], champion_union[metric]
     if federation.beats(new, old):
         return True, f"{metric} {new:.4f} >= champion v{version}'s {old:.4f} on the same test data"
     return False, f"{metric} {new:.4f} < champion v{version}'s {old:.4f} on the same test data; champion kept"
-
-
-def read_state_file(path: str):
-    from safetensors.torch import load_file
-
-    return load_file(path)
 
 
 @flow(
@@ -149,12 +146,7 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
     try:
         for summary in [prepare_silo(scenario, s) for s in silos]:
             tracker.log_data(summary)
-        labels = label_names(scenario)
-        meta = {
-            "model": scenario.model.model_dump(),
-            "labels": labels,
-            "input_shape": list(participant(scenario, silos[0]).input_shape),
-        }
+        meta = model_card(scenario)
         strategy = federation.strategy_for(scenario)
         current = initial_global(scenario, paths.global_uri(0))
 
@@ -193,13 +185,14 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
             final_accuracy=union["accuracy"],
         )
         if model_id:
-            promote, reason = _champion_decision(scenario, tracker, paths, union, len(labels))
+            promote, reason = _champion_decision(scenario, tracker, union, len(meta["labels"]))
             result.registered_model = scenario.registered_model_name
             result.registered_version = tracker.register(model_id, promote, reason)
             result.champion, result.champion_reason = promote, reason
             logger.info(
                 "registered %s version %s: %s", result.registered_model, result.registered_version, reason
             )
+            delete_state(current)  # MLflow holds it now; job folders stay small
         footer = (
             f"Initial accuracy {initial['accuracy']:.3f}, final {union['accuracy']:.3f}. "
             f"MLflow experiment `{scenario.experiment_name}`, run `{tracker.parent_id}`."
@@ -214,12 +207,6 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
     except BaseException:
         tracker.finish("FAILED")
         raise
-
-
-def _local_path(ref: WeightRef) -> str:
-    from fsspec.core import url_to_fs
-
-    return url_to_fs(ref.uri)[1]
 
 
 __all__ = ["JobResult", "federated_training"]

@@ -26,11 +26,12 @@ def run_flow(scenario):
 
 
 @pytest.mark.slow
-def test_smoke_job_writes_the_mlflow_layout(prefect_server, mlflow_store):
+def test_smoke_job_writes_the_mlflow_layout(prefect_server, mlflow_store, tmp_path):
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     with mlflow.start_run(run_name="caller's own run") as outer:  # must be left alone
         result = run_flow(scenario)
         assert mlflow.active_run().info.run_id == outer.info.run_id
+    assert not list((tmp_path / "jobs").rglob("*.safetensors"))  # MLflow holds every global model
     client = MlflowClient(mlflow_store)
     experiment = client.get_experiment_by_name("smoke")
     parent = client.get_run(result.parent_run_id)
@@ -88,23 +89,37 @@ def test_imaging_job_improves_on_the_pretrained_cnn(prefect_server, mlflow_store
     assert result.initial_accuracy < 0.65 < result.final_accuracy
 
 
+def test_a_champion_that_cannot_be_read_is_kept(mlflow_store):
+    from fedsilo.tracking import FederationTracker
+    from pipelines.flows import _champion_decision
+
+    class RegistryPointsAtAMissingModel(FederationTracker):
+        def champion(self):
+            return "3", "models:/m-0000000000000000000000000000dead"
+
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
+    tracker = RegistryPointsAtAMissingModel(scenario, "job")
+    promote, reason = _champion_decision(scenario, tracker, {"accuracy": 1.0}, num_classes=5)
+    assert not promote and "champion v3 could not be read" in reason
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "fedsilo.cli", *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+
+
 def test_cli_reports_missing_data_without_a_traceback(tmp_path):
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedsilo.cli",
-            "run",
-            str(REPO / "scenarios" / "medical-imaging.yaml"),
-            "--set",
-            "model.source=random",
-            "--set",
-            f"data.source.path={tmp_path}/absent.npz",
-            "--set",
-            "data.source.download=null",
-        ],
-        capture_output=True,
-        text=True,
+    imaging = str(REPO / "scenarios" / "medical-imaging.yaml")
+    absent = f"data.source.path={tmp_path}/absent.npz"
+    run = run_cli(
+        "run",
+        imaging,
+        "--set",
+        "model.source=random",
+        "--set",
+        absent,
+        "--set",
+        "data.source.download=null",
         cwd=tmp_path,
     )
     assert run.returncode == 1
@@ -114,18 +129,11 @@ def test_cli_reports_missing_data_without_a_traceback(tmp_path):
 
 def test_cli_reports_a_missing_cnn_checkpoint_with_the_command_to_make_it(tmp_path):
     npz = shared_file("pneumoniamnist", "pneumoniamnist.npz")
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fedsilo.cli",
-            "run",
-            str(REPO / "scenarios" / "medical-imaging.yaml"),
-            "--set",
-            f"data.source.path={npz}",
-        ],
-        capture_output=True,
-        text=True,
+    run = run_cli(
+        "run",
+        str(REPO / "scenarios" / "medical-imaging.yaml"),
+        "--set",
+        f"data.source.path={npz}",
         cwd=tmp_path,
     )
     assert run.returncode == 1 and "fedsilo pretrain --output" in run.stderr

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedsilo.weights import ChecksumError, delete_state, read_state, write_state
+from fedsilo.weights import ChecksumError, delete_state, local_path, read_state, ref_for, write_state
 
 
 def test_round_trip_through_a_folder_uri(tmp_path):
@@ -28,3 +28,11 @@ def test_a_changed_file_fails_its_checksum(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ChecksumError, match="w.safetensors"):
         read_state(ref)
+
+
+def test_a_ref_knows_its_size_and_an_existing_file_gets_the_same_ref(tmp_path):
+    path = tmp_path / "w.safetensors"
+    ref = write_state({"a": torch.ones(100)}, path.as_uri())
+    assert ref.size == path.stat().st_size
+    assert ref_for(path.as_uri()) == ref
+    assert local_path(ref) == str(path)

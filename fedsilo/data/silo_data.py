@@ -21,18 +21,15 @@ class SiloData:
 
 
 @functools.lru_cache(maxsize=8)
-def _pooled(source_json: str, scenario_json: str) -> Examples:
+def _shared_partition(scenario_json: str) -> dict[str, Examples]:
+    """The shared source split over the silos without data of their own, once per scenario."""
     scenario = Scenario.model_validate_json(scenario_json)
-    source = scenario.data.source
-    column = scenario.data.partition.column if isinstance(scenario.data.partition, NaturalPartition) else None
-    return load_source(source, scenario.domain, scenario.silo_names(), scenario.federation.seed, column)
-
-
-def _shared_partition(scenario: Scenario) -> dict[str, Examples]:
-    """The shared source split over the silos that have no data of their own."""
+    spec = scenario.data.partition
+    column = spec.column if isinstance(spec, NaturalPartition) else None
     silos = [s.name for s in scenario.silos if s.data is None]
-    pooled = _pooled(scenario.data.source.model_dump_json(), scenario.model_dump_json())
-    rows = partition(pooled, scenario.data.partition, silos, scenario.federation.seed)
+    seed = scenario.federation.seed
+    pooled = load_source(scenario.data.source, scenario.domain, scenario.silo_names(), seed, column)
+    rows = partition(pooled, spec, silos, seed)
     return {silo: pooled.take(indices) for silo, indices in rows.items()}
 
 
@@ -46,7 +43,7 @@ def silo_examples(scenario: Scenario, silo: str) -> Examples:
         if len(examples) < 2:
             raise DataError(f"silo {silo!r}: its data (silos[].data) has fewer than 2 rows")
         return examples
-    return _shared_partition(scenario)[silo]
+    return _shared_partition(scenario.model_dump_json())[silo]
 
 
 def split(examples: Examples, test_fraction: float, seed: int, silo: str) -> tuple[Examples, Examples]:
