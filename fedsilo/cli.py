@@ -1,4 +1,4 @@
-"""`fedsilo` command line: run, validate, compare, pretrain. The composition root.
+"""`fedsilo` command line: run, worker, validate, compare, pretrain. The composition root.
 
 User mistakes (a bad scenario, missing data, an unloadable model) end with a message that names
 the field, file or silo and exit code 2 or 1, never a traceback.
@@ -48,24 +48,56 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return EXIT_INVALID if failures else 0
 
 
+def _distributed_problem(scenario) -> str | None:
+    """Why a distributed run cannot start from this environment, or None."""
+    if not os.environ.get("PREFECT_API_URL"):
+        return (
+            "distributed mode needs a Prefect server: set PREFECT_API_URL (e.g. http://127.0.0.1:4200/api) "
+            "and start each silo's worker with `fedsilo worker --silo NAME --scenario FILE`"
+        )
+    tracking = os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not scenario.federation.exchange and not tracking.startswith(("http://", "https://")):
+        return (
+            "distributed mode: silos must reach the exchanged weights. Set MLFLOW_TRACKING_URI to a "
+            "tracking server (http://...) or federation.exchange to a store every silo can reach"
+        )
+    return None
+
+
+def _preload_silos(scenario) -> None:
+    """Embedded: build every silo now, so data and model errors come before any training."""
+    from fedsilo.silo import participant
+
+    print(f"Preparing {len(scenario.silos)} silos of scenario {scenario.name!r}...", flush=True)
+    for silo in scenario.silo_names():
+        print(f"  {silo}: {participant(scenario, silo).num_examples} training examples", flush=True)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedsilo.data import DataError
     from fedsilo.federation import FederationError
     from fedsilo.modeling import ModelSourceError
-    from fedsilo.silo import participant
 
-    scenario = load_scenario(args.scenario, args.set, args.rounds)
-    warming = _warm_prefect()
-    print(f"Preparing {len(scenario.silos)} silos of scenario {scenario.name!r}...", flush=True)
+    overrides = args.set + ([f"federation.mode={args.mode}"] if args.mode else [])
+    scenario = load_scenario(args.scenario, overrides, args.rounds)
+    distributed = scenario.federation.mode == "distributed"
+    if distributed and (problem := _distributed_problem(scenario)):
+        print(f"fedsilo run: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    warming = None if distributed else _warm_prefect()
     try:
-        for silo in scenario.silo_names():  # data and model errors surface here, before any training
-            silo_participant = participant(scenario, silo)
-            print(f"  {silo}: {silo_participant.num_examples} training examples", flush=True)
+        if distributed:
+            print(f"Coordinating {len(scenario.silos)} silos of {scenario.name!r} through their workers")
+        else:
+            _preload_silos(scenario)
         if warming:
             warming.join()
         from pipelines.flows import federated_training
 
-        result = federated_training(scenario, job_name=args.job_name)
+        state = federated_training(scenario, job_name=args.job_name, return_state=True)
+        if state.is_failed() and not isinstance(state.result(raise_on_failure=False), Exception):
+            raise FederationError(state.message)  # the flow's own verdict, e.g. too few silos answered
+        result = state.result()
     except (DataError, ModelSourceError, FederationError) as exc:
         print(f"fedsilo run: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -84,6 +116,49 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"{result.champion_reason})."
         )
     return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Register the silo's pool and deployment, check its data here, then become its Prefect worker."""
+    from fedsilo.data import DataError
+    from fedsilo.silo import summarize
+
+    scenario = load_scenario(args.scenario)
+    if args.silo not in scenario.silo_names():
+        known = ", ".join(scenario.silo_names())
+        print(
+            f"fedsilo worker: silo {args.silo!r} is not in {args.scenario} (its silos: {known})",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    if not os.environ.get("PREFECT_API_URL"):
+        print("fedsilo worker: set PREFECT_API_URL to the coordinator's Prefect server", file=sys.stderr)
+        return EXIT_INVALID
+    from pipelines.deploy import register_silo
+    from pipelines.silo_flow import DATA_ENV, local_view, pool_name
+
+    if args.data:
+        os.environ[DATA_ENV] = str(Path(args.data).resolve())
+    try:
+        summary = summarize(local_view(scenario, args.silo), args.silo)
+    except DataError as exc:
+        print(f"fedsilo worker: silo {args.silo}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    where = os.environ.get(DATA_ENV) or "the scenario's source"
+    print(f"silo {args.silo}: {sum(summary.train_counts.values())} training examples from {where}")
+    deployment = register_silo(args.silo)
+    print(f"deployment {deployment} on work pool {pool_name(args.silo)}; starting its worker", flush=True)
+    os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", str(args.poll_seconds))
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool_name(args.silo)]
+    command += [
+        "--type",
+        "process",
+        "--limit",
+        str(args.limit),
+        "--name",
+        f"{args.silo}-{os.uname().nodename}",
+    ]
+    os.execv(sys.executable, command)  # the worker takes over this process, signals included
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -127,7 +202,22 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--rounds", type=int, help="override federation.rounds")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field")
     run.add_argument("--job-name", help="MLflow run name of the job (default: scenario-timestamp)")
+    run.add_argument(
+        "--mode",
+        choices=["embedded", "distributed"],
+        help="override federation.mode; distributed needs PREFECT_API_URL and a worker per silo",
+    )
     run.set_defaults(handler=cmd_run)
+
+    worker = commands.add_parser("worker", help="run one silo's participant: a Prefect worker for its pool")
+    worker.add_argument("--silo", required=True, help="the silo's name in the scenario")
+    worker.add_argument("--scenario", required=True, help="scenario YAML file the silo takes part in")
+    worker.add_argument(
+        "--data", help="this silo's own data file (.csv, .parquet, .npz); default: the scenario's source"
+    )
+    worker.add_argument("--poll-seconds", type=float, default=2.0, help="how often to ask for new steps")
+    worker.add_argument("--limit", type=int, default=1, help="steps run at once by this worker")
+    worker.set_defaults(handler=cmd_worker)
 
     validate = commands.add_parser("validate", help="check scenario files; exit 2 on problems")
     validate.add_argument("files", nargs="+")

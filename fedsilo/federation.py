@@ -5,10 +5,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedsilo.aggregation import FedAvg, WeightedSum, make_strategy
+from fedsilo.data import order_labels
 from fedsilo.metrics import union_metrics
 from fedsilo.scenario import Scenario
-from fedsilo.silo import Evaluation, FitReport
-from fedsilo.weights import WeightRef, read_state, write_state
+from fedsilo.silo import DataSummary, Evaluation, FitReport
+from fedsilo.weights import ChecksumError, WeightRef, read_state, write_state
 
 
 class FederationError(Exception):
@@ -17,7 +18,11 @@ class FederationError(Exception):
 
 @dataclass(frozen=True)
 class JobPaths:
-    """Where one job's weights live: `<root>/<job>/global-003.safetensors`, `round-003/<silo>...`."""
+    """Where one job's exchanged files live in the shared store (a folder URL or MLflow artifacts).
+
+    `<root>/global-003.safetensors`, `<root>/round-003/<silo>.safetensors`, and the silos' replies
+    `<root>/replies/<step>/<silo>.json` when silos run in other processes.
+    """
 
     root: str
 
@@ -27,9 +32,43 @@ class JobPaths:
     def update_uri(self, round_index: int, silo: str) -> str:
         return f"{self.root}/round-{round_index:03d}/{silo}.safetensors"
 
+    def champion_uri(self) -> str:
+        return f"{self.root}/champion.safetensors"
+
+    def reply_uri(self, step: str, silo: str) -> str:
+        return f"{self.root}/replies/{step}/{silo}.json"
+
     @classmethod
     def under(cls, folder: str | Path, job_id: str) -> "JobPaths":
-        return cls(Path(folder).resolve().joinpath(job_id).as_uri())
+        """A job's folder under a local directory or a store URL (s3://, mlflow-artifacts:/...)."""
+        text = str(folder)
+        if "://" in text or text.startswith("mlflow-artifacts:"):
+            return cls(f"{text.rstrip('/')}/{job_id}")
+        return cls(Path(text).resolve().joinpath(job_id).as_uri())
+
+
+def with_labels(scenario: Scenario, summaries: list[DataSummary]) -> Scenario:
+    """The scenario with `data.labels` fixed, from the silos' data summaries when not named.
+
+    Every participant must agree on the model's output order, and in distributed mode no process
+    sees every silo's data, so the coordinator settles it once from the label counts silos report.
+    """
+    seen = {label for s in summaries for label in (*s.train_counts, *s.test_counts)}
+    labels = order_labels(scenario, seen)
+    if scenario.data.labels == labels:
+        return scenario
+    raw = scenario.model_dump(mode="json")
+    raw["data"]["labels"] = labels
+    return Scenario.model_validate(raw)
+
+
+def input_shape(summaries: list[DataSummary]) -> tuple[int, ...]:
+    """The image shape all silos share (empty for text); silos that disagree are named."""
+    shapes = {tuple(s.input_shape) for s in summaries}
+    if len(shapes) > 1:
+        detail = ", ".join(f"{s.silo} {tuple(s.input_shape)}" for s in summaries)
+        raise FederationError(f"silos hold images of different shapes ({detail}); resize them to one")
+    return shapes.pop() if shapes else ()
 
 
 def strategy_for(scenario: Scenario) -> FedAvg:
@@ -37,32 +76,38 @@ def strategy_for(scenario: Scenario) -> FedAvg:
     return make_strategy(federation.strategy, federation.server_learning_rate, federation.server_momentum)
 
 
-def check_quorum(scenario: Scenario, answered: list[str], round_index: int) -> None:
-    """Fail the round, naming the missing silos, when fewer than `min_silos` answered."""
+def check_quorum(scenario: Scenario, answered: list[str], step: str) -> None:
+    """Fail the step (e.g. "round 3"), naming the missing silos, when fewer than `min_silos` answered."""
     if len(answered) < scenario.min_silos:
         missing = sorted(set(scenario.silo_names()) - set(answered))
         raise FederationError(
-            f"round {round_index}: only {len(answered)} of {len(scenario.silos)} silos answered "
+            f"{step}: only {len(answered)} of {len(scenario.silos)} silos answered "
             f"(min_silos is {scenario.min_silos}); missing: {', '.join(missing)}"
         )
 
 
-def aggregate(strategy: FedAvg, current: WeightRef, reports: list[FitReport], out_uri: str) -> WeightRef:
-    """FedAvg the silos' updates (read one at a time) and apply the server step."""
-    total = WeightedSum()
+def aggregate(
+    strategy: FedAvg, current: WeightRef, reports: list[FitReport], out_uri: str
+) -> tuple[WeightRef | None, dict[str, str]]:
+    """FedAvg the silos' updates (read one at a time) and apply the server step.
+
+    An update whose checksum fails is left out; the second value maps such silos to the reason.
+    With no update left, no new global is written and the first value is None.
+    """
+    total, rejected = WeightedSum(), {}
     for report in reports:
-        total.add(read_state(report.update), report.num_examples)
-    return write_state(strategy.apply(read_state(current), total.mean()), out_uri)
+        try:
+            total.add(read_state(report.update), report.num_examples)
+        except ChecksumError as exc:
+            rejected[report.silo] = str(exc)
+    if len(rejected) == len(reports):
+        return None, rejected
+    return write_state(strategy.apply(read_state(current), total.mean()), out_uri), rejected
 
 
-def global_metrics(evaluations: list[Evaluation], num_classes: int) -> dict[str, float]:
+def global_metrics(evaluations: list[Evaluation]) -> dict[str, float]:
     """accuracy, f1_macro and loss of one model over the union of the silos' test sets."""
-    return union_metrics(
-        [e.y_true for e in evaluations],
-        [e.y_pred for e in evaluations],
-        [e.loss for e in evaluations],
-        num_classes,
-    )
+    return union_metrics([e.confusion for e in evaluations], [e.loss for e in evaluations])
 
 
 def update_bytes(reports: list[FitReport]) -> int:

@@ -143,8 +143,25 @@ class FederationSpec(Strict):
     server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm only")
     seed: int = 0
     min_silos: int | None = Field(None, ge=1, description="silos needed per round; null: all")
-    silo_timeout_seconds: float = Field(3600, gt=0)
-    silo_retries: int = Field(1, ge=0)
+    silo_timeout_seconds: float = Field(3600, gt=0, description="one silo's fit or evaluation")
+    silo_retries: int = Field(1, ge=0, description="Prefect retries of a silo's fit that failed or timed out")
+    mode: Literal["embedded", "distributed"] = Field(
+        "embedded",
+        description=(
+            "embedded: silos run as tasks in this process; distributed: each silo is a flow run "
+            "on its own worker (`fedsilo worker`), reached through PREFECT_API_URL"
+        ),
+    )
+    exchange: str | None = Field(
+        None,
+        description=(
+            "where weights cross: a folder or fsspec URL (s3://...) every participant can reach. "
+            "Default: .fedsilo/jobs (embedded), the job's MLflow run artifacts (distributed)"
+        ),
+    )
+    silo_pickup_seconds: float = Field(
+        120, gt=0, description="distributed: time a silo's worker has to pick up and start a flow run"
+    )
 
 
 class EvaluationSpec(Strict):

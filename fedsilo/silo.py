@@ -6,11 +6,14 @@ It receives the global model by reference and answers with small records.
 
 import time
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 import torch
+from pydantic import TypeAdapter
 
 from fedsilo.data import label_names, load_silo_data
+from fedsilo.data.sources import source_for_file
 from fedsilo.metrics import classification_metrics
 from fedsilo.modeling import build_model, encode, tokenizer_for
 from fedsilo.scenario import Scenario
@@ -28,8 +31,7 @@ class Evaluation:
     accuracy: float
     f1_macro: float
     loss: float
-    y_true: list[int]
-    y_pred: list[int]
+    confusion: list[list[int]]  # rows: true label, columns: predicted; counts only, never rows
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,31 @@ class FitReport:
 
 @dataclass(frozen=True)
 class DataSummary:
-    """Counts and label distribution of a silo's data, never its rows."""
+    """Counts and label distribution of a silo's data, never its rows; images also give their shape."""
 
     silo: str
     train_counts: dict[str, int] = field(default_factory=dict)
     test_counts: dict[str, int] = field(default_factory=dict)
+    input_shape: tuple[int, ...] = ()
+
+
+def summarize(scenario: Scenario, silo: str) -> DataSummary:
+    """Load and split a silo's data and describe it; needs only this silo's own data."""
+    data = load_silo_data(scenario, silo)
+    shape = tuple(data.train.inputs.shape[1:]) if data.train.is_image else ()
+    return DataSummary(silo, data.train.label_counts(), data.test.label_counts(), shape)
+
+
+def with_local_data(scenario: Scenario, silo: str, path: str) -> Scenario:
+    """The scenario as a silo's worker sees it: this silo's rows come from its own file at `path`.
+
+    A silo's data location is the silo's business (its worker's flags or environment), so the
+    coordinator never sends or needs it. Table columns follow the scenario's shared source.
+    """
+    raw = scenario.model_dump(mode="json")
+    spec = next(s for s in raw["silos"] if s["name"] == silo)
+    spec["data"] = source_for_file(path, raw["data"]["source"])
+    return Scenario.model_validate(raw)
 
 
 class SiloParticipant:
@@ -63,7 +85,6 @@ class SiloParticipant:
         self.labels = label_names(scenario)
         data = load_silo_data(scenario, silo)
         tokenizer = tokenizer_for(scenario.model)
-        self.summary = DataSummary(silo, data.train.label_counts(), data.test.label_counts())
         self.train = encode(data.train, self.labels, scenario.model, silo, tokenizer)
         self.test = encode(data.test, self.labels, scenario.model, silo, tokenizer)
         self.input_shape = tuple(data.train.inputs.shape[1:]) if data.train.is_image else ()
@@ -89,9 +110,7 @@ class SiloParticipant:
 
     def _evaluate_current(self) -> Evaluation:
         probs = predict(self.model, self.test, EVAL_BATCH_SIZE)
-        y_true = self.test.labels.numpy()
-        metrics = classification_metrics(y_true, probs)
-        return Evaluation(self.silo, y_true=y_true.tolist(), y_pred=probs.argmax(1).tolist(), **metrics)
+        return Evaluation(self.silo, **classification_metrics(self.test.labels.numpy(), probs))
 
     def fit(
         self, ref: WeightRef, round_index: int, update_uri: str, progress: Progress | None = None
@@ -122,12 +141,29 @@ class SiloParticipant:
         )
 
 
+Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation)
+
+
+def dump_reply(reply: DataSummary | FitReport | Evaluation) -> bytes:
+    """A silo's answer as JSON, for the shared store when the silo runs in another process."""
+    return TypeAdapter(type(reply)).dump_json(reply)
+
+
+def load_reply(kind: type[Reply], payload: bytes) -> Reply:
+    """Read back what `dump_reply` wrote."""
+    return TypeAdapter(kind).validate_json(payload)
+
+
 _participants: dict[tuple[str, str], SiloParticipant] = {}
 
 
 def participant(scenario: Scenario, silo: str) -> SiloParticipant:
-    """This process's participant for a silo, built once per scenario and kept across rounds."""
-    key = (scenario.model_dump_json(), silo)
+    """This process's participant for a silo, built once per scenario and kept across rounds.
+
+    Naming the labels (as the coordinator does before round 0) does not change which participant
+    serves: they are the labels it derived from the same data.
+    """
+    key = (scenario.model_dump_json(exclude={"data": {"labels"}}), silo)
     if key not in _participants:
         _participants[key] = SiloParticipant(scenario, silo)
     return _participants[key]
@@ -138,16 +174,22 @@ def release_participants() -> None:
     _participants.clear()
 
 
-def model_card(scenario: Scenario) -> dict:
-    """What a logged model needs to be rebuilt elsewhere: its spec, label names and input shape."""
-    first = participant(scenario, scenario.silo_names()[0])
+def model_card(scenario: Scenario, input_shape: tuple[int, ...]) -> dict:
+    """What a logged model needs to be rebuilt elsewhere: its spec, label names and input shape.
+
+    `scenario` has its labels resolved (see federation.with_labels); no silo data is read.
+    """
     return {
         "model": scenario.model.model_dump(),
-        "labels": first.labels,
-        "input_shape": list(first.input_shape),
+        "labels": list(scenario.data.labels),
+        "input_shape": list(input_shape),
     }
 
 
-def initial_state(scenario: Scenario) -> State:
-    """The global model before round 1: the pretrained model with a seeded new head."""
-    return participant(scenario, scenario.silo_names()[0]).initial_model().state_dict()
+def initial_state(scenario: Scenario, input_shape: tuple[int, ...]) -> State:
+    """The global model before round 1: the pretrained model with a seeded new head.
+
+    Built by the coordinator from the model spec alone, exactly as every silo builds its copy.
+    """
+    model = build_model(scenario.model, len(scenario.data.labels), input_shape, scenario.federation.seed)
+    return model.state_dict()

@@ -89,6 +89,10 @@ class FederationTracker:
             self.silo_runs[silo] = run.info.run_id
         return self.parent_id
 
+    def artifact_uri(self, folder: str) -> str:
+        """A folder in the job's run artifacts (served by the tracking server when it has one)."""
+        return f"{self.client.get_run(self.parent_id).info.artifact_uri.rstrip('/')}/{folder}"
+
     def log_data(self, summary: DataSummary) -> None:
         """Record a silo's data as an MLflow dataset input: label counts only, never rows."""
         labels = sorted(set(summary.train_counts) | set(summary.test_counts))
@@ -127,8 +131,9 @@ class FederationTracker:
             meta_path = Path(folder, "meta.json")
             meta_path.write_text(json.dumps(meta))
             local = Path(folder, "model")
-            with warnings.catch_warnings():  # MLflow notes that an Any input is not validated
-                warnings.simplefilter("ignore")
+            # MLflow notes that an Any input is not validated; it resets the warning filters itself,
+            # so the notes are recorded here and dropped rather than filtered.
+            with warnings.catch_warnings(record=True):
                 mlflow.pyfunc.save_model(
                     local,
                     python_model=str(Path(__file__).with_name("mlflow_model.py")),

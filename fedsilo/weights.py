@@ -5,12 +5,17 @@ the store is a local folder (embedded) or a shared artifact store (distributed).
 """
 
 import hashlib
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 import fsspec
 import torch
+from safetensors import safe_open
 from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
+
+from fedsilo import artifacts
 
 State = dict[str, torch.Tensor]
 
@@ -31,44 +36,59 @@ def to_bytes(state: State) -> bytes:
     return save_bytes({name: t.detach().cpu().contiguous().clone() for name, t in state.items()})
 
 
+def _publish(payload: bytes, uri: str) -> WeightRef:
+    artifacts.write_bytes(uri, payload)
+    return WeightRef(uri, hashlib.sha256(payload).hexdigest(), len(payload))
+
+
 def write_state(state: State, uri: str) -> WeightRef:
-    """Write weights to any fsspec URL (folder, file://, s3://) and return their reference."""
-    payload = to_bytes(state)
-    with fsspec.open(uri, "wb", auto_mkdir=True) as handle:
-        handle.write(payload)
-    return WeightRef(uri, hashlib.sha256(payload).hexdigest(), len(payload))
+    """Write weights to the shared store (a folder, s3://, mlflow-artifacts:/) and return their reference."""
+    return _publish(to_bytes(state), uri)
 
 
-def ref_for(uri: str) -> WeightRef:
-    """Reference weights already written by someone else (e.g. a registered model's file)."""
-    with fsspec.open(uri, "rb") as handle:
-        payload = handle.read()
-    return WeightRef(uri, hashlib.sha256(payload).hexdigest(), len(payload))
+def copy_file(path: str | Path, uri: str) -> WeightRef:
+    """Publish a safetensors file (e.g. a registered model's weights) at `uri` in the shared store."""
+    return _publish(Path(path).read_bytes(), uri)
 
 
-def local_path(ref: WeightRef) -> str:
-    """The filesystem path of weights in a local store (what MLflow's artifact logging takes)."""
-    fs, path = fsspec.core.url_to_fs(ref.uri)
-    if "file" not in fs.protocol:
-        raise ValueError(f"{ref.uri} is not on the local filesystem")
-    return path
+def local_path(ref: WeightRef, scratch: str | Path | None = None) -> str:
+    """A filesystem path holding the weights: the file itself when local, else a verified download."""
+    if not ref.uri.startswith(artifacts.MLFLOW_SCHEMES):
+        fs, path = fsspec.core.url_to_fs(ref.uri)
+        if "file" in fs.protocol:
+            return path
+    target = Path(scratch or tempfile.mkdtemp(prefix="fedsilo-")) / Path(ref.uri).name
+    target.write_bytes(_verified(ref))
+    return str(target)
 
 
-def read_state(ref: WeightRef) -> State:
-    """Read weights and verify their checksum; a mismatch raises ChecksumError naming the URI."""
-    with fsspec.open(ref.uri, "rb") as handle:
-        payload = handle.read()
+def _verified(ref: WeightRef) -> bytes:
+    payload = artifacts.read_bytes(ref.uri)
     digest = hashlib.sha256(payload).hexdigest()
     if digest != ref.sha256:
         raise ChecksumError(
             f"weights at {ref.uri} have sha256 {digest[:12]}..., expected {ref.sha256[:12]}...; "
             "the file was changed or truncated in transit"
         )
-    return load_bytes(payload)
+    return payload
+
+
+def read_state(ref: WeightRef) -> State:
+    """Read weights and verify their checksum; a mismatch raises ChecksumError naming the URI."""
+    return load_bytes(_verified(ref))
 
 
 def delete_state(ref: WeightRef) -> None:
     """Remove weights that are no longer needed (a consumed silo update, an old global)."""
-    fs, path = fsspec.core.url_to_fs(ref.uri)
-    if fs.exists(path):
-        fs.rm(path)
+    artifacts.delete(ref.uri)
+
+
+def layout(state: State) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes: two models can exchange weights only when these match."""
+    return {name: tuple(t.shape) for name, t in state.items()}
+
+
+def file_layout(path: str | Path) -> dict[str, tuple[int, ...]]:
+    """`layout` of a safetensors file, read from its header without loading the tensors."""
+    with safe_open(str(path), "pt") as handle:
+        return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (not a dict)

@@ -6,22 +6,24 @@ model on every silo's test split and logs the round to MLflow.
 """
 
 import os
+import tempfile
 import time
 from datetime import datetime
-from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.states import Failed
 from pydantic import BaseModel
 
 from fedsilo import federation
-from fedsilo.federation import JobPaths
+from fedsilo.federation import FederationError, JobPaths
 from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
 from fedsilo.tracking import FederationTracker, model_weights_path
-from fedsilo.weights import WeightRef, delete_state, local_path, ref_for
+from fedsilo.weights import copy_file, delete_state, file_layout, layout, local_path, read_state
 from pipelines.report import RoundRow, markdown, print_round
-from pipelines.tasks import aggregate, evaluate_silo, fit_silo, initial_global, prepare_silo
+from pipelines.silos import silos_for
+from pipelines.tasks import aggregate, initial_global
 
 
 class JobResult(BaseModel):
@@ -40,52 +42,36 @@ class JobResult(BaseModel):
     champion_reason: str = ""
 
 
-def _workdir() -> Path:
-    return Path(os.environ.get("FEDSILO_WORKDIR", ".fedsilo/jobs"))
-
-
-def _evaluate_all(scenario: Scenario, weights: WeightRef, label: str):
-    return [evaluate_silo(scenario, silo, weights, label) for silo in scenario.silo_names()]
-
-
-def _fit_round(scenario: Scenario, round_index: int, current: WeightRef, paths: JobPaths):
-    """Fit every silo; return the reports that arrived and the silos that did not answer.
-
-    Embedded silos run one after another in this process: they share its cores and torch's RNG,
-    and a task in the main thread is one that Prefect's timeout can interrupt.
-    """
-    fit = fit_silo.with_options(
-        retries=scenario.federation.silo_retries, timeout_seconds=scenario.federation.silo_timeout_seconds
-    )
-    reports, missing = [], []
-    for silo in scenario.silo_names():
-        state = fit(
-            scenario, silo, round_index, current, paths.update_uri(round_index, silo), return_state=True
-        )
-        if state.is_completed():
-            reports.append(state.result())
-        else:
-            missing.append(silo)
-            get_run_logger().warning("round %d: silo %s did not answer: %s", round_index, silo, state.message)
-    return reports, missing
+def _exchange_root(scenario: Scenario, tracker: FederationTracker) -> str:
+    """Where this job's weights cross: the scenario's store, else local (embedded) or MLflow (distributed)."""
+    chosen = scenario.federation.exchange or os.environ.get("FEDSILO_EXCHANGE")
+    if chosen:
+        return chosen
+    if scenario.federation.mode == "distributed":
+        return tracker.artifact_uri("exchange")
+    return os.environ.get("FEDSILO_WORKDIR", ".fedsilo/jobs")
 
 
 def _record_round(tracker, scenario, round_index, current, evaluations, reports, extra, meta, missing=()):
     """Log one round to MLflow (global model, metrics linked to it) and print its table."""
-    union = federation.global_metrics(evaluations, len(meta["labels"]))
+    union = federation.global_metrics(evaluations)
     parent = {f"global_{k}": v for k, v in union.items()} | extra
     per_silo = {e.silo: {"global_accuracy": e.accuracy, "global_f1_macro": e.f1_macro} for e in evaluations}
     for report in reports:
-        per_silo[report.silo] |= {
-            "local_accuracy": report.local.accuracy,
-            "local_f1_macro": report.local.f1_macro,
-            "train_loss": report.train_loss,
-            "num_examples": report.num_examples,
-            "fit_seconds": report.seconds,
-        }
+        per_silo.setdefault(report.silo, {}).update(
+            local_accuracy=report.local.accuracy,
+            local_f1_macro=report.local.f1_macro,
+            train_loss=report.train_loss,
+            num_examples=report.num_examples,
+            fit_seconds=report.seconds,
+        )
+    if round_index > 0:
+        for silo in scenario.silo_names():
+            per_silo.setdefault(silo, {})["answered"] = float(silo not in missing)
     model_id = None
     if scenario.tracking.log_models:
-        model_id = tracker.log_global_model(round_index, local_path(current), meta)
+        with tempfile.TemporaryDirectory() as scratch:
+            model_id = tracker.log_global_model(round_index, local_path(current, scratch), meta)
     tracker.log_round(round_index, parent, per_silo, model_id)
     row = RoundRow(
         round_index,
@@ -99,29 +85,47 @@ def _record_round(tracker, scenario, round_index, current, evaluations, reports,
     return union, model_id, row
 
 
-def _champion_decision(scenario, tracker, final_union, num_classes):
+def _champion_decision(scenario, tracker, silos, paths, current, final_evaluations):
     """Evaluate the current champion on this job's test data; decide whether the new model wins.
 
-    Only a champion that cannot load into this model (other labels or architecture) is replaced
-    without a comparison; one that cannot be read at all is kept, never replaced on doubt.
+    Both models are scored on the test splits of the silos that answered both evaluations. Only a
+    champion that cannot load into this model (other labels or architecture) is replaced without
+    a comparison; one that cannot be read at all is kept, never replaced on doubt.
     """
     metric = scenario.evaluation.metric
     current = tracker.champion()
     if current is None:
-        return True, f"first registered model ({metric} {final_union[metric]:.4f})"
+        final = federation.global_metrics(final_evaluations)
+        return True, f"first registered model ({metric} {final[metric]:.4f})"
     version, model_uri = current
     try:
-        ref = ref_for(Path(model_weights_path(model_uri)).as_uri())
+        champion_file = model_weights_path(model_uri)
+        incompatible = file_layout(champion_file) != layout(read_state(current))
     except Exception as exc:  # registry or artifact store unreachable, files missing
         return False, f"champion v{version} could not be read ({exc}); champion kept"
-    try:
-        champion_union = federation.global_metrics(_evaluate_all(scenario, ref, "champion"), num_classes)
-    except RuntimeError:  # load_state_dict: the champion's tensors do not fit this model
+    if incompatible:
         return True, f"champion v{version} has another architecture or label set; replaced"
-    new, old = final_union[metric], champion_union[metric]
+    ref = copy_file(champion_file, paths.champion_uri())
+    evaluations, _ = silos.evaluate(scenario, ref, "champion")
+    delete_state(ref)
+    common = {e.silo for e in evaluations} & {e.silo for e in final_evaluations}
+    if not common:
+        return False, f"no silo could evaluate champion v{version}; champion kept"
+    new = federation.global_metrics([e for e in final_evaluations if e.silo in common])[metric]
+    old = federation.global_metrics([e for e in evaluations if e.silo in common])[metric]
+    where = f"on the test data of {len(common)} silos"
     if federation.beats(new, old):
-        return True, f"{metric} {new:.4f} >= champion v{version}'s {old:.4f} on the same test data"
-    return False, f"{metric} {new:.4f} < champion v{version}'s {old:.4f} on the same test data; champion kept"
+        return True, f"{metric} {new:.4f} >= champion v{version}'s {old:.4f} {where}"
+    return False, f"{metric} {new:.4f} < champion v{version}'s {old:.4f} {where}; champion kept"
+
+
+def _publish_table(scenario: Scenario, job: str, rows: list[RoundRow], footer: str) -> None:
+    """The round table as a Prefect markdown artifact, refreshed every round."""
+    create_markdown_artifact(
+        markdown(scenario.name, rows, scenario.silo_names(), footer),
+        key=f"{scenario.name}-rounds",
+        description=f"Accuracy by round of job {job}",
+    )
 
 
 @flow(
@@ -131,38 +135,56 @@ def _champion_decision(scenario, tracker, final_union, num_classes):
 )
 def federated_training(scenario: Scenario, job_name: str | None = None) -> JobResult:
     logger = get_run_logger()
-    silos = scenario.silo_names()
     job = job_name or f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
-    paths = JobPaths.under(_workdir(), job)
     tracker = FederationTracker(scenario, job)
     tracker.start()
+    paths = JobPaths.under(_exchange_root(scenario, tracker), job)
+    silos = silos_for(scenario, paths)
     logger.info(
-        "job %s: %d silos, %d rounds; MLflow run %s",
+        "job %s: %d silos (%s), %d rounds; weights via %s; MLflow run %s",
         job,
-        len(silos),
+        len(scenario.silos),
+        scenario.federation.mode,
         scenario.federation.rounds,
+        paths.root,
         tracker.parent_id,
     )
+    rows: list[RoundRow] = []
     try:
-        for summary in [prepare_silo(scenario, s) for s in silos]:
+        summaries, missing = silos.prepare(scenario)
+        federation.check_quorum(scenario, [s.silo for s in summaries], "prepare")
+        for summary in summaries:
             tracker.log_data(summary)
-        meta = model_card(scenario)
+        scenario = federation.with_labels(scenario, summaries)
+        shape = federation.input_shape(summaries)
+        meta = model_card(scenario, shape)
         strategy = federation.strategy_for(scenario)
-        current = initial_global(scenario, paths.global_uri(0))
+        current = initial_global(scenario, shape, paths.global_uri(0))
 
-        evaluations = _evaluate_all(scenario, current, "round-0")
-        initial, model_id, row = _record_round(tracker, scenario, 0, current, evaluations, [], {}, meta)
+        evaluations, missing = silos.evaluate(scenario, current, "round-0")
+        federation.check_quorum(scenario, [e.silo for e in evaluations], "round 0")
+        initial, model_id, row = _record_round(
+            tracker, scenario, 0, current, evaluations, [], {}, meta, missing
+        )
         union, rows = initial, [row]
         for round_index in range(1, scenario.federation.rounds + 1):
             started = time.perf_counter()
-            reports, missing = _fit_round(scenario, round_index, current, paths)
-            federation.check_quorum(scenario, [r.silo for r in reports], round_index)
+            reports, missing = silos.fit(scenario, round_index, current)
+            step = f"round {round_index}"
+            federation.check_quorum(scenario, [r.silo for r in reports], step)
             previous = current
-            current = aggregate(strategy, current, reports, round_index, paths.global_uri(round_index))
+            current, rejected = aggregate(
+                strategy, current, reports, round_index, paths.global_uri(round_index)
+            )
+            for silo, reason in rejected.items():
+                logger.warning("round %d: update of %s left out: %s", round_index, silo, reason)
+            reports = [r for r in reports if r.silo not in rejected]
+            missing = sorted(set(missing) | set(rejected))
+            federation.check_quorum(scenario, [r.silo for r in reports], step)
             exchanged = federation.update_bytes(reports)
             for ref in [r.update for r in reports] + [previous]:
                 delete_state(ref)
-            evaluations = _evaluate_all(scenario, current, f"round-{round_index}")
+            evaluations, _ = silos.evaluate(scenario, current, f"round-{round_index}")
             if missing:
                 tracker.set_tags({f"fedsilo.missing.round_{round_index}": ",".join(missing)})
             extra = {
@@ -174,6 +196,9 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
                 tracker, scenario, round_index, current, evaluations, reports, extra, meta, missing
             )
             rows.append(row)
+            _publish_table(
+                scenario, job, rows, f"Job {job}: round {round_index} of {scenario.federation.rounds}."
+            )
 
         result = JobResult(
             job=job,
@@ -185,27 +210,28 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
             final_accuracy=union["accuracy"],
         )
         if model_id:
-            promote, reason = _champion_decision(scenario, tracker, union, len(meta["labels"]))
+            promote, reason = _champion_decision(scenario, tracker, silos, paths, current, evaluations)
             result.registered_model = scenario.registered_model_name
             result.registered_version = tracker.register(model_id, promote, reason)
             result.champion, result.champion_reason = promote, reason
             logger.info(
                 "registered %s version %s: %s", result.registered_model, result.registered_version, reason
             )
-            delete_state(current)  # MLflow holds it now; job folders stay small
+            delete_state(current)  # MLflow holds it now; the exchange keeps nothing
         footer = (
             f"Initial accuracy {initial['accuracy']:.3f}, final {union['accuracy']:.3f}. "
             f"MLflow experiment `{scenario.experiment_name}`, run `{tracker.parent_id}`."
         )
-        create_markdown_artifact(
-            markdown(scenario.name, rows, silos, footer),
-            key=f"{scenario.name}-rounds",
-            description=f"Accuracy by round of job {job}",
-        )
+        _publish_table(scenario, job, rows, footer)
         tracker.finish("FINISHED")
         return result
-    except BaseException:
+    except BaseException as exc:
+        _publish_table(scenario, job, rows, f"Job {job} FAILED: {exc}")
+        tracker.set_tags({"fedsilo.failure": str(exc)[:5000]})
         tracker.finish("FAILED")
+        if isinstance(exc, FederationError):  # an expected outcome: fail with its message, no traceback
+            logger.error("job %s failed: %s; completed rounds are in MLflow", job, exc)
+            return Failed(message=str(exc))
         raise
 
 

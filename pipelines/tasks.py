@@ -9,7 +9,7 @@ from prefect.cache_policies import NO_CACHE
 from fedsilo import federation
 from fedsilo.aggregation import FedAvg
 from fedsilo.scenario import Scenario
-from fedsilo.silo import DataSummary, Evaluation, FitReport, initial_state, participant
+from fedsilo.silo import DataSummary, Evaluation, FitReport, initial_state, participant, summarize
 from fedsilo.weights import WeightRef, write_state
 
 PROGRESS_EVERY = 0.25  # log a silo's training progress every quarter of its steps
@@ -17,14 +17,14 @@ PROGRESS_EVERY = 0.25  # log a silo's training progress every quarter of its ste
 
 @task(name="prepare-silo", task_run_name="prepare-{silo}", cache_policy=NO_CACHE)
 def prepare_silo(scenario: Scenario, silo: str) -> DataSummary:
-    """Load, partition, split and encode the silo's data, and build its model."""
-    return participant(scenario, silo).summary
+    """Load, partition and split the silo's data; report its label counts (never rows)."""
+    return summarize(scenario, silo)
 
 
 @task(name="initial-global-model", cache_policy=NO_CACHE)
-def initial_global(scenario: Scenario, uri: str) -> WeightRef:
+def initial_global(scenario: Scenario, input_shape: tuple[int, ...], uri: str) -> WeightRef:
     """Write the pretrained starting point as round 0's global model."""
-    return write_state(initial_state(scenario), uri)
+    return write_state(initial_state(scenario, input_shape), uri)
 
 
 @task(
@@ -55,8 +55,8 @@ def fit_silo(
     return report
 
 
-@task(name="evaluate-silo", task_run_name="evaluate-{silo}-{label}", cache_policy=NO_CACHE, retries=1)
-def evaluate_silo(scenario: Scenario, silo: str, weights: WeightRef, label: str) -> Evaluation:
+@task(name="evaluate-silo", task_run_name="evaluate-{silo}-{step}", cache_policy=NO_CACHE, retries=1)
+def evaluate_silo(scenario: Scenario, silo: str, weights: WeightRef, step: str) -> Evaluation:
     """A model (global or champion) on one silo's test split."""
     return participant(scenario, silo).evaluate(weights)
 
@@ -64,6 +64,7 @@ def evaluate_silo(scenario: Scenario, silo: str, weights: WeightRef, label: str)
 @task(name="aggregate", task_run_name="aggregate-round-{round_index}", cache_policy=NO_CACHE)
 def aggregate(
     strategy: FedAvg, current: WeightRef, reports: list[FitReport], round_index: int, out_uri: str
-) -> WeightRef:
-    """FedAvg of the updates that arrived, then the strategy's server step."""
+) -> tuple[WeightRef | None, dict[str, str]]:
+    """FedAvg of the updates that arrived, then the strategy's server step; updates failing their
+    checksum are left out and returned by silo with the reason."""
     return federation.aggregate(strategy, current, reports, out_uri)

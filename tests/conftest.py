@@ -38,3 +38,23 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} not present (../shared/data lies beside the repository)")
     return path
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory):
+    """A real `prefect server` and `mlflow server` on 127.0.0.1 for distributed tests."""
+    from tests.stack import Stack
+
+    servers = Stack(tmp_path_factory.mktemp("stack"))
+    yield servers
+    servers.close()
+
+
+@pytest.fixture(scope="session")
+def silo_files(tmp_path_factory) -> dict[str, Path]:
+    """The smoke scenario's rows as one CSV per silo, each in a folder of its own."""
+    from fedsilo.scenario import load_scenario
+    from tests.stack import export_silo_files
+
+    smoke = load_scenario(REPO / "scenarios" / "smoke.yaml")
+    return export_silo_files(smoke, tmp_path_factory.mktemp("hospital-data"))

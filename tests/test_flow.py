@@ -99,7 +99,7 @@ def test_a_champion_that_cannot_be_read_is_kept(mlflow_store):
 
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     tracker = RegistryPointsAtAMissingModel(scenario, "job")
-    promote, reason = _champion_decision(scenario, tracker, {"accuracy": 1.0}, num_classes=5)
+    promote, reason = _champion_decision(scenario, tracker, None, None, None, [])
     assert not promote and "champion v3 could not be read" in reason
 
 

@@ -1,5 +1,7 @@
 import numpy as np
+import pytest
 import torch
+from sklearn.metrics import accuracy_score, f1_score
 
 from fedsilo.metrics import classification_metrics, union_metrics
 from fedsilo.modeling import EncodedSet
@@ -30,6 +32,25 @@ def test_fit_learns_and_is_reproducible():
 
 
 def test_union_metrics_weight_losses_by_test_size():
-    union = union_metrics([np.array([0, 1]), np.array([1])], [np.array([0, 0]), np.array([1])], [1.0, 4.0], 2)
+    # silo 1: true [0, 1] predicted [0, 0]; silo 2: true [1] predicted [1]
+    union = union_metrics([[[1, 0], [1, 0]], [[0, 0], [0, 1]]], [1.0, 4.0])
     assert union["accuracy"] == 2 / 3 and union["loss"] == 2.0
-    assert 0 < union["f1_macro"] < 1
+    assert union["f1_macro"] == pytest.approx((2 / 3 + 2 / 3) / 2)  # class 0: 2/(2+1), class 1: 2/(2+1)
+
+
+def test_scores_from_summed_confusions_match_sklearn_on_the_pooled_rows():
+    rng = np.random.default_rng(0)
+    num_classes, silos = 5, []
+    for size in (7, 30, 1):
+        y_true = rng.integers(0, 3, size)  # classes 3 and 4 are never seen: they count as F1 0
+        probs = rng.dirichlet(np.ones(num_classes), size)
+        silos.append((y_true, probs))
+    per_silo = [classification_metrics(t, p) for t, p in silos]
+    union = union_metrics([m["confusion"] for m in per_silo], [m["loss"] for m in per_silo])
+    pooled_true = np.concatenate([t for t, _ in silos])
+    pooled_pred = np.concatenate([p.argmax(1) for _, p in silos])
+    expected = f1_score(
+        pooled_true, pooled_pred, labels=np.arange(num_classes), average="macro", zero_division=0
+    )
+    assert union["f1_macro"] == pytest.approx(expected, abs=1e-12)
+    assert union["accuracy"] == pytest.approx(accuracy_score(pooled_true, pooled_pred))

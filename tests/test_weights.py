@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from fedsilo.weights import ChecksumError, delete_state, local_path, read_state, ref_for, write_state
+from fedsilo.weights import ChecksumError, copy_file, delete_state, local_path, read_state, write_state
 
 
 def test_round_trip_through_a_folder_uri(tmp_path):
@@ -30,9 +30,10 @@ def test_a_changed_file_fails_its_checksum(tmp_path):
         read_state(ref)
 
 
-def test_a_ref_knows_its_size_and_an_existing_file_gets_the_same_ref(tmp_path):
+def test_a_ref_knows_its_size_and_a_published_copy_has_the_same_checksum(tmp_path):
     path = tmp_path / "w.safetensors"
     ref = write_state({"a": torch.ones(100)}, path.as_uri())
     assert ref.size == path.stat().st_size
-    assert ref_for(path.as_uri()) == ref
+    copy = copy_file(path, (tmp_path / "shared" / "c.safetensors").as_uri())
+    assert (copy.sha256, copy.size) == (ref.sha256, ref.size)
     assert local_path(ref) == str(path)

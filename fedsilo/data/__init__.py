@@ -1,6 +1,6 @@
 """Data sources, partitioners and the per-silo train/test split."""
 
 from fedsilo.data.examples import DataError, Examples
-from fedsilo.data.silo_data import SiloData, label_names, load_silo_data
+from fedsilo.data.silo_data import SiloData, label_names, load_silo_data, order_labels
 
-__all__ = ["DataError", "Examples", "SiloData", "label_names", "load_silo_data"]
+__all__ = ["DataError", "Examples", "SiloData", "label_names", "load_silo_data", "order_labels"]

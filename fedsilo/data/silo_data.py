@@ -67,13 +67,23 @@ def load_silo_data(scenario: Scenario, silo: str) -> SiloData:
     return SiloData(silo, train, test)
 
 
-def label_names(scenario: Scenario) -> list[str]:
-    """Label names in the order of the model's outputs."""
+def order_labels(scenario: Scenario, seen: set[str]) -> list[str]:
+    """Label names in the order of the model's outputs, given the names found in the silos' data.
+
+    Named labels win, then the generator's fixed list; otherwise numbers sort as numbers.
+    """
     if scenario.data.labels:
         return list(scenario.data.labels)
     if all(isinstance(s, GeneratedSource) for s in scenario.sources()):
         return domain_labels(scenario.domain)
+    return sorted(seen, key=lambda name: (len(name), name) if name.isdigit() else (0, name))
+
+
+def label_names(scenario: Scenario) -> list[str]:
+    """Label names in the order of the model's outputs; reads every silo's data when not named."""
+    if scenario.data.labels or all(isinstance(s, GeneratedSource) for s in scenario.sources()):
+        return order_labels(scenario, set())
     seen: set[str] = set()
     for silo in scenario.silo_names():
         seen.update(silo_examples(scenario, silo).labels.tolist())
-    return sorted(seen, key=lambda name: (len(name), name) if name.isdigit() else (0, name))
+    return order_labels(scenario, seen)

@@ -16,6 +16,20 @@ def resolve_path(path: str) -> Path:
     return Path(os.path.expandvars(os.path.expanduser(path)))
 
 
+def source_for_file(path: str, shared: dict) -> dict:
+    """A silo's own data file as a source spec, chosen by its extension (.csv, .parquet, .npz).
+
+    Table column names follow `shared` (the scenario's data.source) when that is a table too.
+    """
+    kind = {".csv": "csv", ".parquet": "parquet", ".npz": "npz"}.get(Path(path).suffix.lower())
+    if kind is None:
+        raise DataError(f"{path}: a silo's data file must end in .csv, .parquet or .npz")
+    spec = {"kind": kind, "path": path}
+    if kind != "npz" and shared.get("kind") in ("csv", "parquet"):
+        spec |= {"text_column": shared["text_column"], "label_column": shared["label_column"]}
+    return spec
+
+
 def load_table(source: TableSource, group_column: str | None = None) -> Examples:
     """Rows of a CSV or Parquet file; the text and label columns must exist and be non-empty."""
     path = resolve_path(source.path)

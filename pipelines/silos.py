@@ -1,0 +1,163 @@
+"""How the coordinator reaches its silos: as tasks in this process, or as flow runs on their workers.
+
+Both ways answer the same three calls (prepare, fit, evaluate) with the silos' replies and the
+names of the silos that did not answer, so the round loop in flows.py is the same for both.
+"""
+
+import time
+from dataclasses import asdict
+
+from prefect import get_run_logger
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.states import Cancelled
+
+from fedsilo import artifacts
+from fedsilo.federation import JobPaths
+from fedsilo.scenario import Scenario
+from fedsilo.silo import DataSummary, Evaluation, FitReport, load_reply
+from fedsilo.weights import WeightRef
+from pipelines.silo_flow import SILO_FLOW
+from pipelines.tasks import evaluate_silo, fit_silo, prepare_silo
+
+POLL_SECONDS = 1.0
+
+
+class EmbeddedSilos:
+    """Silos as tasks of the coordinator flow, one after another in this process.
+
+    In-process silos share its cores and torch's RNG, and only a task in the main thread is one
+    that Prefect's timeout can interrupt.
+    """
+
+    def __init__(self, paths: JobPaths):
+        self.paths = paths
+
+    def _each(self, scenario: Scenario, call, args_for) -> tuple[list, list[str]]:
+        replies, missing = [], []
+        for silo in scenario.silo_names():
+            state = call(scenario, silo, *args_for(silo), return_state=True)
+            if state.is_completed():
+                replies.append(state.result())
+            else:
+                missing.append(silo)
+                get_run_logger().warning("silo %s did not answer: %s", silo, state.message)
+        return replies, missing
+
+    def prepare(self, scenario: Scenario) -> tuple[list[DataSummary], list[str]]:
+        return self._each(scenario, prepare_silo, lambda silo: ())
+
+    def fit(
+        self, scenario: Scenario, round_index: int, current: WeightRef
+    ) -> tuple[list[FitReport], list[str]]:
+        federation = scenario.federation
+        fit = fit_silo.with_options(
+            retries=federation.silo_retries, timeout_seconds=federation.silo_timeout_seconds
+        )
+        return self._each(
+            scenario, fit, lambda silo: (round_index, current, self.paths.update_uri(round_index, silo))
+        )
+
+    def evaluate(
+        self, scenario: Scenario, weights: WeightRef, step: str
+    ) -> tuple[list[Evaluation], list[str]]:
+        return self._each(scenario, evaluate_silo, lambda silo: (weights, step))
+
+
+class DistributedSilos:
+    """Silos as flow runs of their `silo-round/<silo>` deployments, each on the silo's own worker.
+
+    Each call starts one flow run per silo at once, then waits for all of them up to the scenario's
+    limits; a silo still running then is cancelled and reported missing, and asked again next step.
+    """
+
+    def __init__(self, paths: JobPaths):
+        self.paths = paths
+        self.job = paths.root.rstrip("/").rsplit("/", 1)[-1]
+
+    def _start(self, scenario: Scenario, silo: str, parameters: dict):
+        try:
+            return run_deployment(
+                f"{SILO_FLOW}/{silo}",
+                parameters={"scenario": scenario.model_dump(mode="json"), "silo": silo, **parameters},
+                flow_run_name=f"{self.job}:{silo}-{parameters['step']}",
+                timeout=0,
+            )
+        except ObjectNotFound:
+            get_run_logger().warning(
+                "silo %s has no deployment %s/%s: start its worker with `fedsilo worker --silo %s ...`",
+                silo,
+                SILO_FLOW,
+                silo,
+                silo,
+            )
+            return None
+
+    def _wait(self, runs: dict, limit: float) -> dict[str, bool]:
+        """Wait for the flow runs to finish; True for silos whose run completed."""
+        logger = get_run_logger()
+        deadline, done = time.monotonic() + limit, {}
+        with get_client(sync_client=True) as client:
+            while len(done) < len(runs) and time.monotonic() < deadline:
+                time.sleep(POLL_SECONDS)
+                for silo, run in runs.items():
+                    state = client.read_flow_run(run.id).state
+                    if silo not in done and state is not None and state.is_final():
+                        done[silo] = state.is_completed()
+                        if not done[silo]:
+                            logger.warning("silo %s: %s %s: %s", silo, run.name, state.name, state.message)
+            for silo, run in runs.items():
+                if silo not in done:
+                    message = f"no answer within {limit:.0f}s; cancelled by the coordinator"
+                    client.set_flow_run_state(run.id, Cancelled(message=message), force=True)
+                    logger.warning("silo %s: %s %s", silo, run.name, message)
+                    done[silo] = False
+        return done
+
+    def _call(self, scenario: Scenario, kind: type, step: str, params_for, attempts: int = 1):
+        federation = scenario.federation
+        limit = federation.silo_timeout_seconds * attempts + federation.silo_pickup_seconds
+        runs = {}
+        for silo in scenario.silo_names():
+            params = {"step": step, "reply_uri": self.paths.reply_uri(step, silo), **params_for(silo)}
+            run = self._start(scenario, silo, params)
+            if run is not None:
+                runs[silo] = run
+        answered = self._wait(runs, limit)
+        replies, missing = [], []
+        for silo in scenario.silo_names():
+            if answered.get(silo):
+                replies.append(load_reply(kind, artifacts.read_bytes(self.paths.reply_uri(step, silo))))
+            else:
+                missing.append(silo)
+        return replies, missing
+
+    def prepare(self, scenario: Scenario) -> tuple[list[DataSummary], list[str]]:
+        return self._call(scenario, DataSummary, "prepare", lambda silo: {"action": "prepare"})
+
+    def fit(
+        self, scenario: Scenario, round_index: int, current: WeightRef
+    ) -> tuple[list[FitReport], list[str]]:
+        def params(silo: str) -> dict:
+            update = self.paths.update_uri(round_index, silo)
+            return {
+                "action": "fit",
+                "weights": asdict(current),
+                "round_index": round_index,
+                "update_uri": update,
+            }
+
+        attempts = scenario.federation.silo_retries + 1
+        return self._call(scenario, FitReport, f"fit-round-{round_index}", params, attempts)
+
+    def evaluate(
+        self, scenario: Scenario, weights: WeightRef, step: str
+    ) -> tuple[list[Evaluation], list[str]]:
+        params = {"action": "evaluate", "weights": asdict(weights)}
+        return self._call(scenario, Evaluation, f"evaluate-{step}", lambda silo: params)
+
+
+def silos_for(scenario: Scenario, paths: JobPaths) -> EmbeddedSilos | DistributedSilos:
+    """The way to reach this scenario's silos, by `federation.mode`."""
+    return (DistributedSilos if scenario.federation.mode == "distributed" else EmbeddedSilos)(paths)

@@ -1,0 +1,164 @@
+"""Distributed mode on real servers: `prefect server`, `mlflow server` and one worker per silo.
+
+Each silo's worker runs in a folder of its own with only its own data file; the coordinator is
+`fedsilo run --mode distributed` in yet another folder and never sees the silos' data.
+"""
+
+import subprocess
+import time
+
+import pytest
+import torch
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from safetensors.torch import load_file
+
+from fedsilo.tracking import model_weights_path
+from tests.conftest import REPO
+from tests.stack import BIN, Stack, kill_tree, stop
+
+pytestmark = pytest.mark.slow
+SMOKE = REPO / "scenarios" / "smoke.yaml"  # its silos' rows come from the silo_files fixture
+# Short limits so a dead silo costs seconds, not the default hour.
+FAST_FAULTS = [
+    "--set=federation.silo_timeout_seconds=20",
+    "--set=federation.silo_retries=0",
+    "--set=federation.silo_pickup_seconds=15",
+]
+
+
+def fedsilo(stack: Stack, *args: str, cwd) -> subprocess.Popen:
+    command = [str(BIN / "fedsilo"), *args]
+    return subprocess.Popen(
+        command, env=stack.env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+
+
+def finish(process: subprocess.Popen, seconds: float = 600) -> tuple[int, str, str]:
+    out, err = process.communicate(timeout=seconds)
+    return process.returncode, out, err
+
+
+def job_run(client: MlflowClient, job: str):
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id],
+        f"tags.`fedsilo.role` = 'federation' AND attributes.run_name = '{job}'",
+    )
+    return run
+
+
+def final_weights(client: MlflowClient, job: str) -> dict[str, torch.Tensor]:
+    run = job_run(client, job)
+    models = client.search_logged_models([run.info.experiment_id])
+    (last,) = [m for m in models if m.source_run_id == run.info.run_id and m.tags["fedsilo.round"] == "2"]
+    return load_file(model_weights_path(f"models:/{last.model_id}"))
+
+
+def wait_until_running(stack: Stack, name: str, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
+            if runs and runs[0].state and runs[0].state.is_running():
+                return
+            time.sleep(0.5)
+    raise TimeoutError(f"flow run {name} never ran")
+
+
+def test_distributed_job_equals_the_embedded_one(stack, silo_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_uri)
+    workers = [stack.worker(silo, SMOKE, path) for silo, path in silo_files.items()]
+    try:
+        code, out, err = finish(
+            fedsilo(stack, "run", str(SMOKE), "--mode=distributed", "--job-name=distributed", cwd=tmp_path)
+        )
+    finally:
+        for worker in workers:
+            stop(worker)
+    assert code == 0, err[-4000:]
+    assert "Registered model smoke-global version 1" in out
+    embedded = fedsilo(stack, "run", str(SMOKE), "--job-name=embedded", cwd=tmp_path)
+    code, out, err = finish(embedded)
+    assert code == 0, err[-4000:]
+
+    client = MlflowClient(stack.mlflow_uri)
+    distributed_weights, embedded_weights = (
+        final_weights(client, "distributed"),
+        final_weights(client, "embedded"),
+    )
+    assert distributed_weights.keys() == embedded_weights.keys()
+    for name, tensor in distributed_weights.items():
+        torch.testing.assert_close(tensor, embedded_weights[name], rtol=1e-5, atol=1e-6, msg=name)
+    initial = load_file(model_weights_path(f"models:/{_round_model(client, 'distributed', 0)}"))
+    assert any(not torch.equal(initial[n], t) for n, t in distributed_weights.items())  # it did train
+
+    run = job_run(client, "distributed")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "global_accuracy")] == [0, 1, 2]
+    exchange = [a.path for a in client.list_artifacts(run.info.run_id, "exchange/distributed")]
+    assert "exchange/distributed/replies" in exchange
+    assert not [p for p in exchange if p.endswith(".safetensors")]  # weights are cleaned up
+    for silo in silo_files:
+        log = (stack.root / "silos" / silo / "worker.log").read_text()
+        assert f"{silo}-fit-round-2" in log and "Completed" in log
+
+
+def _round_model(client: MlflowClient, job: str, round_index: int) -> str:
+    run = job_run(client, job)
+    for model in client.search_logged_models([run.info.experiment_id]):
+        if model.source_run_id == run.info.run_id and model.tags["fedsilo.round"] == str(round_index):
+            return model.model_id
+    raise LookupError(round_index)
+
+
+def test_a_killed_silo_is_left_out_and_below_min_silos_the_job_fails(stack, silo_files, tmp_path):
+    client = MlflowClient(stack.mlflow_uri)
+    alive = stack.worker("clinic-a", SMOKE, silo_files["clinic-a"])
+    doomed = stack.worker("clinic-b", SMOKE, silo_files["clinic-b"])
+    try:
+        job = fedsilo(
+            stack, "run", str(SMOKE), "--mode=distributed", "--job-name=survives",
+            "--set=federation.min_silos=1", *FAST_FAULTS, cwd=tmp_path,
+        )  # fmt: skip
+        wait_until_running(stack, "survives:clinic-b-fit-round-1")
+        kill_tree(doomed.pid)
+        code, out, err = finish(job)
+        assert code == 0, err[-4000:]
+
+        run = job_run(client, "survives")
+        assert run.data.tags["fedsilo.missing.round_1"] == "clinic-b"
+        assert run.data.tags["fedsilo.missing.round_2"] == "clinic-b"  # invited again, still gone
+        answered = client.get_metric_history(run.info.run_id, "silos_answered")
+        assert [(m.step, m.value) for m in answered] == [(1, 1.0), (2, 1.0)]
+        (silo_b,) = client.search_runs(
+            [run.info.experiment_id],
+            f"tags.`mlflow.parentRunId` = '{run.info.run_id}' AND tags.`fedsilo.silo` = 'clinic-b'",
+        )
+        assert [m.value for m in client.get_metric_history(silo_b.info.run_id, "answered")] == [0.0, 0.0]
+        assert "clinic-b" in out  # the round table names the missing silo
+
+        # Below the minimum: clinic-b comes back, then dies in round 2 of a job that needs both.
+        doomed = stack.worker("clinic-b", SMOKE, silo_files["clinic-b"])
+        job = fedsilo(
+            stack,
+            "run",
+            str(SMOKE),
+            "--mode=distributed",
+            "--job-name=needs-both",
+            *FAST_FAULTS,
+            cwd=tmp_path,
+        )
+        wait_until_running(stack, "needs-both:clinic-b-fit-round-2")
+        kill_tree(doomed.pid)
+        code, out, err = finish(job)
+        assert code == 1
+        assert "round 2: only 1 of 2 silos answered (min_silos is 2); missing: clinic-b" in err
+        assert "Traceback" not in err
+        run = job_run(client, "needs-both")
+        assert run.info.status == "FAILED" and "missing: clinic-b" in run.data.tags["fedsilo.failure"]
+        kept = client.get_metric_history(run.info.run_id, "global_accuracy")
+        assert [m.step for m in kept] == [0, 1]  # the completed round stays in MLflow
+    finally:
+        stop(alive)
+        stop(doomed)
