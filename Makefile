@@ -7,7 +7,7 @@ SCENARIO ?= scenarios/medical.yaml
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup run test lint format ui clean
+.PHONY: setup run test lint format ui clean container-deps image
 
 setup: $(STAMP)
 
@@ -35,6 +35,17 @@ format: setup
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
+
+# Debian's podman (with runc) and debootstrap: the container test and image builds on machines
+# without a Docker engine or registry access (root; see docker/podman.sh).
+container-deps:
+	apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
+
+# The fedsilo image: `docker build .` where Docker runs; here, podman on a debootstrap base.
+image:
+	docker/podman.sh base
+	docker/podman.sh build
 
 clean:
 	rm -rf .fedsilo mlartifacts mlruns mlflow.db .pytest_cache

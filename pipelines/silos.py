@@ -133,7 +133,25 @@ class DistributedSilos:
                 missing.append(silo)
         return replies, missing
 
+    def _await_deployments(self, scenario: Scenario) -> None:
+        """Give silos whose workers are still starting up to `silo_pickup_seconds` to register."""
+        deadline = time.monotonic() + scenario.federation.silo_pickup_seconds
+        waiting = set(scenario.silo_names())
+        with get_client(sync_client=True) as client:
+            while waiting and time.monotonic() < deadline:
+                for silo in sorted(waiting):
+                    try:
+                        client.read_deployment_by_name(f"{SILO_FLOW}/{silo}")
+                        waiting.discard(silo)
+                    except ObjectNotFound:
+                        pass
+                if waiting:
+                    time.sleep(POLL_SECONDS)
+        if waiting:
+            get_run_logger().warning("no worker registered yet for: %s", ", ".join(sorted(waiting)))
+
     def prepare(self, scenario: Scenario) -> tuple[list[DataSummary], list[str]]:
+        self._await_deployments(scenario)
         return self._call(scenario, DataSummary, "prepare", lambda silo: {"action": "prepare"})
 
     def fit(

@@ -162,3 +162,32 @@ def test_a_killed_silo_is_left_out_and_below_min_silos_the_job_fails(stack, silo
     finally:
         stop(alive)
         stop(doomed)
+
+
+def test_prefect_yaml_registers_the_deployment_of_every_shipped_silo(stack, tmp_path):
+    import yaml
+
+    from fedsilo.scenario import load_scenario
+    from pipelines.deploy import ensure_pool
+    from pipelines.silo_flow import pool_name
+
+    silos = {s for path in (REPO / "scenarios").glob("*.yaml") for s in load_scenario(path).silo_names()}
+    declared = yaml.safe_load((REPO / "prefect.yaml").read_text())["deployments"]
+    assert {d["name"]: d["work_pool"]["name"] for d in declared} == {s: pool_name(s) for s in silos}
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+        for silo in silos:
+            ensure_pool(pool_name(silo), "test")
+        deploy = subprocess.run(
+            [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
+            env=stack.env | {"FEDSILO_HOME": str(REPO)},
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+        )
+        assert deploy.returncode == 0, deploy.stdout[-3000:]
+        with get_client(sync_client=True) as client:
+            for silo in silos:
+                deployment = client.read_deployment_by_name(f"silo-round/{silo}")
+                assert deployment.work_pool_name == pool_name(silo)
+                assert deployment.entrypoint == "pipelines/silo_flow.py:silo_round"

@@ -1,0 +1,93 @@
+"""The Dockerfile, built with podman, runs each silo as its own container with only its data mounted.
+
+Needs Debian's podman, runc and debootstrap (`make container-deps`, as root); without them, or
+where podman cannot run containers, the test says so and skips. The base image is made locally
+with debootstrap because no registry can be pulled from here (see docker/podman.sh).
+"""
+
+import os
+import shutil
+import subprocess
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+PODMAN = [str(REPO / "docker" / "podman.sh")]
+IMAGE = "localhost/fedsilo:test"
+
+
+def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    env = os.environ | {"FEDSILO_IMAGE": IMAGE}
+    run = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and run.returncode != 0:
+        raise AssertionError(f"podman {' '.join(args)} failed ({run.returncode}):\n{run.stderr[-4000:]}")
+    return run
+
+
+@pytest.fixture(scope="module")
+def image():
+    missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed; `make container-deps` (as root) installs them")
+    probe = podman("run", "--rm", "--help", check=False, timeout=60)
+    if probe.returncode != 0:
+        pytest.skip(f"podman cannot run here: {probe.stderr.strip()[-500:]}")
+    podman("base", timeout=900)
+    podman("build", timeout=1800)
+    return IMAGE
+
+
+def client_env(stack) -> list[str]:
+    variables = {
+        "PREFECT_API_URL": stack.prefect_api,
+        "MLFLOW_TRACKING_URI": stack.mlflow_uri,
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+    }
+    return [f"--env={name}={value}" for name, value in variables.items()]
+
+
+def test_image_runs_as_a_user_and_holds_no_credentials(image):
+    assert podman("run", "--rm", "--entrypoint=id", image, "-u").stdout.strip() != "0"
+    environment = podman("run", "--rm", "--entrypoint=env", image).stdout
+    assert not [line for line in environment.splitlines() if "PASSWORD" in line or "AUTH_STRING" in line]
+    listed = podman("run", "--rm", "--entrypoint=ls", image, "/app/scenarios").stdout.split()
+    assert {"medical.yaml", "smoke.yaml"} <= set(listed)
+
+
+def test_silos_as_containers_complete_the_smoke_scenario(image, stack, silo_files):
+    names = []
+    try:
+        for silo, path in silo_files.items():
+            path.parent.chmod(0o755)  # readable by the image's unprivileged user
+            path.chmod(0o644)
+            name = f"fedsilo-test-{silo}"
+            podman("rm", "--force", name, check=False)
+            podman(
+                "run", "--detach", f"--name={name}", "--network=host", *client_env(stack),
+                f"--volume={path.parent}:/data:ro", image,
+                "worker", f"--silo={silo}", "--scenario=scenarios/smoke.yaml", "--data=/data/notes.csv",
+            )  # fmt: skip
+            names.append(name)
+        coordinator = podman(
+            "run", "--rm", "--network=host", *client_env(stack), image,
+            "run", "scenarios/smoke.yaml", "--mode=distributed", "--job-name=containers",
+        )  # fmt: skip
+        assert "Done: global accuracy" in coordinator.stdout
+        for name, silo in zip(names, silo_files):
+            logs = podman("logs", name).stdout + podman("logs", name).stderr
+            assert f"containers:{silo}-fit-round-2" in logs and "/data/notes.csv" in logs
+    finally:
+        for name in names:
+            podman("kill", "--signal=INT", name, check=False)
+            podman("rm", "--force", name, check=False)
+
+    client = MlflowClient(stack.mlflow_uri)
+    (run,) = client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id], "attributes.run_name = 'containers'"
+    )
+    assert run.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "global_accuracy")
+    assert [m.step for m in history] == [0, 1, 2]
