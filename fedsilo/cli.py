@@ -161,8 +161,28 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)  # the worker takes over this process, signals included
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve one `federated-training/<scenario>` deployment per scenario file until Ctrl-C."""
+    if not os.environ.get("PREFECT_API_URL"):
+        print(
+            "fedsilo serve: set PREFECT_API_URL to a Prefect server (start one with "
+            "`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    files = args.scenarios or sorted(str(p) for p in Path("scenarios").glob("*.yaml"))
+    scenarios = [load_scenario(file) for file in files]  # every file is checked before serving
+    for file, scenario in zip(files, scenarios):
+        when = scenario.retraining.schedule or "on demand"
+        print(f"serving federated-training/{scenario.name} from {file} ({when})", flush=True)
+    from pipelines.deploy import serve_scenarios
+
+    serve_scenarios([Path(f) for f in files])
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
-    from fedsilo.tracking import compare
+    from fedsilo.tracking import compare, silo_matrices
 
     experiment = args.scenario
     if experiment.endswith((".yaml", ".yml")):
@@ -176,6 +196,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
         print(f"no federated jobs in experiment {experiment!r} yet; run `fedsilo run` first")
         return EXIT_FAILED
     print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep=""))
+    for job, matrix in silo_matrices(experiment, args.jobs).items():
+        print(f"\n{job}: each model (rows) on each silo's test split (columns)")
+        print(matrix.to_string(float_format=lambda v: f"{v:.3f}"))
     return 0
 
 
@@ -223,6 +246,12 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+")
     validate.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     validate.set_defaults(handler=cmd_validate)
+
+    serve = commands.add_parser(
+        "serve", help="serve a deployment per scenario (run them from the Prefect UI)"
+    )
+    serve.add_argument("scenarios", nargs="*", help="scenario files (default: scenarios/*.yaml)")
+    serve.set_defaults(handler=cmd_serve)
 
     compare = commands.add_parser("compare", help="per-silo table of the latest jobs, from MLflow")
     compare.add_argument("scenario", help="scenario name (MLflow experiment) or YAML file")

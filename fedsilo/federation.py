@@ -4,6 +4,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
+
 from fedsilo.aggregation import FedAvg, WeightedSum, make_strategy
 from fedsilo.data import order_labels
 from fedsilo.metrics import union_metrics
@@ -118,3 +120,13 @@ def update_bytes(reports: list[FitReport]) -> int:
 def beats(candidate: float, champion: float | None) -> bool:
     """Whether a candidate score is at least as good as the champion's (none: always)."""
     return champion is None or math.isnan(champion) or candidate >= champion
+
+
+def silo_matrix(models: dict[str, list[Evaluation]], metric: str) -> pd.DataFrame:
+    """One row per model (each silo's local model, the global one), one column per silo's test split."""
+    table = pd.DataFrame(
+        {model: {e.silo: getattr(e, metric) for e in evals} for model, evals in models.items()}
+    )
+    table = table.T
+    table.index.name = "model"
+    return table

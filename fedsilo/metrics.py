@@ -18,10 +18,15 @@ def scores_from_confusion(confusion: np.ndarray) -> dict[str, float]:
 
 
 def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
-    """accuracy, macro-F1 over all model classes, mean cross-entropy, and the confusion matrix."""
+    """accuracy, macro-F1 over all model classes, mean cross-entropy, and the confusion matrix.
+
+    A diverged model (non-finite outputs) still gets scored: its loss is NaN, its NaN scores never win.
+    """
     labels = np.arange(probs.shape[1])
-    confusion = confusion_matrix(y_true, probs.argmax(axis=1), labels=labels)
-    loss = float(log_loss(y_true, probs, labels=labels))
+    finite = bool(np.isfinite(probs).all())
+    predicted = np.nan_to_num(probs, nan=-1.0).argmax(axis=1)
+    confusion = confusion_matrix(y_true, predicted, labels=labels)
+    loss = float(log_loss(y_true, probs, labels=labels)) if finite else float("nan")
     return scores_from_confusion(confusion) | {"loss": loss, "confusion": confusion.tolist()}
 
 

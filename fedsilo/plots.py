@@ -1,6 +1,8 @@
 """Figures people would rather look at than read; matplotlib only, no MLflow here."""
 
 import matplotlib
+import numpy as np
+import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -25,5 +27,21 @@ def accuracy_by_round(
     axes.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1.02), title="Accuracy by round")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    return figure
+
+
+def silo_matrix_heatmap(matrix: pd.DataFrame, metric: str) -> plt.Figure:
+    """Rows: the model (each silo's local model, then the global one); columns: whose test split."""
+    figure, axes = plt.subplots(figsize=(1.4 * matrix.shape[1] + 2.5, 0.7 * matrix.shape[0] + 1.6))
+    image = axes.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
+    axes.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right")
+    axes.set_yticks(range(matrix.shape[0]), matrix.index)
+    for (row, column), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
+        axes.text(
+            column, row, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black"
+        )
+    axes.set(xlabel="test split of silo", ylabel="model", title=f"{metric}: every model on every silo")
+    figure.colorbar(image, ax=axes, fraction=0.046)
     figure.tight_layout()
     return figure

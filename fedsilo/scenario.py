@@ -5,8 +5,10 @@ a closed list, so a scenario file can never make fedsilo import or run code.
 """
 
 import os
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -171,6 +173,45 @@ class EvaluationSpec(Strict):
     )
 
 
+class RetrainingSpec(Strict):
+    """Recurring federated retraining: when to run again, and from which model."""
+
+    schedule: str | None = Field(
+        None, description="cron for the scenario's deployment, e.g. '0 6 * * 1' (Mondays 06:00); null: none"
+    )
+    timezone: str = Field("UTC", description="IANA timezone of the schedule")
+    warm_start: bool = Field(
+        False,
+        description=(
+            "start from the registered `champion` of <name>-global when there is one (else the "
+            "pretrained model)"
+        ),
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is not None:
+            from cronsim import CronSim, CronSimError
+
+            try:
+                CronSim(value, datetime(2026, 1, 1))
+            except CronSimError as exc:
+                raise ValueError(
+                    f"not a cron expression ({exc}); e.g. '0 6 * * 1' is Mondays 06:00"
+                ) from None
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError("unknown timezone; use an IANA name such as 'UTC' or 'Europe/Paris'") from None
+        return value
+
+
 class TrackingSpec(Strict):
     experiment: str | None = Field(None, description="MLflow experiment; default: scenario name")
     registered_model: str | None = Field(None, description="default: '<name>-global'")
@@ -189,6 +230,7 @@ class Scenario(Strict):
     federation: FederationSpec = Field(default_factory=FederationSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    retraining: RetrainingSpec = Field(default_factory=RetrainingSpec)
 
     @model_validator(mode="after")
     def _consistent(self) -> "Scenario":

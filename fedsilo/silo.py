@@ -4,6 +4,7 @@ The same participant serves the embedded mode (one process) and, later, a silo's
 It receives the global model by reference and answers with small records.
 """
 
+import hashlib
 import time
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from pydantic import TypeAdapter
 
-from fedsilo.data import label_names, load_silo_data
+from fedsilo.data import Examples, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
 from fedsilo.metrics import classification_metrics
 from fedsilo.modeling import build_model, encode, tokenizer_for
@@ -55,13 +56,24 @@ class DataSummary:
     train_counts: dict[str, int] = field(default_factory=dict)
     test_counts: dict[str, int] = field(default_factory=dict)
     input_shape: tuple[int, ...] = ()
+    version: str = ""  # sha256 of the rows: changes exactly when the silo's data changes
+
+
+def _digest(*parts: Examples) -> str:
+    hasher = hashlib.sha256()
+    for examples in parts:
+        inputs = examples.inputs
+        hasher.update(inputs.tobytes() if examples.is_image else "\x1f".join(inputs).encode())
+        hasher.update("\x1f".join(map(str, examples.labels)).encode())
+    return hasher.hexdigest()
 
 
 def summarize(scenario: Scenario, silo: str) -> DataSummary:
     """Load and split a silo's data and describe it; needs only this silo's own data."""
     data = load_silo_data(scenario, silo)
     shape = tuple(data.train.inputs.shape[1:]) if data.train.is_image else ()
-    return DataSummary(silo, data.train.label_counts(), data.test.label_counts(), shape)
+    counts = data.train.label_counts(), data.test.label_counts()
+    return DataSummary(silo, *counts, shape, _digest(data.train, data.test))
 
 
 def with_local_data(scenario: Scenario, silo: str, path: str) -> Scenario:

@@ -23,12 +23,13 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
-from fedsilo.plots import accuracy_by_round
+from fedsilo.plots import accuracy_by_round, silo_matrix_heatmap
 from fedsilo.scenario import Scenario, flatten
 from fedsilo.silo import DataSummary
 
 ROLE, SILO = "fedsilo.role", "fedsilo.silo"
 CHAMPION = "champion"
+MATRIX_TABLE = "silo_matrix.json"
 _BATCH_LIMIT = 100  # MLflow accepts at most 100 params per log_batch call
 
 
@@ -106,7 +107,10 @@ class FederationTracker:
         with warnings.catch_warnings():  # integer counts are intended; MLflow hints about NaNs
             warnings.simplefilter("ignore")
             dataset = mlflow.data.from_pandas(
-                table, name=f"{self.scenario.name}/{summary.silo}", targets="label"
+                table,
+                name=f"{self.scenario.name}/{summary.silo}",
+                targets="label",
+                digest=summary.version[:16] or None,  # the data version: a digest of the rows
             )
             entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])
         self.client.log_inputs(self.silo_runs[summary.silo], datasets=[entity])
@@ -115,6 +119,7 @@ class FederationTracker:
             params=[
                 Param("num_train", str(sum(summary.train_counts.values()))),
                 Param("num_test", str(sum(summary.test_counts.values()))),
+                Param("data_version", summary.version[:16]),
             ],
         )
 
@@ -167,6 +172,13 @@ class FederationTracker:
                 self.history.setdefault(silo, {}).setdefault(key, {})[round_index] = value
         figure = accuracy_by_round(self.federation_history, self.history)
         self.client.log_figure(self.parent_id, figure, "plots/accuracy_by_round.png")
+        plt.close(figure)
+
+    def log_silo_matrix(self, matrix: pd.DataFrame, metric: str) -> None:
+        """The silo x silo evaluation as a table (`silo_matrix.json`) and a heatmap on the parent run."""
+        self.client.log_table(self.parent_id, matrix.reset_index(), MATRIX_TABLE)
+        figure = silo_matrix_heatmap(matrix, metric)
+        self.client.log_figure(self.parent_id, figure, "plots/silo_matrix.png")
         plt.close(figure)
 
     def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None:
@@ -278,6 +290,30 @@ def compare(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> 
             }
         )
     return pd.DataFrame(rows)
+
+
+def silo_matrices(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
+    """The silo x silo matrix of each of the latest `jobs` jobs that logged one, by job name."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
+    parents = client.search_runs(
+        [found.experiment_id],
+        f"tags.`{ROLE}` = 'federation'",
+        order_by=["attributes.start_time DESC"],
+        max_results=jobs,
+    )
+    matrices = {}
+    for parent in parents:
+        if MATRIX_TABLE not in [a.path for a in client.list_artifacts(parent.info.run_id)]:
+            continue
+        with tempfile.TemporaryDirectory() as folder:
+            path = client.download_artifacts(parent.info.run_id, MATRIX_TABLE, folder)
+            table = json.loads(Path(path).read_text())
+        frame = pd.DataFrame(table["data"], columns=table["columns"]).set_index("model")
+        matrices[parent.data.tags.get("fedsilo.job", parent.info.run_name)] = frame
+    return matrices
 
 
 def log_pretrained(weights: Path, metrics: dict[str, float], params: dict[str, object]) -> str:

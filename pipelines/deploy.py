@@ -1,15 +1,20 @@
-"""Registering a silo with a Prefect server: its work pool and its deployment of the silo flow.
+"""Deployments: each silo's pool and `silo-round/<silo>`, and each scenario's `federated-training/<name>`.
 
-`fedsilo worker` calls this before starting the worker; prefect.yaml declares the same
-deployments for people who manage them with `prefect deploy`.
+`fedsilo worker` registers its silo before starting the worker; `fedsilo serve` serves every
+scenario's deployment; prefect.yaml declares the same deployments for `prefect deploy`.
 """
 
-from prefect import get_client
+from pathlib import Path
+
+from prefect import get_client, serve
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.deployments.runner import EntrypointType
+from prefect.deployments.runner import EntrypointType, RunnerDeployment
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.schedules import Cron
 from prefect.workers.process import ProcessWorker
 
+from fedsilo.scenario import load_scenario
+from pipelines.flows import federated_training
 from pipelines.silo_flow import SILO_FLOW, pool_name, silo_round
 
 
@@ -46,3 +51,28 @@ def register_silo(silo: str) -> str:
     )
     deployment.apply()
     return f"{SILO_FLOW}/{silo}"
+
+
+def scenario_deployment(path: Path) -> RunnerDeployment:
+    """The `federated-training/<scenario>` deployment of one scenario file.
+
+    Its `scenario` parameter defaults to the file's content, so the Prefect UI's run form shows
+    every setting (rounds, strategy, data, retraining) with the schema's descriptions; the file's
+    `retraining.schedule` becomes the deployment's cron schedule.
+    """
+    scenario = load_scenario(path)
+    retraining = scenario.retraining
+    schedules = [Cron(retraining.schedule, timezone=retraining.timezone)] if retraining.schedule else None
+    return federated_training.to_deployment(
+        name=scenario.name,
+        parameters={"scenario": scenario.model_dump(mode="json")},
+        schedules=schedules,
+        description=f"{scenario.description or scenario.name} (from {path.name})",
+        tags=["fedsilo", f"scenario:{scenario.name}", f"domain:{scenario.domain}"],
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
+def serve_scenarios(paths: list[Path]) -> None:
+    """Serve one deployment per scenario from this process until interrupted (embedded runs)."""
+    serve(*[scenario_deployment(path) for path in paths])

@@ -20,7 +20,7 @@ from fedsilo.federation import FederationError, JobPaths
 from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
 from fedsilo.tracking import FederationTracker, model_weights_path
-from fedsilo.weights import copy_file, delete_state, file_layout, layout, local_path, read_state
+from fedsilo.weights import WeightRef, copy_file, delete_state, file_layout, layout, local_path, read_state
 from pipelines.report import RoundRow, markdown, print_round
 from pipelines.silos import silos_for
 from pipelines.tasks import aggregate, initial_global
@@ -85,7 +85,7 @@ def _record_round(tracker, scenario, round_index, current, evaluations, reports,
     return union, model_id, row
 
 
-def _champion_decision(scenario, tracker, silos, paths, current, final_evaluations):
+def _champion_decision(scenario, tracker, silos, paths, candidate, final_evaluations):
     """Evaluate the current champion on this job's test data; decide whether the new model wins.
 
     Both models are scored on the test splits of the silos that answered both evaluations. Only a
@@ -93,14 +93,14 @@ def _champion_decision(scenario, tracker, silos, paths, current, final_evaluatio
     a comparison; one that cannot be read at all is kept, never replaced on doubt.
     """
     metric = scenario.evaluation.metric
-    current = tracker.champion()
-    if current is None:
+    registered = tracker.champion()
+    if registered is None:
         final = federation.global_metrics(final_evaluations)
         return True, f"first registered model ({metric} {final[metric]:.4f})"
-    version, model_uri = current
+    version, model_uri = registered
     try:
         champion_file = model_weights_path(model_uri)
-        incompatible = file_layout(champion_file) != layout(read_state(current))
+        incompatible = file_layout(champion_file) != layout(read_state(candidate))
     except Exception as exc:  # registry or artifact store unreachable, files missing
         return False, f"champion v{version} could not be read ({exc}); champion kept"
     if incompatible:
@@ -117,6 +117,37 @@ def _champion_decision(scenario, tracker, silos, paths, current, final_evaluatio
     if federation.beats(new, old):
         return True, f"{metric} {new:.4f} >= champion v{version}'s {old:.4f} {where}"
     return False, f"{metric} {new:.4f} < champion v{version}'s {old:.4f} {where}; champion kept"
+
+
+def _starting_point(scenario, tracker, shape, paths) -> tuple[WeightRef, str]:
+    """Round 0's global model: the registered champion when warm-starting and it fits, else the
+    pretrained model; the second value says which, and why."""
+    pretrained = initial_global(scenario, shape, paths.global_uri(0))
+    if not scenario.retraining.warm_start:
+        return pretrained, "pretrained model"
+    champion = tracker.champion()
+    if champion is None:
+        return pretrained, "pretrained model (no champion registered yet)"
+    version, model_uri = champion
+    name = f"{scenario.registered_model_name} v{version}"
+    try:
+        path = model_weights_path(model_uri)
+        if file_layout(path) != layout(read_state(pretrained)):
+            return pretrained, f"pretrained model (champion {name} does not fit this model)"
+        return copy_file(path, paths.global_uri(0)), f"champion {name}"
+    except Exception as exc:  # registry or artifact store unreachable
+        return pretrained, f"pretrained model (champion {name} could not be read: {exc})"
+
+
+def _compare_silos(scenario, tracker, silos, reports, final_evaluations) -> None:
+    """Every silo's final local model and the global model on every silo's test split, to MLflow."""
+    models = {}
+    for report in reports:
+        models[f"{report.silo} (local)"], _ = silos.evaluate(scenario, report.update, f"local-{report.silo}")
+        delete_state(report.update)
+    models["global"] = final_evaluations
+    metric = scenario.evaluation.metric
+    tracker.log_silo_matrix(federation.silo_matrix(models, metric), metric)
 
 
 def _publish_table(scenario: Scenario, job: str, rows: list[RoundRow], footer: str) -> None:
@@ -159,7 +190,9 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
         shape = federation.input_shape(summaries)
         meta = model_card(scenario, shape)
         strategy = federation.strategy_for(scenario)
-        current = initial_global(scenario, shape, paths.global_uri(0))
+        current, origin = _starting_point(scenario, tracker, shape, paths)
+        tracker.set_tags({"fedsilo.warm_start": origin})
+        logger.info("round 0 starts from the %s", origin)
 
         evaluations, missing = silos.evaluate(scenario, current, "round-0")
         federation.check_quorum(scenario, [e.silo for e in evaluations], "round 0")
@@ -182,7 +215,8 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
             missing = sorted(set(missing) | set(rejected))
             federation.check_quorum(scenario, [r.silo for r in reports], step)
             exchanged = federation.update_bytes(reports)
-            for ref in [r.update for r in reports] + [previous]:
+            last = round_index == scenario.federation.rounds
+            for ref in [previous] + ([] if last else [r.update for r in reports]):  # last: for the matrix
                 delete_state(ref)
             evaluations, _ = silos.evaluate(scenario, current, f"round-{round_index}")
             if missing:
@@ -199,6 +233,7 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
             _publish_table(
                 scenario, job, rows, f"Job {job}: round {round_index} of {scenario.federation.rounds}."
             )
+        _compare_silos(scenario, tracker, silos, reports, evaluations)
 
         result = JobResult(
             job=job,
@@ -218,9 +253,16 @@ def federated_training(scenario: Scenario, job_name: str | None = None) -> JobRe
                 "registered %s version %s: %s", result.registered_model, result.registered_version, reason
             )
             delete_state(current)  # MLflow holds it now; the exchange keeps nothing
+        decision = (
+            f"\n\n**Champion**: {'moved to' if result.champion else 'stays; not moved to'} "
+            f"{result.registered_model} v{result.registered_version}, because {result.champion_reason}."
+            if result.registered_version
+            else ""
+        )
         footer = (
-            f"Initial accuracy {initial['accuracy']:.3f}, final {union['accuracy']:.3f}. "
-            f"MLflow experiment `{scenario.experiment_name}`, run `{tracker.parent_id}`."
+            f"Started from the {origin}. Initial accuracy {initial['accuracy']:.3f}, final "
+            f"{union['accuracy']:.3f}. MLflow experiment `{scenario.experiment_name}`, run "
+            f"`{tracker.parent_id}`.{decision}"
         )
         _publish_table(scenario, job, rows, footer)
         tracker.finish("FINISHED")

@@ -78,7 +78,7 @@ def test_distributed_job_equals_the_embedded_one(stack, silo_files, tmp_path, mo
         for worker in workers:
             stop(worker)
     assert code == 0, err[-4000:]
-    assert "Registered model smoke-global version 1" in out
+    assert "Registered model smoke-global version" in out
     embedded = fedsilo(stack, "run", str(SMOKE), "--job-name=embedded", cwd=tmp_path)
     code, out, err = finish(embedded)
     assert code == 0, err[-4000:]

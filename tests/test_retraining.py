@@ -1,0 +1,61 @@
+"""Recurring retraining: warm start from the champion, and a worse candidate never takes the alias."""
+
+import pytest
+from mlflow import MlflowClient
+
+from fedsilo.pretrain import pretrain_cnn
+from fedsilo.scenario import load_scenario
+from fedsilo.tracking import silo_matrices
+from tests.conftest import REPO, shared_file
+from tests.test_flow import run_flow
+
+IMAGING = REPO / "scenarios" / "medical-imaging.yaml"
+
+
+@pytest.mark.slow
+def test_second_run_warm_starts_from_the_champion_and_a_worse_candidate_does_not_take_it(
+    prefect_server, mlflow_store, tmp_path
+):
+    npz = shared_file("pneumoniamnist", "pneumoniamnist.npz")
+    checkpoint = pretrain_cnn(tmp_path / "cnn.safetensors", epochs=2)
+    common = [f"data.source.path={npz}", f"model.source={checkpoint.path}", "retraining.warm_start=true"]
+    first = run_flow(load_scenario(IMAGING, common, rounds=2))
+    assert first.champion and first.registered_version == "1"
+
+    worse_on_purpose = ["federation.optimizer=sgd", "federation.learning_rate=30"]
+    second = run_flow(load_scenario(IMAGING, common + worse_on_purpose, rounds=1))
+    # round 0 of the second job is the first job's champion, scored on the same test splits
+    assert second.initial_accuracy == pytest.approx(first.final_accuracy, abs=1e-9)
+    assert second.final_accuracy < first.final_accuracy
+    assert not second.champion and second.registered_version == "2"
+    assert "< champion v1" in second.champion_reason and "champion kept" in second.champion_reason
+
+    client = MlflowClient(mlflow_store)
+    assert client.get_model_version_by_alias("medical-imaging-global", "champion").version in (1, "1")
+    experiment = client.get_experiment_by_name("medical-imaging").experiment_id
+    (run,) = client.search_runs([experiment], f"attributes.run_id = '{_run_of(client, second)}'")
+    assert run.data.tags["fedsilo.warm_start"] == "champion medical-imaging-global v1"
+    first_run = client.get_run(_run_of(client, first))
+    assert first_run.data.tags["fedsilo.warm_start"] == "pretrained model (no champion registered yet)"
+
+    (matrix,) = silo_matrices("medical-imaging", jobs=1).values()
+    assert list(matrix.index) == [f"{s} (local)" for s in ("hospital-a", "hospital-b", "hospital-c")] + [
+        "global"
+    ]
+    assert list(matrix.columns) == ["hospital-a", "hospital-b", "hospital-c"]
+    assert matrix.loc["global"].tolist() == pytest.approx(
+        [client.get_metric_history(r, "global_accuracy")[-1].value for r in _silo_runs(client, run)]
+    )
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
+    assert "plots/silo_matrix.png" in artifacts
+
+
+def _run_of(client: MlflowClient, result) -> str:
+    return result.parent_run_id
+
+
+def _silo_runs(client: MlflowClient, parent) -> list[str]:
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
+    return [r.info.run_id for r in sorted(children, key=lambda r: r.data.tags["fedsilo.silo"])]
