@@ -7,7 +7,7 @@ SCENARIO ?= scenarios/medical.yaml
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup run test lint format ui clean container-deps image
+.PHONY: setup run test lint format ui clean system-deps image
 
 setup: $(STAMP)
 
@@ -36,11 +36,11 @@ format: setup
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
 
-# Debian's podman (with runc) and debootstrap: the container test and image builds on machines
-# without a Docker engine or registry access (root; see docker/podman.sh).
-container-deps:
+# Debian packages some tests need (root): podman, runc and debootstrap for the container test and
+# image builds without a Docker engine or registry (docker/podman.sh); chromium for the UI test.
+system-deps:
 	apt-get update -qq
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap >/dev/null
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap chromium >/dev/null
 
 # The fedsilo image: `docker build .` where Docker runs; here, podman on a debootstrap base.
 image:

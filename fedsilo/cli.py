@@ -94,7 +94,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             warming.join()
         from pipelines.flows import federated_training
 
-        state = federated_training(scenario, job_name=args.job_name, return_state=True)
+        state = federated_training(scenario, job_name=args.job_name or "", return_state=True)
         if state.is_failed() and not isinstance(state.result(raise_on_failure=False), Exception):
             raise FederationError(state.message)  # the flow's own verdict, e.g. too few silos answered
         result = state.result()

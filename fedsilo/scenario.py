@@ -183,8 +183,8 @@ class RetrainingSpec(Strict):
     warm_start: bool = Field(
         False,
         description=(
-            "start from the registered `champion` of <name>-global when there is one (else the "
-            "pretrained model)"
+            "start from the `champion` alias of the scenario's registered model (name-global) "
+            "when there is one, else from the pretrained model"
         ),
     )
 
@@ -214,7 +214,7 @@ class RetrainingSpec(Strict):
 
 class TrackingSpec(Strict):
     experiment: str | None = Field(None, description="MLflow experiment; default: scenario name")
-    registered_model: str | None = Field(None, description="default: '<name>-global'")
+    registered_model: str | None = Field(None, description="default: the scenario name + '-global'")
     log_models: bool = Field(True, description="log the global model of every round")
 
 

@@ -30,6 +30,9 @@ from fedsilo.silo import DataSummary
 ROLE, SILO = "fedsilo.role", "fedsilo.silo"
 CHAMPION = "champion"
 MATRIX_TABLE = "silo_matrix.json"
+# Model training, not GenAI: the MLflow UI then opens the experiment on its runs table.
+KIND_TAG = "mlflow.experimentKind"
+KIND = {KIND_TAG: "custom_model_development"}
 _BATCH_LIMIT = 100  # MLflow accepts at most 100 params per log_batch call
 
 
@@ -61,12 +64,16 @@ class FederationTracker:
     def _experiment_id(self) -> str:
         name = self.scenario.experiment_name
         experiment = self.client.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        try:
-            return self.client.create_experiment(name, tags={"fedsilo.domain": self.scenario.domain})
-        except MlflowException:  # created meanwhile by another process
-            return self.client.get_experiment_by_name(name).experiment_id
+        if experiment is None:
+            try:
+                return self.client.create_experiment(
+                    name, tags={"fedsilo.domain": self.scenario.domain, **KIND}
+                )
+            except MlflowException:  # created meanwhile by another process
+                experiment = self.client.get_experiment_by_name(name)
+        if KIND_TAG not in experiment.tags:
+            self.client.set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND[KIND_TAG])
+        return experiment.experiment_id
 
     def start(self) -> str:
         """Create the parent run and one child run per silo; return the parent run id."""

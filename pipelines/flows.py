@@ -164,7 +164,13 @@ def _publish_table(scenario: Scenario, job: str, rows: list[RoundRow], footer: s
     description="FedAvg fine-tuning of one shared model across silos, tracked in MLflow.",
     log_prints=True,
 )
-def federated_training(scenario: Scenario, job_name: str | None = None) -> JobResult:
+def federated_training(scenario: Scenario, job_name: str = "") -> JobResult:
+    """Run one federated job of `scenario` and record it in MLflow.
+
+    Args:
+        scenario: the scenario: silos, data, model, federation, evaluation, tracking, retraining.
+        job_name: the MLflow run name of this job; empty for '<scenario>-<timestamp>'.
+    """
     logger = get_run_logger()
     job = job_name or f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
     tracker = FederationTracker(scenario, job)

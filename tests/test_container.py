@@ -1,6 +1,6 @@
 """The Dockerfile, built with podman, runs each silo as its own container with only its data mounted.
 
-Needs Debian's podman, runc and debootstrap (`make container-deps`, as root); without them, or
+Needs Debian's podman, runc and debootstrap (`make system-deps`, as root); without them, or
 where podman cannot run containers, the test says so and skips. The base image is made locally
 with debootstrap because no registry can be pulled from here (see docker/podman.sh).
 """
@@ -31,7 +31,7 @@ def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.C
 def image():
     missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"{', '.join(missing)} not installed; `make container-deps` (as root) installs them")
+        pytest.skip(f"{', '.join(missing)} not installed; `make system-deps` (as root) installs them")
     probe = podman("run", "--rm", "--help", check=False, timeout=60)
     if probe.returncode != 0:
         pytest.skip(f"podman cannot run here: {probe.stderr.strip()[-500:]}")

@@ -1,0 +1,89 @@
+"""End to end in a real headless browser: the Prefect UI starts the smoke deployment from its Run
+form, the run completes, and the MLflow UI shows the experiment. Screenshots land in the test's
+folder (kept under pytest's basetemp) for a person to look at.
+
+Needs Debian's chromium (`apt-get install chromium`; .ci/run installs it when it can) and the
+`playwright` package (a dev dependency); Playwright drives the system browser, it downloads none.
+"""
+
+import re
+import shutil
+import time
+
+import pytest
+
+from tests.conftest import REPO
+from tests.stack import BIN, start, stop
+
+pytestmark = pytest.mark.slow
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags that keep Chromium from reaching out to the internet, which this machine refuses.
+QUIET = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
+@pytest.fixture
+def page(tmp_path):
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser.close()
+
+
+def field(page, label: str):
+    """The input of a schema-form property, by its label (the innermost property that has it)."""
+    header = page.get_by_text(label, exact=True)
+    return page.locator(".schema-form-property", has=header).last.locator("input, textarea").first
+
+
+def test_run_from_the_prefect_ui_then_see_it_in_mlflow(stack, page, tmp_path):
+    server = start(
+        [str(BIN / "fedsilo"), "serve", str(REPO / "scenarios" / "smoke.yaml")],
+        tmp_path / "serve.log",
+        stack.env,
+        cwd=tmp_path,
+    )
+    ui = stack.prefect_api.removesuffix("/api")
+    try:
+        page.goto(f"{ui}/deployments")
+        page.get_by_role("link", name="smoke").first.click(timeout=90_000)  # served within seconds
+        page.get_by_role("button", name="Run", exact=True).click()
+        page.get_by_text("Custom run").first.click()
+        page.get_by_text("Rounds (Optional)", exact=True).wait_for()
+        run_name = page.locator("input").first.input_value()  # the Run Name field, prefilled
+        rounds = field(page, "Rounds (Optional)")
+        rounds.fill("1")
+        job_name = field(page, "job_name (Optional)")
+        job_name.fill("from-the-ui")
+        page.screenshot(path=str(tmp_path / "1-run-form.png"), full_page=True)
+        page.get_by_role("button", name="Submit").click()
+
+        page.wait_for_url(re.compile(r".*/deployments/deployment/.*tab=Runs"), timeout=30_000)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not page.get_by_text("Completed").count():
+            assert not page.get_by_text("Failed").count(), (tmp_path / "serve.log").read_text()
+            page.wait_for_timeout(3000)
+            page.reload()
+            page.screenshot(path=str(tmp_path / "2-deployment-runs.png"), full_page=True)
+        assert page.get_by_text("Completed").count(), (tmp_path / "serve.log").read_text()[-3000:]
+        page.screenshot(path=str(tmp_path / "2-deployment-run-completed.png"), full_page=True)
+        page.get_by_role("link", name=run_name).click()
+        page.wait_for_url(re.compile(r".*/runs/flow-run/.*"))
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.get_by_text("smoke-rounds").first.wait_for()  # the round table, as a markdown artifact
+        page.screenshot(path=str(tmp_path / "3-flow-run-artifacts.png"), full_page=True)
+    finally:
+        stop(server)
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(stack.mlflow_uri)
+    experiment = client.get_experiment_by_name("smoke")
+    (run,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'from-the-ui'")
+    assert run.data.params["federation.rounds"] == "1"  # the value typed into the form
+    page.goto(f"{stack.mlflow_uri}/#/experiments/{experiment.experiment_id}/runs")
+    page.get_by_text("from-the-ui").first.wait_for(timeout=60_000)
+    page.screenshot(path=str(tmp_path / "4-mlflow-experiment.png"), full_page=True)
