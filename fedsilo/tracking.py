@@ -255,8 +255,8 @@ def model_weights_path(model_uri: str) -> str:
     return str(next(folder.rglob("*.safetensors")))
 
 
-def compare(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> pd.DataFrame:
-    """Per-silo table for the latest `jobs` federated jobs of an experiment, read back from MLflow."""
+def _latest_jobs(experiment: str, jobs: int, tracking_uri: str | None):
+    """(client, experiment id, parent runs of the latest `jobs` federated jobs, newest first)."""
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
@@ -267,11 +267,15 @@ def compare(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> 
         order_by=["attributes.start_time DESC"],
         max_results=jobs,
     )
+    return client, found.experiment_id, parents
+
+
+def compare(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> pd.DataFrame:
+    """Per-silo table for the latest `jobs` federated jobs of an experiment, read back from MLflow."""
+    client, experiment_id, parents = _latest_jobs(experiment, jobs, tracking_uri)
     rows = []
     for parent in parents:
-        children = client.search_runs(
-            [found.experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
-        )
+        children = client.search_runs([experiment_id], f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
         job = parent.data.tags.get("fedsilo.job", parent.info.run_name)
         for child in sorted(children, key=lambda r: r.data.tags.get(SILO, "")):
             m = child.data.metrics
@@ -300,17 +304,8 @@ def compare(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> 
 
 
 def silo_matrices(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
-    """The silo x silo matrix of each of the latest `jobs` jobs that logged one, by job name."""
-    client = MlflowClient(tracking_uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        raise LookupError(f"no MLflow experiment named {experiment!r} at {client.tracking_uri}")
-    parents = client.search_runs(
-        [found.experiment_id],
-        f"tags.`{ROLE}` = 'federation'",
-        order_by=["attributes.start_time DESC"],
-        max_results=jobs,
-    )
+    """The silo x silo matrix of each of the latest `jobs` jobs that logged one, by job and run."""
+    client, _, parents = _latest_jobs(experiment, jobs, tracking_uri)
     matrices = {}
     for parent in parents:
         if MATRIX_TABLE not in [a.path for a in client.list_artifacts(parent.info.run_id)]:
@@ -319,7 +314,8 @@ def silo_matrices(experiment: str, jobs: int = 1, tracking_uri: str | None = Non
             path = client.download_artifacts(parent.info.run_id, MATRIX_TABLE, folder)
             table = json.loads(Path(path).read_text())
         frame = pd.DataFrame(table["data"], columns=table["columns"]).set_index("model")
-        matrices[parent.data.tags.get("fedsilo.job", parent.info.run_name)] = frame
+        job = parent.data.tags.get("fedsilo.job", parent.info.run_name)
+        matrices[f"{job} (run {parent.info.run_id[:8]})"] = frame  # job names may repeat
     return matrices
 
 

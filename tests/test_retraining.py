@@ -5,9 +5,9 @@ from mlflow import MlflowClient
 
 from fedsilo.pretrain import pretrain_cnn
 from fedsilo.scenario import load_scenario
-from fedsilo.tracking import silo_matrices
+from fedsilo.tracking import compare, silo_matrices
 from tests.conftest import REPO, shared_file
-from tests.test_flow import run_flow
+from tests.test_flow import run_cli, run_flow
 
 IMAGING = REPO / "scenarios" / "medical-imaging.yaml"
 
@@ -48,6 +48,11 @@ def test_second_run_warm_starts_from_the_champion_and_a_worse_candidate_does_not
     )
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "plots")]
     assert "plots/silo_matrix.png" in artifacts
+
+    table = compare("medical-imaging", jobs=2)
+    assert len(table) == 2 * 4 and set(table["job"]) == {first.job}  # 3 silos + all, both jobs
+    printed = run_cli("compare", "medical-imaging", "--jobs", "2", cwd=tmp_path)
+    assert printed.returncode == 0 and printed.stdout.count("hospital-c (local)") == 2
 
 
 def _run_of(client: MlflowClient, result) -> str:
