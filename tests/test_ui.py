@@ -11,9 +11,12 @@ import shutil
 import time
 
 import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.conftest import REPO
 from tests.stack import BIN, start, stop
+from tests.test_serve import wait_for_deployment
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -48,8 +51,11 @@ def test_run_from_the_prefect_ui_then_see_it_in_mlflow(stack, page, tmp_path):
     )
     ui = stack.prefect_api.removesuffix("/api")
     try:
+        with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+            wait_for_deployment(client, "federated-training/smoke", server)
         page.goto(f"{ui}/deployments")
-        page.get_by_role("link", name="smoke").first.click(timeout=90_000)  # served within seconds
+        page.get_by_placeholder("Search deployments").fill("smoke")  # other tests' deployments too
+        page.get_by_role("link", name="smoke", exact=True).first.click()
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("Custom run").first.click()
         page.get_by_text("Rounds (Optional)", exact=True).wait_for()
