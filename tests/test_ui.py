@@ -16,7 +16,19 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from tests.conftest import REPO
 from tests.stack import BIN, start, stop
-from tests.test_serve import wait_for_deployment
+from tests.test_serve import wait_for_deployment, wait_for_run
+
+
+def wait_for_submitted(client, job_name: str, seconds: float = 60):
+    """The flow run that the form created, found by the job_name typed into it."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for run in client.read_flow_runs():
+            if run.parameters.get("job_name") == job_name:
+                return run
+        time.sleep(1)
+    raise TimeoutError(job_name)
+
 
 pytestmark = pytest.mark.slow
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -59,7 +71,6 @@ def test_run_from_the_prefect_ui_then_see_it_in_mlflow(stack, page, tmp_path):
         page.get_by_role("button", name="Run", exact=True).click()
         page.get_by_text("Custom run").first.click()
         page.get_by_text("Rounds (Optional)", exact=True).wait_for()
-        run_name = page.locator("input").first.input_value()  # the Run Name field, prefilled
         rounds = field(page, "Rounds (Optional)")
         rounds.fill("1")
         job_name = field(page, "job_name (Optional)")
@@ -68,16 +79,15 @@ def test_run_from_the_prefect_ui_then_see_it_in_mlflow(stack, page, tmp_path):
         page.get_by_role("button", name="Submit").click()
 
         page.wait_for_url(re.compile(r".*/deployments/deployment/.*tab=Runs"), timeout=30_000)
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline and not page.get_by_text("Completed").count():
-            assert not page.get_by_text("Failed").count(), (tmp_path / "serve.log").read_text()
-            page.wait_for_timeout(3000)
-            page.reload()
-            page.screenshot(path=str(tmp_path / "2-deployment-runs.png"), full_page=True)
-        assert page.get_by_text("Completed").count(), (tmp_path / "serve.log").read_text()[-3000:]
+        with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+            run = wait_for_submitted(client, "from-the-ui")  # the server may hold other tests' runs
+            state = wait_for_run(client, run.id)
+        assert state.is_completed(), (tmp_path / "serve.log").read_text()[-3000:]
+        page.reload()
+        page.get_by_role("link", name=run.name).wait_for()
         page.screenshot(path=str(tmp_path / "2-deployment-run-completed.png"), full_page=True)
-        page.get_by_role("link", name=run_name).click()
-        page.wait_for_url(re.compile(r".*/runs/flow-run/.*"))
+        page.goto(f"{ui}/runs/flow-run/{run.id}")
+        page.get_by_text("Completed").first.wait_for()
         page.get_by_text("Artifacts", exact=True).first.click()
         page.get_by_text("smoke-rounds").first.wait_for()  # the round table, as a markdown artifact
         page.screenshot(path=str(tmp_path / "3-flow-run-artifacts.png"), full_page=True)
