@@ -19,6 +19,11 @@ def _is_mlflow(uri: str) -> bool:
     return uri.startswith(MLFLOW_SCHEMES)
 
 
+def is_url(location: str) -> bool:
+    """Whether `location` is a store URL (s3://, file://, mlflow-artifacts:/...) rather than a path."""
+    return "://" in location or _is_mlflow(location)
+
+
 def _mlflow_repository(folder_uri: str):
     from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
 
@@ -57,8 +62,3 @@ def delete(uri: str) -> None:
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.exists(path):
         fs.rm(path)
-
-
-def join(root: str, *parts: str) -> str:
-    """`root/part/...` for a folder URL or path."""
-    return posixpath.join(root.rstrip("/"), *parts)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from fedsilo import artifacts
 from fedsilo.aggregation import FedAvg, WeightedSum, make_strategy
 from fedsilo.data import order_labels
 from fedsilo.metrics import union_metrics
@@ -44,7 +45,7 @@ class JobPaths:
     def under(cls, folder: str | Path, job_id: str) -> "JobPaths":
         """A job's folder under a local directory or a store URL (s3://, mlflow-artifacts:/...)."""
         text = str(folder)
-        if "://" in text or text.startswith("mlflow-artifacts:"):
+        if artifacts.is_url(text):
             return cls(f"{text.rstrip('/')}/{job_id}")
         return cls(Path(text).resolve().joinpath(job_id).as_uri())
 
@@ -115,6 +116,24 @@ def global_metrics(evaluations: list[Evaluation]) -> dict[str, float]:
 def update_bytes(reports: list[FitReport]) -> int:
     """Bytes that crossed silo boundaries in a round: the global model out, each update back."""
     return 2 * sum(r.update.size for r in reports)
+
+
+def champion_verdict(
+    candidate: list[Evaluation], champion: list[Evaluation], metric: str, version: str
+) -> tuple[bool, str]:
+    """Whether the candidate takes the alias from champion `version`, and why.
+
+    Both are scored on the test splits of the silos that evaluated both; at least as good wins.
+    """
+    common = {e.silo for e in candidate} & {e.silo for e in champion}
+    if not common:
+        return False, f"no silo could evaluate champion v{version}; champion kept"
+    new = global_metrics([e for e in candidate if e.silo in common])[metric]
+    old = global_metrics([e for e in champion if e.silo in common])[metric]
+    where = f"on the test data of {len(common)} silos"
+    if beats(new, old):
+        return True, f"{metric} {new:.4f} >= champion v{version}'s {old:.4f} {where}"
+    return False, f"{metric} {new:.4f} < champion v{version}'s {old:.4f} {where}; champion kept"
 
 
 def beats(candidate: float, champion: float | None) -> bool:

@@ -1,6 +1,6 @@
 """A silo's participant: its data, its copy of the model, and what it does in a round.
 
-The same participant serves the embedded mode (one process) and, later, a silo's own worker.
+The same participant serves the embedded mode (one process) and a silo's own worker.
 It receives the global model by reference and answers with small records.
 """
 
@@ -71,9 +71,8 @@ def _digest(*parts: Examples) -> str:
 def summarize(scenario: Scenario, silo: str) -> DataSummary:
     """Load and split a silo's data and describe it; needs only this silo's own data."""
     data = load_silo_data(scenario, silo)
-    shape = tuple(data.train.inputs.shape[1:]) if data.train.is_image else ()
     counts = data.train.label_counts(), data.test.label_counts()
-    return DataSummary(silo, *counts, shape, _digest(data.train, data.test))
+    return DataSummary(silo, *counts, data.train.input_shape, _digest(data.train, data.test))
 
 
 def with_local_data(scenario: Scenario, silo: str, path: str) -> Scenario:
@@ -99,14 +98,7 @@ class SiloParticipant:
         tokenizer = tokenizer_for(scenario.model)
         self.train = encode(data.train, self.labels, scenario.model, silo, tokenizer)
         self.test = encode(data.test, self.labels, scenario.model, silo, tokenizer)
-        self.input_shape = tuple(data.train.inputs.shape[1:]) if data.train.is_image else ()
-        self.model = self.initial_model()
-
-    def initial_model(self) -> torch.nn.Module:
-        """The pretrained starting point every silo and the coordinator agree on."""
-        return build_model(
-            self.scenario.model, len(self.labels), self.input_shape, self.scenario.federation.seed
-        )
+        self.model = pretrained_model(scenario, len(self.labels), data.train.input_shape)
 
     @property
     def num_examples(self) -> int:
@@ -198,10 +190,11 @@ def model_card(scenario: Scenario, input_shape: tuple[int, ...]) -> dict:
     }
 
 
-def initial_state(scenario: Scenario, input_shape: tuple[int, ...]) -> State:
-    """The global model before round 1: the pretrained model with a seeded new head.
+def pretrained_model(scenario: Scenario, num_labels: int, input_shape: tuple[int, ...]) -> torch.nn.Module:
+    """The pretrained model with a seeded new head: the same in every silo and in the coordinator."""
+    return build_model(scenario.model, num_labels, input_shape, scenario.federation.seed)
 
-    Built by the coordinator from the model spec alone, exactly as every silo builds its copy.
-    """
-    model = build_model(scenario.model, len(scenario.data.labels), input_shape, scenario.federation.seed)
-    return model.state_dict()
+
+def initial_state(scenario: Scenario, input_shape: tuple[int, ...]) -> State:
+    """The global model before round 1, built by the coordinator from the model spec alone."""
+    return pretrained_model(scenario, len(scenario.data.labels), input_shape).state_dict()

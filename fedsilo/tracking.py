@@ -200,6 +200,17 @@ class FederationTracker:
             return None
         return version.version, version.source
 
+    def champion_weights(self) -> tuple[str, str] | None:
+        """(version, local weights file) of the champion, or None; raises when it cannot be read."""
+        registered = self.champion()
+        if registered is None:
+            return None
+        version, model_uri = registered
+        try:
+            return version, model_weights_path(model_uri)
+        except Exception as exc:  # artifact store unreachable, files missing
+            raise LookupError(f"champion v{version} could not be read ({exc})") from exc
+
     def register(self, model_id: str, make_champion: bool, reason: str) -> str:
         """Register the final global model; move `champion` to it when it earned it."""
         name = self.scenario.registered_model_name

@@ -83,12 +83,13 @@ def delete_state(ref: WeightRef) -> None:
     artifacts.delete(ref.uri)
 
 
-def layout(state: State) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes: two models can exchange weights only when these match."""
-    return {name: tuple(t.shape) for name, t in state.items()}
-
-
 def file_layout(path: str | Path) -> dict[str, tuple[int, ...]]:
-    """`layout` of a safetensors file, read from its header without loading the tensors."""
+    """Tensor names and shapes of a safetensors file, read from its header alone."""
     with safe_open(str(path), "pt") as handle:
         return {name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()}  # noqa: SIM118 (not a dict)
+
+
+def same_layout(path: str | Path, ref: WeightRef) -> bool:
+    """Whether the weights file at `path` fits the model whose weights `ref` holds (same names, shapes)."""
+    with tempfile.TemporaryDirectory() as scratch:  # only used when `ref` is not a local file
+        return file_layout(path) == file_layout(local_path(ref, scratch))

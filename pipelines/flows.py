@@ -19,8 +19,8 @@ from fedsilo import federation
 from fedsilo.federation import FederationError, JobPaths
 from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
-from fedsilo.tracking import FederationTracker, model_weights_path
-from fedsilo.weights import WeightRef, copy_file, delete_state, file_layout, layout, local_path, read_state
+from fedsilo.tracking import FederationTracker
+from fedsilo.weights import WeightRef, copy_file, delete_state, local_path, same_layout
 from pipelines.report import RoundRow, markdown, print_round
 from pipelines.silos import silos_for
 from pipelines.tasks import aggregate, initial_global
@@ -88,35 +88,24 @@ def _record_round(tracker, scenario, round_index, current, evaluations, reports,
 def _champion_decision(scenario, tracker, silos, paths, candidate, final_evaluations):
     """Evaluate the current champion on this job's test data; decide whether the new model wins.
 
-    Both models are scored on the test splits of the silos that answered both evaluations. Only a
-    champion that cannot load into this model (other labels or architecture) is replaced without
-    a comparison; one that cannot be read at all is kept, never replaced on doubt.
+    Only a champion that cannot load into this model (other labels or architecture) is replaced
+    without a comparison; one that cannot be read at all is kept, never replaced on doubt.
     """
     metric = scenario.evaluation.metric
-    registered = tracker.champion()
-    if registered is None:
+    try:
+        champion = tracker.champion_weights()
+    except Exception as exc:  # registry or artifact store unreachable, files missing
+        return False, f"{exc}; champion kept"
+    if champion is None:
         final = federation.global_metrics(final_evaluations)
         return True, f"first registered model ({metric} {final[metric]:.4f})"
-    version, model_uri = registered
-    try:
-        champion_file = model_weights_path(model_uri)
-        incompatible = file_layout(champion_file) != layout(read_state(candidate))
-    except Exception as exc:  # registry or artifact store unreachable, files missing
-        return False, f"champion v{version} could not be read ({exc}); champion kept"
-    if incompatible:
+    version, path = champion
+    if not same_layout(path, candidate):
         return True, f"champion v{version} has another architecture or label set; replaced"
-    ref = copy_file(champion_file, paths.champion_uri())
+    ref = copy_file(path, paths.champion_uri())
     evaluations, _ = silos.evaluate(scenario, ref, "champion")
     delete_state(ref)
-    common = {e.silo for e in evaluations} & {e.silo for e in final_evaluations}
-    if not common:
-        return False, f"no silo could evaluate champion v{version}; champion kept"
-    new = federation.global_metrics([e for e in final_evaluations if e.silo in common])[metric]
-    old = federation.global_metrics([e for e in evaluations if e.silo in common])[metric]
-    where = f"on the test data of {len(common)} silos"
-    if federation.beats(new, old):
-        return True, f"{metric} {new:.4f} >= champion v{version}'s {old:.4f} {where}"
-    return False, f"{metric} {new:.4f} < champion v{version}'s {old:.4f} {where}; champion kept"
+    return federation.champion_verdict(final_evaluations, evaluations, metric, version)
 
 
 def _starting_point(scenario, tracker, shape, paths) -> tuple[WeightRef, str]:
@@ -125,18 +114,17 @@ def _starting_point(scenario, tracker, shape, paths) -> tuple[WeightRef, str]:
     pretrained = initial_global(scenario, shape, paths.global_uri(0))
     if not scenario.retraining.warm_start:
         return pretrained, "pretrained model"
-    champion = tracker.champion()
+    try:
+        champion = tracker.champion_weights()
+    except Exception as exc:  # registry or artifact store unreachable
+        return pretrained, f"pretrained model ({exc})"
     if champion is None:
         return pretrained, "pretrained model (no champion registered yet)"
-    version, model_uri = champion
+    version, path = champion
     name = f"{scenario.registered_model_name} v{version}"
-    try:
-        path = model_weights_path(model_uri)
-        if file_layout(path) != layout(read_state(pretrained)):
-            return pretrained, f"pretrained model (champion {name} does not fit this model)"
-        return copy_file(path, paths.global_uri(0)), f"champion {name}"
-    except Exception as exc:  # registry or artifact store unreachable
-        return pretrained, f"pretrained model (champion {name} could not be read: {exc})"
+    if not same_layout(path, pretrained):
+        return pretrained, f"pretrained model (champion {name} does not fit this model)"
+    return copy_file(path, paths.global_uri(0)), f"champion {name}"
 
 
 def _compare_silos(scenario, tracker, silos, reports, final_evaluations) -> None:
@@ -176,7 +164,7 @@ def federated_training(scenario: Scenario, job_name: str = "") -> JobResult:
     tracker = FederationTracker(scenario, job)
     tracker.start()
     paths = JobPaths.under(_exchange_root(scenario, tracker), job)
-    silos = silos_for(scenario, paths)
+    silos = silos_for(scenario, paths, job)
     logger.info(
         "job %s: %d silos (%s), %d rounds; weights via %s; MLflow run %s",
         job,

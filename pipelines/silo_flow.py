@@ -17,7 +17,7 @@ from fedsilo import artifacts
 from fedsilo.scenario import Scenario
 from fedsilo.silo import dump_reply, with_local_data
 from fedsilo.weights import WeightRef
-from pipelines.tasks import evaluate_silo, fit_silo, prepare_silo
+from pipelines.tasks import evaluate_silo, fit_with_limits, prepare_silo
 
 SILO_FLOW = "silo-round"
 DATA_ENV = "FEDSILO_SILO_DATA"
@@ -54,11 +54,7 @@ def silo_round(
     if action == "prepare":
         reply = prepare_silo(scenario, silo)
     elif action == "fit":
-        federation = scenario.federation
-        fit = fit_silo.with_options(
-            retries=federation.silo_retries, timeout_seconds=federation.silo_timeout_seconds
-        )
-        reply = fit(scenario, silo, round_index, weights, update_uri)
+        reply = fit_with_limits(scenario)(scenario, silo, round_index, weights, update_uri)
     else:
         reply = evaluate_silo(scenario, silo, weights, step)
     artifacts.write_bytes(reply_uri, dump_reply(reply))

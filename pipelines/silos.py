@@ -19,7 +19,7 @@ from fedsilo.scenario import Scenario
 from fedsilo.silo import DataSummary, Evaluation, FitReport, load_reply
 from fedsilo.weights import WeightRef
 from pipelines.silo_flow import SILO_FLOW
-from pipelines.tasks import evaluate_silo, fit_silo, prepare_silo
+from pipelines.tasks import evaluate_silo, fit_with_limits, prepare_silo
 
 POLL_SECONDS = 1.0
 
@@ -31,8 +31,8 @@ class EmbeddedSilos:
     that Prefect's timeout can interrupt.
     """
 
-    def __init__(self, paths: JobPaths):
-        self.paths = paths
+    def __init__(self, paths: JobPaths, job: str):
+        self.paths, self.job = paths, job
 
     def _each(self, scenario: Scenario, call, args_for) -> tuple[list, list[str]]:
         replies, missing = [], []
@@ -51,12 +51,10 @@ class EmbeddedSilos:
     def fit(
         self, scenario: Scenario, round_index: int, current: WeightRef
     ) -> tuple[list[FitReport], list[str]]:
-        federation = scenario.federation
-        fit = fit_silo.with_options(
-            retries=federation.silo_retries, timeout_seconds=federation.silo_timeout_seconds
-        )
         return self._each(
-            scenario, fit, lambda silo: (round_index, current, self.paths.update_uri(round_index, silo))
+            scenario,
+            fit_with_limits(scenario),
+            lambda silo: (round_index, current, self.paths.update_uri(round_index, silo)),
         )
 
     def evaluate(
@@ -72,9 +70,8 @@ class DistributedSilos:
     limits; a silo still running then is cancelled and reported missing, and asked again next step.
     """
 
-    def __init__(self, paths: JobPaths):
-        self.paths = paths
-        self.job = paths.root.rstrip("/").rsplit("/", 1)[-1]
+    def __init__(self, paths: JobPaths, job: str):
+        self.paths, self.job = paths, job
 
     def _start(self, scenario: Scenario, silo: str, parameters: dict):
         try:
@@ -176,6 +173,6 @@ class DistributedSilos:
         return self._call(scenario, Evaluation, f"evaluate-{step}", lambda silo: params)
 
 
-def silos_for(scenario: Scenario, paths: JobPaths) -> EmbeddedSilos | DistributedSilos:
+def silos_for(scenario: Scenario, paths: JobPaths, job: str) -> EmbeddedSilos | DistributedSilos:
     """The way to reach this scenario's silos, by `federation.mode`."""
-    return (DistributedSilos if scenario.federation.mode == "distributed" else EmbeddedSilos)(paths)
+    return (DistributedSilos if scenario.federation.mode == "distributed" else EmbeddedSilos)(paths, job)

@@ -55,6 +55,14 @@ def fit_silo(
     return report
 
 
+def fit_with_limits(scenario: Scenario):
+    """`fit_silo` with the scenario's Prefect retries and timeout."""
+    federation = scenario.federation
+    return fit_silo.with_options(
+        retries=federation.silo_retries, timeout_seconds=federation.silo_timeout_seconds
+    )
+
+
 @task(name="evaluate-silo", task_run_name="evaluate-{silo}-{step}", cache_policy=NO_CACHE, retries=1)
 def evaluate_silo(scenario: Scenario, silo: str, weights: WeightRef, step: str) -> Evaluation:
     """A model (global or champion) on one silo's test split."""

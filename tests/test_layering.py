@@ -8,6 +8,8 @@ ENGINE = [
     "fedsilo.federation",
     "fedsilo.aggregation",
     "fedsilo.weights",
+    "fedsilo.artifacts",
+    "fedsilo.metrics",
     "fedsilo.training",
     "fedsilo.pretrain",
     "fedsilo.cli",

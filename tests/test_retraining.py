@@ -32,10 +32,9 @@ def test_second_run_warm_starts_from_the_champion_and_a_worse_candidate_does_not
 
     client = MlflowClient(mlflow_store)
     assert client.get_model_version_by_alias("medical-imaging-global", "champion").version in (1, "1")
-    experiment = client.get_experiment_by_name("medical-imaging").experiment_id
-    (run,) = client.search_runs([experiment], f"attributes.run_id = '{_run_of(client, second)}'")
+    run = client.get_run(second.parent_run_id)
     assert run.data.tags["fedsilo.warm_start"] == "champion medical-imaging-global v1"
-    first_run = client.get_run(_run_of(client, first))
+    first_run = client.get_run(first.parent_run_id)
     assert first_run.data.tags["fedsilo.warm_start"] == "pretrained model (no champion registered yet)"
 
     (matrix,) = silo_matrices("medical-imaging", jobs=1).values()
@@ -53,10 +52,6 @@ def test_second_run_warm_starts_from_the_champion_and_a_worse_candidate_does_not
     assert len(table) == 2 * 4 and set(table["job"]) == {first.job}  # 3 silos + all, both jobs
     printed = run_cli("compare", "medical-imaging", "--jobs", "2", cwd=tmp_path)
     assert printed.returncode == 0 and printed.stdout.count("hospital-c (local)") == 2
-
-
-def _run_of(client: MlflowClient, result) -> str:
-    return result.parent_run_id
 
 
 def _silo_runs(client: MlflowClient, parent) -> list[str]:

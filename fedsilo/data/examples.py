@@ -24,6 +24,11 @@ class Examples:
     def is_image(self) -> bool:
         return isinstance(self.inputs, np.ndarray)
 
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """C x H x W of the images; () for texts."""
+        return tuple(self.inputs.shape[1:]) if self.is_image else ()
+
     def take(self, indices: np.ndarray) -> "Examples":
         indices = np.asarray(indices, dtype=int)
         inputs = self.inputs[indices] if self.is_image else [self.inputs[i] for i in indices]

@@ -74,16 +74,18 @@ def order_labels(scenario: Scenario, seen: set[str]) -> list[str]:
     """
     if scenario.data.labels:
         return list(scenario.data.labels)
-    if all(isinstance(s, GeneratedSource) for s in scenario.sources()):
+    if _all_generated(scenario):
         return domain_labels(scenario.domain)
     return sorted(seen, key=lambda name: (len(name), name) if name.isdigit() else (0, name))
 
 
 def label_names(scenario: Scenario) -> list[str]:
     """Label names in the order of the model's outputs; reads every silo's data when not named."""
-    if scenario.data.labels or all(isinstance(s, GeneratedSource) for s in scenario.sources()):
+    if scenario.data.labels or _all_generated(scenario):
         return order_labels(scenario, set())
-    seen: set[str] = set()
-    for silo in scenario.silo_names():
-        seen.update(silo_examples(scenario, silo).labels.tolist())
+    seen = {str(label) for silo in scenario.silo_names() for label in silo_examples(scenario, silo).labels}
     return order_labels(scenario, seen)
+
+
+def _all_generated(scenario: Scenario) -> bool:
+    return all(isinstance(s, GeneratedSource) for s in scenario.sources())
