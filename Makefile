@@ -7,7 +7,7 @@ SCENARIO ?= scenarios/medical.yaml
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup run test lint format ui clean system-deps image
+.PHONY: setup run test lint format ui clean system-deps image bench
 
 setup: $(STAMP)
 
@@ -32,6 +32,16 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# The CPU benchmark set (about 25 minutes on 2 cores): JSON lines and plots in bench/results/.
+# Each script also runs alone: python -m bench.<name> --help. See BENCHMARKS.md.
+bench: setup
+	$(PY) -m bench.aggregation
+	$(PY) -m bench.throughput
+	$(PY) -m bench.quality --dataset pneumonia --partitions iid 1.0 0.5 0.1 --silos 3 10
+	$(PY) -m bench.quality --dataset twitter-finance --partitions iid 0.5 --silos 3
+	$(PY) -m bench.overhead
+	$(PY) -m bench.scale
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000

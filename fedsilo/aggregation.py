@@ -36,12 +36,13 @@ class WeightedSum:
         if self._sums and set(state) != set(self._sums):
             raise ValueError(f"update has tensors {sorted(set(state) ^ set(self._sums))[:5]} that differ")
         for name, tensor in state.items():
-            if tensor.is_floating_point():
-                weighted = tensor.to(_accumulator_dtype(tensor)) * num_examples
-                self._sums[name] = weighted if name not in self._sums else self._sums[name] + weighted
-            else:
-                held = self._sums.get(name)
+            held = self._sums.get(name)
+            if not tensor.is_floating_point():
                 self._sums[name] = tensor.clone() if held is None else torch.maximum(held, tensor)
+            elif held is None:
+                self._sums[name] = tensor.to(_accumulator_dtype(tensor), copy=True).mul_(num_examples)
+            else:  # in place: no temporary the size of the model per silo
+                held.add_(tensor, alpha=num_examples)
             self._dtypes[name] = tensor.dtype
         self.total_examples += num_examples
         self.count += 1
@@ -74,7 +75,7 @@ class FedAvg:
                 continue
             base = current[name].to(_accumulator_dtype(target))
             step = self._direction(name, target.to(base.dtype) - base)
-            updated[name] = (base + self.server_learning_rate * step).to(target.dtype)
+            updated[name] = torch.add(base, step, alpha=self.server_learning_rate).to(target.dtype)
         return updated
 
 

@@ -88,3 +88,16 @@ def test_strategy_registry_is_closed():
     assert isinstance(make_strategy("fedavgm", 1.0, 0.9), FedAvgM)
     with pytest.raises(ValueError, match="unknown strategy 'fedprox'"):
         make_strategy("fedprox", 1.0, 0.0)
+
+
+def test_summing_leaves_the_silo_updates_untouched():
+    # the sum is accumulated in place; the first update must be copied, not aliased
+    a = {"w": torch.tensor([1.0, 2.0]), "h": torch.tensor([1.0], dtype=torch.bfloat16)}
+    b = {"w": torch.tensor([3.0, 4.0]), "h": torch.tensor([3.0], dtype=torch.bfloat16)}
+    before = {k: v.clone() for k, v in a.items()}
+    total = WeightedSum()
+    total.add(a, 1)
+    total.add(b, 3)
+    assert all(torch.equal(a[k], before[k]) for k in a)
+    assert torch.equal(total.mean()["w"], torch.tensor([2.5, 3.5]))
+    assert total.mean()["h"].dtype == torch.bfloat16 and total.mean()["h"].item() == 2.5

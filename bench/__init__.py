@@ -1,0 +1,1 @@
+"""Benchmarks: scripts that print one JSON line per figure (see BENCHMARKS.md), not tests."""
