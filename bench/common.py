@@ -12,6 +12,7 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 transformers_logging.set_verbosity_error()  # the new-head load report is expected, not news
+transformers_logging.disable_progress_bar()
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 RESULTS = Path(os.environ.get("BENCH_OUT", Path(__file__).parent / "results"))

@@ -253,9 +253,17 @@ def report(dataset: Dataset, partition: str, n_silos: int, result: dict) -> None
 
 
 def plot(dataset: Dataset, results: dict) -> Path:
-    """FedAvg's union accuracy by round against the centralized and local-only levels."""
-    figure, axes_row = plt.subplots(1, len(results), figsize=(4 * len(results), 3.6), squeeze=False)
-    for axes, ((partition, n_silos), result) in zip(axes_row[0], results.items()):
+    """FedAvg's union accuracy by round against the centralized and local-only levels.
+
+    One row per silo count, one column per partition.
+    """
+    counts = sorted({n for _, n in results})
+    partitions = list(dict.fromkeys(p for p, _ in results))
+    figure, grid = plt.subplots(
+        len(counts), len(partitions), figsize=(3.6 * len(partitions), 3.2 * len(counts)), squeeze=False
+    )
+    for (partition, n_silos), result in results.items():
+        axes = grid[counts.index(n_silos)][partitions.index(partition)]
         levels = {arm: global_metrics(e)["accuracy"] for arm, e in result["arms"].items()}
         axes.plot(range(len(result["curve"])), result["curve"], "o-", color="C0", label="FedAvg (global)")
         axes.axhline(levels["centralized"], color="black", linestyle="--", label="centralized")
@@ -263,12 +271,13 @@ def plot(dataset: Dataset, results: dict) -> Path:
         title = "IID" if partition == "iid" else f"Dirichlet α={partition}"
         axes.set(title=f"{title}, {n_silos} silos", xlabel="round (= epochs of budget)", ylim=(0, 1.02))
         axes.grid(alpha=0.3)
-    axes_row[0][0].set_ylabel("accuracy, union of silos' test splits")
-    axes_row[0][0].legend(fontsize=8, loc="lower right")
+    for row in grid:
+        row[0].set_ylabel("accuracy, union of test splits")
+    grid[0][0].legend(fontsize=8, loc="lower right")
     figure.suptitle(f"{dataset.name}: same budget of {dataset.epochs} epochs per example")
     figure.tight_layout()
     path = results_dir() / f"quality-{dataset.name}.png"
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
 
