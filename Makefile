@@ -33,7 +33,7 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The CPU benchmark set (about 25 minutes on 2 cores): JSON lines and plots in bench/results/.
+# The CPU benchmark set (about 20 minutes on 2 cores): JSON lines and plots in bench/results/.
 # Each script also runs alone: python -m bench.<name> --help. See BENCHMARKS.md.
 bench: setup
 	$(PY) -m bench.aggregation

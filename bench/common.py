@@ -4,6 +4,7 @@ import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -74,11 +75,10 @@ def emit(
     return record
 
 
-def start(bench: str) -> float:
+def start(bench: str) -> None:
     """Begin a benchmark: a fresh results file headed by the machine facts."""
     (results_dir() / f"{bench}.jsonl").unlink(missing_ok=True)
     emit(bench, "machine", 0, "", **machine(), argv=sys.argv[1:])
-    return time.perf_counter()
 
 
 def peak_rss_gib() -> float:
@@ -95,3 +95,36 @@ def shared_data(*parts: str) -> Path:
             "(or set FEDSILO_SHARED_DATA to that folder)"
         )
     return path.resolve()
+
+
+FEDSILO = str(Path(sys.executable).with_name("fedsilo"))
+
+
+def cnn_checkpoint() -> Path:
+    """The digits-pretrained CNN the image benchmarks start from, trained once (about a minute)."""
+    from fedsilo.pretrain import pretrain_cnn
+
+    path = results_dir() / "cnn-digits.safetensors"
+    if not path.exists():
+        pretrain_cnn(path)
+    return path
+
+
+def scratch_env(folder: str) -> dict[str, str]:
+    """Environment for `fedsilo run` with its own MLflow store and job folder under `folder`."""
+    return os.environ | {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder}/mlflow.db",
+        "FEDSILO_WORKDIR": f"{folder}/jobs",
+    }
+
+
+def run_timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+    """Wall seconds and stdout of a command; a failure ends the benchmark with its output."""
+    began = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    if done.returncode:
+        sys.exit(
+            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+    return seconds, done.stdout

@@ -11,41 +11,15 @@ which shows they did the same work. A smoke job first warms the page cache and t
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-from bench.common import emit, start
+from bench.common import FEDSILO, emit, run_timed, scratch_env, start
+from fedsilo.tracking import metric_by_round
 
 BENCH = "overhead"
 ROUND_TARGET, STARTUP_TARGET = 0.05, 5.0
-
-
-def timed(command: list[str], env: dict) -> tuple[float, str]:
-    began = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - began
-    if done.returncode:
-        sys.exit(
-            f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
-    return seconds, done.stdout
-
-
-def fedsilo_accuracy(tracking_uri: str, experiment: str) -> list[float]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    run = client.search_runs(
-        [client.get_experiment_by_name(experiment).experiment_id], "tags.`fedsilo.role` = 'federation'"
-    )[0]
-    return [
-        m.value
-        for m in sorted(client.get_metric_history(run.info.run_id, "global_accuracy"), key=lambda m: m.step)
-    ]
 
 
 def main() -> None:
@@ -56,33 +30,20 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, nargs=2, default=[1, 3])
     args = parser.parse_args()
     start(BENCH)
-    fedsilo = str(Path(sys.executable).with_name("fedsilo"))
     stamp = time.strftime("%Y%m%d%H%M%S")
+    wall, accuracy = {}, {}
     with tempfile.TemporaryDirectory() as scratch:
-        env = os.environ | {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
-            "FEDSILO_WORKDIR": f"{scratch}/jobs",
-        }
-        timed([fedsilo, "run", "scenarios/smoke.yaml"], env)  # warm-up: stores created, files cached
-        wall, accuracy = {}, {}
+        env = scratch_env(scratch)
+        run_timed([FEDSILO, "run", "scenarios/smoke.yaml"], env)  # warm-up: stores created, files cached
         for rounds in args.rounds:
             name = f"bench-overhead-{stamp}-r{rounds}"
-            wall["fedsilo", rounds], _ = timed(
-                [
-                    fedsilo,
-                    "run",
-                    args.scenario,
-                    "--rounds",
-                    str(rounds),
-                    "--set",
-                    f"tracking.experiment={name}",
-                    "--set",
-                    f"tracking.registered_model={name}",
-                ],
-                env,
+            named = ["--set", f"tracking.experiment={name}", "--set", f"tracking.registered_model={name}"]
+            wall["fedsilo", rounds], _ = run_timed(
+                [FEDSILO, "run", args.scenario, "--rounds", str(rounds), *named], env
             )
-            accuracy["fedsilo", rounds] = fedsilo_accuracy(env["MLFLOW_TRACKING_URI"], name)
-            wall["bare", rounds], out = timed(
+            history = metric_by_round(name, tracking_uri=env["MLFLOW_TRACKING_URI"])
+            accuracy["fedsilo", rounds] = [m.value for m in history]
+            wall["bare", rounds], out = run_timed(
                 [sys.executable, "-m", "bench.bare_federation", args.scenario, "--rounds", str(rounds)], env
             )
             accuracy["bare", rounds] = json.loads(out.strip().splitlines()[-1])["global_accuracy"]

@@ -27,14 +27,12 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
-from bench.common import emit, results_dir, shared_data, start  # noqa: E402
+from bench.common import cnn_checkpoint, emit, results_dir, shared_data, start  # noqa: E402
 from fedsilo.federation import JobPaths, aggregate, global_metrics, strategy_for  # noqa: E402
-from fedsilo.metrics import classification_metrics  # noqa: E402
 from fedsilo.modeling import EncodedSet  # noqa: E402
-from fedsilo.pretrain import pretrain_cnn  # noqa: E402
 from fedsilo.scenario import Scenario  # noqa: E402
-from fedsilo.silo import EVAL_BATCH_SIZE, Evaluation, SiloParticipant  # noqa: E402
-from fedsilo.training import FitSettings, fit, predict  # noqa: E402
+from fedsilo.silo import Evaluation, SiloParticipant  # noqa: E402
+from fedsilo.training import FitSettings, fit  # noqa: E402
 from fedsilo.weights import read_state, write_state  # noqa: E402
 
 BENCH = "quality"
@@ -50,17 +48,19 @@ class Dataset:
     domain: str
     epochs: int  # the budget E: passes over each training example, in every arm
 
-    def scenario(self, partition: str, silos: int, seed: int) -> dict:
+    @property
+    def bench(self) -> str:
+        return f"{BENCH}-{self.name}"
+
+    def scenario(self, seed: int) -> dict:
+        """The model, data source and training settings of this data set's scenarios."""
         raise NotImplementedError
 
 
 class Pneumonia(Dataset):
-    def scenario(self, partition, silos, seed):
-        checkpoint = results_dir() / "cnn-digits.safetensors"
-        if not checkpoint.exists():
-            pretrain_cnn(checkpoint)
+    def scenario(self, seed):
         return {
-            "model": {"kind": "cnn", "source": str(checkpoint)},
+            "model": {"kind": "cnn", "source": str(cnn_checkpoint())},
             "data": {
                 "source": {"kind": "npz", "path": str(shared_data("pneumoniamnist", "pneumoniamnist.npz"))},
                 "labels": ["0", "1"],
@@ -72,7 +72,7 @@ class Pneumonia(Dataset):
 class TwitterFinance(Dataset):
     rows = 1200  # a stratified sample: MiniLM on 2 CPU cores makes ~4 steps a second
 
-    def scenario(self, partition, silos, seed):
+    def scenario(self, seed):
         return {
             "model": {"kind": "bert", "source": "packaged:all-MiniLM-L6-v2", "max_length": 64},
             "data": {"source": {"kind": "csv", "path": str(self.sample(seed))}},
@@ -98,7 +98,7 @@ DATASETS = {
 
 
 def build_scenario(dataset: Dataset, partition: str, silos: int, seed: int) -> Scenario:
-    raw = dataset.scenario(partition, silos, seed)
+    raw = dataset.scenario(seed)
     raw["data"]["partition"] = (
         {"kind": "iid"} if partition == "iid" else {"kind": "dirichlet", "alpha": float(partition)}
     )
@@ -124,12 +124,10 @@ def pooled(sets: list[EncodedSet]) -> EncodedSet:
     return EncodedSet(features, torch.cat([s.labels for s in sets]), pad=sets[0].pad)
 
 
-def evaluate(model: torch.nn.Module, silo: SiloParticipant) -> Evaluation:
-    probs = predict(model, silo.test, EVAL_BATCH_SIZE)
-    return Evaluation(silo.silo, **classification_metrics(silo.test.labels.numpy(), probs))
-
-
-def centralized(scenario: Scenario, silos: list[SiloParticipant], epochs: int, start_ref) -> list[Evaluation]:
+def centralized(
+    scenario: Scenario, silos: list[SiloParticipant], epochs: int, paths: JobPaths, start_ref
+) -> list[Evaluation]:
+    """One model trained on the pooled rows, scored by each silo on its test split."""
     model = copy.deepcopy(silos[0].model)
     model.load_state_dict(read_state(start_ref))
     federation = scenario.federation
@@ -137,7 +135,8 @@ def centralized(scenario: Scenario, silos: list[SiloParticipant], epochs: int, s
         epochs, federation.batch_size, federation.learning_rate, federation.optimizer, federation.seed
     )
     fit(model, pooled([s.train for s in silos]), settings)
-    return [evaluate(model, s) for s in silos]
+    trained = write_state(model.state_dict(), f"{paths.root}/centralized.safetensors")
+    return [s.evaluate(trained) for s in silos]
 
 
 def local_only(scenario: Scenario, silos: list[SiloParticipant], epochs: int, paths: JobPaths, start_ref):
@@ -173,7 +172,7 @@ def run_setting(dataset: Dataset, partition: str, n_silos: int, seed: int, scrat
     paths = JobPaths.under(scratch, f"{dataset.name}-{partition}-{n_silos}")
     start_ref = write_state(silos[0].model.state_dict(), paths.global_uri(0))
     arms = {
-        "centralized": centralized(scenario, silos, dataset.epochs, start_ref),
+        "centralized": centralized(scenario, silos, dataset.epochs, paths, start_ref),
         "local": local_only(scenario, silos, dataset.epochs, paths, start_ref),
     }
     history = fedavg(scenario, silos, paths, start_ref)
@@ -187,7 +186,7 @@ def run_setting(dataset: Dataset, partition: str, n_silos: int, seed: int, scrat
 
 
 def report(dataset: Dataset, partition: str, n_silos: int, result: dict) -> None:
-    bench = f"{BENCH}-{dataset.name}"
+    bench = dataset.bench
     tag = f"{dataset.name}_{'iid' if partition == 'iid' else 'alpha' + partition}_{n_silos}silos"
     context = {
         "dataset": dataset.name,
@@ -292,7 +291,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     dataset = DATASETS[args.dataset]
-    start(f"{BENCH}-{dataset.name}")
+    start(dataset.bench)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for n_silos in args.silos:
@@ -300,7 +299,7 @@ def main() -> None:
                 result = run_setting(dataset, partition, n_silos, args.seed, scratch)
                 report(dataset, partition, n_silos, result)
                 results[(partition, n_silos)] = result
-    emit(f"{BENCH}-{dataset.name}", "plot", 0, "", path=str(plot(dataset, results)))
+    emit(dataset.bench, "plot", 0, "", path=str(plot(dataset, results)))
 
 
 if __name__ == "__main__":

@@ -10,11 +10,7 @@ data, 10 silos also run on half of the images.
 """
 
 import argparse
-import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import matplotlib
@@ -24,8 +20,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
 
-from bench.common import emit, results_dir, shared_data, start  # noqa: E402
-from fedsilo.pretrain import pretrain_cnn  # noqa: E402
+from bench.common import (  # noqa: E402
+    FEDSILO,
+    cnn_checkpoint,
+    emit,
+    results_dir,
+    run_timed,
+    scratch_env,
+    shared_data,
+    start,
+)
+from fedsilo.tracking import metric_by_round  # noqa: E402
 
 BENCH = "scale"
 HALF_DATA_SILOS = 10
@@ -62,30 +67,8 @@ def scenario_file(folder: Path, silos: int, rounds: int, npz: Path, checkpoint: 
 
 def round_seconds(tracking_uri: str, experiment: str) -> list[float]:
     """Wall seconds of each round, from the timestamps of the job's global_accuracy points."""
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking_uri)
-    run = client.search_runs(
-        [client.get_experiment_by_name(experiment).experiment_id], "tags.`fedsilo.role` = 'federation'"
-    )[0]
-    stamps = [
-        m.timestamp
-        for m in sorted(client.get_metric_history(run.info.run_id, "global_accuracy"), key=lambda m: m.step)
-    ]
+    stamps = [m.timestamp for m in metric_by_round(experiment, tracking_uri=tracking_uri)]
     return [(later - earlier) / 1000 for earlier, later in zip(stamps, stamps[1:])]
-
-
-def run_job(scenario: Path, env: dict) -> float:
-    began = time.perf_counter()
-    done = subprocess.run(
-        [str(Path(sys.executable).with_name("fedsilo")), "run", str(scenario)],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode:
-        sys.exit(f"fedsilo run {scenario} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return time.perf_counter() - began
 
 
 def plot(per_round: dict[int, float], half: float | None) -> Path:
@@ -119,20 +102,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     start(BENCH)
-    checkpoint = results_dir() / "cnn-digits.safetensors"
-    if not checkpoint.exists():
-        pretrain_cnn(checkpoint)
+    checkpoint = cnn_checkpoint()
     npz = shared_data("pneumoniamnist", "pneumoniamnist.npz")
     per_round, half = {}, None
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        env = os.environ | {
-            "MLFLOW_TRACKING_URI": f"sqlite:///{scratch}/mlflow.db",
-            "FEDSILO_WORKDIR": f"{scratch}/jobs",
-        }
+        env = scratch_env(scratch)
         jobs = [(n, npz, f"{n}-silos") for n in args.silos] + [(HALF_DATA_SILOS, half_of(npz), "half-data")]
         for silos, data, tag in jobs:
-            wall = run_job(scenario_file(folder, silos, args.rounds, data, checkpoint, tag), env)
+            wall, _ = run_timed(
+                [FEDSILO, "run", str(scenario_file(folder, silos, args.rounds, data, checkpoint, tag))], env
+            )
             rounds = round_seconds(env["MLFLOW_TRACKING_URI"], f"bench-scale-{tag}")
             steady = float(np.mean(rounds[1:] or rounds))
             emit(

@@ -281,6 +281,14 @@ def _latest_jobs(experiment: str, jobs: int, tracking_uri: str | None):
     return client, found.experiment_id, parents
 
 
+def metric_by_round(experiment: str, metric: str = "global_accuracy", tracking_uri: str | None = None):
+    """The latest job's `metric` points (value, step, timestamp), in round order."""
+    client, _, parents = _latest_jobs(experiment, 1, tracking_uri)
+    if not parents:
+        raise LookupError(f"experiment {experiment!r} has no federated job")
+    return sorted(client.get_metric_history(parents[0].info.run_id, metric), key=lambda m: m.step)
+
+
 def compare(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> pd.DataFrame:
     """Per-silo table for the latest `jobs` federated jobs of an experiment, read back from MLflow."""
     client, experiment_id, parents = _latest_jobs(experiment, jobs, tracking_uri)

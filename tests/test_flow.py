@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 from fedsilo.pretrain import pretrain_cnn
 from fedsilo.scenario import load_scenario
 from fedsilo.silo import release_participants
+from fedsilo.tracking import metric_by_round
 from tests.conftest import shared_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,8 +38,9 @@ def test_smoke_job_writes_the_mlflow_layout(prefect_server, mlflow_store, tmp_pa
     parent = client.get_run(result.parent_run_id)
     assert parent.data.tags["fedsilo.role"] == "federation" and parent.info.status == "FINISHED"
     assert parent.data.params["federation.rounds"] == "2"
-    history = client.get_metric_history(parent.info.run_id, "global_accuracy")
-    assert sorted(m.step for m in history) == [0, 1, 2]
+    history = metric_by_round("smoke", tracking_uri=mlflow_store)  # the latest job, in round order
+    assert [m.step for m in history] == [0, 1, 2]
+    assert history[-1].value == pytest.approx(result.final_accuracy)
     for key in ("global_f1_macro", "global_loss", "round_seconds", "bytes_exchanged"):
         assert [m.step for m in client.get_metric_history(parent.info.run_id, key)] == (
             [0, 1, 2] if key.startswith("global") else [1, 2]
