@@ -128,3 +128,14 @@ def run_timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
             f"{' '.join(command)} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
         )
     return seconds, done.stdout
+
+
+def save_plot(figure, name: str) -> Path:
+    """Write a matplotlib figure to results/<name>.png and close it."""
+    import matplotlib.pyplot as plt
+
+    path = results_dir() / f"{name}.png"
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

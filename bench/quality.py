@@ -27,7 +27,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
-from bench.common import cnn_checkpoint, emit, results_dir, shared_data, start  # noqa: E402
+from bench.common import cnn_checkpoint, emit, results_dir, save_plot, shared_data, start  # noqa: E402
 from fedsilo.federation import JobPaths, aggregate, global_metrics, strategy_for  # noqa: E402
 from fedsilo.modeling import EncodedSet  # noqa: E402
 from fedsilo.scenario import Scenario  # noqa: E402
@@ -274,11 +274,7 @@ def plot(dataset: Dataset, results: dict) -> Path:
         row[0].set_ylabel("accuracy, union of test splits")
     grid[0][0].legend(fontsize=8, loc="lower right")
     figure.suptitle(f"{dataset.name}: same budget of {dataset.epochs} epochs per example")
-    figure.tight_layout()
-    path = results_dir() / f"quality-{dataset.name}.png"
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return save_plot(figure, f"quality-{dataset.name}")
 
 
 def main() -> None:

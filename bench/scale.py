@@ -26,6 +26,7 @@ from bench.common import (  # noqa: E402
     emit,
     results_dir,
     run_timed,
+    save_plot,
     scratch_env,
     shared_data,
     start,
@@ -87,11 +88,7 @@ def plot(per_round: dict[int, float], half: float | None) -> Path:
     axes.set_xticks(counts, [str(c) for c in counts])
     axes.grid(alpha=0.3)
     axes.legend()
-    figure.tight_layout()
-    path = results_dir() / "scale.png"
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
-    return path
+    return save_plot(figure, "scale")
 
 
 def main() -> None:
