@@ -17,7 +17,7 @@ import torch
 from transformers import BertConfig, BertForSequenceClassification
 
 from bench.common import emit, peak_rss_gib, start
-from fedsilo.aggregation import FedAvg, WeightedSum
+from fedsilo.strategies import FedAvg, WeightedSum
 
 BENCH = "aggregation"
 RSS_FLAT_LIMIT = 1.10  # peak RSS at the largest K may exceed the smallest K's by at most 10%

@@ -62,3 +62,10 @@ def delete(uri: str) -> None:
     fs, path = fsspec.core.url_to_fs(uri)
     if fs.exists(path):
         fs.rm(path)
+
+
+def download_model(uri: str) -> str:
+    """Download an MLflow model (models:/, runs:/) to a local folder and return its path."""
+    import mlflow
+
+    return mlflow.artifacts.download_artifacts(artifact_uri=uri)

@@ -1,18 +1,21 @@
-"""Coordinator-side steps of a round, as plain functions; the loop itself lives in pipelines/."""
+"""Coordinator-side steps of a round, as plain functions; the loop itself is fedsilo.coordinator."""
 
+import itertools
 import math
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from fedsilo import artifacts
-from fedsilo.aggregation import FedAvg, WeightedSum, make_strategy
 from fedsilo.data import order_labels
+from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
 from fedsilo.metrics import union_metrics
 from fedsilo.scenario import Scenario
-from fedsilo.silo import DataSummary, Evaluation, FitReport
-from fedsilo.weights import ChecksumError, WeightRef, read_state, write_state
+from fedsilo.strategies import SiloUpdate, Strategy
+from fedsilo.weights import ChecksumError, read_state, write_state
 
 
 class FederationError(Exception):
@@ -74,9 +77,15 @@ def input_shape(summaries: list[DataSummary]) -> tuple[int, ...]:
     return shapes.pop() if shapes else ()
 
 
-def strategy_for(scenario: Scenario) -> FedAvg:
-    federation = scenario.federation
-    return make_strategy(federation.strategy, federation.server_learning_rate, federation.server_momentum)
+def exchange_root(scenario: Scenario, run_artifacts: Callable[[str], str]) -> str:
+    """Where a job's weights cross: the scenario's store, else a local folder (embedded) or the
+    job's MLflow run artifacts (distributed; `run_artifacts(folder)` gives their URI)."""
+    chosen = scenario.federation.exchange or os.environ.get("FEDSILO_EXCHANGE")
+    if chosen:
+        return chosen
+    if scenario.federation.mode == "distributed":
+        return run_artifacts("exchange")
+    return os.environ.get("FEDSILO_WORKDIR", ".fedsilo/jobs")
 
 
 def check_quorum(scenario: Scenario, answered: list[str], step: str) -> None:
@@ -90,22 +99,28 @@ def check_quorum(scenario: Scenario, answered: list[str], step: str) -> None:
 
 
 def aggregate(
-    strategy: FedAvg, current: WeightRef, reports: list[FitReport], out_uri: str
+    strategy: Strategy, current: WeightRef, reports: list[FitReport], out_uri: str
 ) -> tuple[WeightRef | None, dict[str, str]]:
-    """FedAvg the silos' updates (read one at a time) and apply the server step.
+    """The strategy's next global model from the silos' updates, each read (and verified) once.
 
     An update whose checksum fails is left out; the second value maps such silos to the reason.
     With no update left, no new global is written and the first value is None.
     """
-    total, rejected = WeightedSum(), {}
-    for report in reports:
-        try:
-            total.add(read_state(report.update), report.num_examples)
-        except ChecksumError as exc:
-            rejected[report.silo] = str(exc)
-    if len(rejected) == len(reports):
+    rejected: dict[str, str] = {}
+
+    def updates():
+        for report in reports:
+            try:
+                yield SiloUpdate(report.silo, read_state(report.update), report.num_examples)
+            except ChecksumError as exc:
+                rejected[report.silo] = str(exc)
+
+    stream = updates()
+    first = next(stream, None)
+    if first is None:
         return None, rejected
-    return write_state(strategy.apply(read_state(current), total.mean()), out_uri), rejected
+    state = strategy.aggregate(read_state(current), itertools.chain([first], stream))
+    return write_state(state, out_uri), rejected
 
 
 def global_metrics(evaluations: list[Evaluation]) -> dict[str, float]:

@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fedsilo import artifacts
 from fedsilo.data.examples import DataError, Examples
 from fedsilo.data.sources import resolve_path
 from fedsilo.scenario import ModelSpec
@@ -78,9 +79,7 @@ def _cnn_checkpoint(source: str) -> State:
     from safetensors.torch import load_file
 
     if source.startswith(("models:/", "runs:/")):
-        from fedsilo import tracking  # only here: MLflow is needed only for MLflow URIs
-
-        folder = Path(tracking.download_model(source))
+        folder = Path(artifacts.download_model(source))  # MLflow is imported only for such URIs
         files = sorted(folder.rglob("*.safetensors"))
         if not files:
             raise ModelSourceError(f"model.source {source!r}: the MLflow model holds no .safetensors weights")

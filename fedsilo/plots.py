@@ -6,6 +6,7 @@ import pandas as pd
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def accuracy_by_round(
@@ -25,6 +26,7 @@ def accuracy_by_round(
             *zip(*sorted(federation.items())), "-", color="black", linewidth=2.5, label="global, all silos"
         )
     axes.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1.02), title="Accuracy by round")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")
     figure.tight_layout()
@@ -32,12 +34,15 @@ def accuracy_by_round(
 
 
 def silo_matrix_heatmap(matrix: pd.DataFrame, metric: str) -> plt.Figure:
-    """Rows: the model (each silo's local model, then the global one); columns: whose test split."""
+    """Rows: the model (each silo's local model, the global one, the personalized ones);
+    columns: whose test split. Cells never evaluated stay blank."""
     figure, axes = plt.subplots(figsize=(1.4 * matrix.shape[1] + 2.5, 0.7 * matrix.shape[0] + 1.6))
     image = axes.imshow(matrix.to_numpy(dtype=float), vmin=0, vmax=1, cmap="viridis")
     axes.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=30, ha="right")
     axes.set_yticks(range(matrix.shape[0]), matrix.index)
     for (row, column), value in np.ndenumerate(matrix.to_numpy(dtype=float)):
+        if np.isnan(value):  # e.g. a personalized model is scored on its own silo's split only
+            continue
         axes.text(
             column, row, f"{value:.2f}", ha="center", va="center", color="white" if value < 0.6 else "black"
         )

@@ -132,17 +132,44 @@ class SiloSpec(Strict):
     data: Source | None = Field(None, description="this silo's own data, instead of a partition")
 
 
+def _strategy_names() -> list[str]:
+    from fedsilo.strategies import STRATEGIES  # the registry is the one list of names
+
+    return sorted(STRATEGIES)
+
+
 class FederationSpec(Strict):
     rounds: int = Field(5, ge=1, le=10_000)
-    local_epochs: int = Field(1, ge=1)
+    local_epochs: int | None = Field(
+        None, ge=1, description="passes over the silo's training split per round; default 1"
+    )
+    local_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps per round instead of epochs (a round can be part of an epoch)",
+    )
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    strategy: Literal["fedavg", "fedavgm"] = Field(
-        "fedavg", description="fedavgm adds server momentum to the averaged update"
+    strategy: str = Field(
+        "fedavg",
+        description=(
+            "fedavg, fedavgm (server momentum), fedprox (proximal term at the silos), fedadam, "
+            "fedyogi, fedadagrad (adaptive server steps), median, trimmed_mean (robust to outliers)"
+        ),
+        json_schema_extra={"enum": _strategy_names()},
     )
-    server_learning_rate: float = Field(1.0, gt=0, description="1.0 is plain FedAvg")
-    server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm only")
+    server_learning_rate: float | None = Field(
+        None, gt=0, description="server step size; default 1.0 (FedAvg family), 0.01 (adaptive)"
+    )
+    server_momentum: float | None = Field(None, ge=0, lt=1, description="fedavgm; default 0.9")
+    proximal_mu: float | None = Field(None, ge=0, description="fedprox: weight of the proximal term; 0.01")
+    beta1: float | None = Field(None, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad: 0.9")
+    beta2: float | None = Field(None, ge=0, lt=1, description="fedadam/fedyogi: 0.99")
+    tau: float | None = Field(None, gt=0, description="fedadam/fedyogi/fedadagrad: adaptivity; 1e-3")
+    trim_fraction: float | None = Field(
+        None, ge=0, lt=0.5, description="trimmed_mean: share dropped at each end; 0.2"
+    )
     seed: int = 0
     min_silos: int | None = Field(None, ge=1, description="silos needed per round; null: all")
     silo_timeout_seconds: float = Field(3600, gt=0, description="one silo's fit or evaluation")
@@ -165,11 +192,57 @@ class FederationSpec(Strict):
         120, gt=0, description="distributed: time a silo's worker has to pick up and start a flow run"
     )
 
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in _strategy_names():
+            raise ValueError(f"unknown strategy; choose from {', '.join(_strategy_names())}")
+        return value
+
+    @model_validator(mode="after")
+    def _settings_fit_the_strategy(self) -> "FederationSpec":
+        if self.local_epochs is not None and self.local_steps is not None:
+            raise ValueError("set local_epochs or local_steps, not both")
+        from fedsilo.strategies import STRATEGIES
+
+        used = STRATEGIES[self.strategy].fields
+        for name in STRATEGY_FIELDS:
+            if getattr(self, name) is not None and name not in used:
+                raise ValueError(
+                    f"{name} is set but strategy {self.strategy!r} does not use it "
+                    f"(it reads: {', '.join(used) or 'nothing'}); remove it or change the strategy"
+                )
+        return self
+
+    @property
+    def epochs(self) -> int:
+        """Local epochs per round when the round is not counted in steps."""
+        return self.local_epochs or 1
+
+
+STRATEGY_FIELDS = (
+    "server_learning_rate",
+    "server_momentum",
+    "proximal_mu",
+    "beta1",
+    "beta2",
+    "tau",
+    "trim_fraction",
+)
+
 
 class EvaluationSpec(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="each silo's held-out share")
     metric: Literal["accuracy", "f1_macro"] = Field(
         "accuracy", description="metric that decides whether a new model becomes champion"
+    )
+    personalize_steps: int = Field(
+        0,
+        ge=0,
+        description=(
+            "after the last round, each silo fine-tunes the global model this many steps on its own "
+            "training split and scores it on its own test split; 0: off"
+        ),
     )
 
 
@@ -291,7 +364,10 @@ def _describe(error: dict[str, Any]) -> str:
         return f"{path}: unknown key; remove it or check its spelling"
     if error["type"] == "missing":
         return f"{path}: required field is missing"
-    return f"{path}: {error['msg']} (got {error.get('input')!r})"
+    message = error["msg"].removeprefix("Value error, ")
+    if isinstance(error.get("input"), dict | list):  # a whole section: the message says what is wrong
+        return f"{path}: {message}"
+    return f"{path}: {message} (got {error.get('input')!r})"
 
 
 def validate_scenario(raw: Any, source: str = "scenario") -> Scenario:

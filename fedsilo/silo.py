@@ -6,57 +6,21 @@ It receives the global model by reference and answers with small records.
 
 import hashlib
 import time
-from dataclasses import dataclass, field
-from typing import TypeVar
 
 import numpy as np
 import torch
-from pydantic import TypeAdapter
 
 from fedsilo.data import Examples, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
+from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
 from fedsilo.metrics import classification_metrics
 from fedsilo.modeling import build_model, encode, tokenizer_for
 from fedsilo.scenario import Scenario
 from fedsilo.training import FitSettings, Progress, fit, predict
-from fedsilo.weights import State, WeightRef, read_state, write_state
+from fedsilo.weights import State, read_state, write_state
 
 EVAL_BATCH_SIZE = 64
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    """A model's predictions and metrics on one silo's test split."""
-
-    silo: str
-    accuracy: float
-    f1_macro: float
-    loss: float
-    confusion: list[list[int]]  # rows: true label, columns: predicted; counts only, never rows
-
-
-@dataclass(frozen=True)
-class FitReport:
-    """What a silo sends back after local training: a weight reference, never the tensors."""
-
-    silo: str
-    round: int
-    update: WeightRef
-    num_examples: int
-    train_loss: float
-    local: Evaluation
-    seconds: float
-
-
-@dataclass(frozen=True)
-class DataSummary:
-    """Counts and label distribution of a silo's data, never its rows; images also give their shape."""
-
-    silo: str
-    train_counts: dict[str, int] = field(default_factory=dict)
-    test_counts: dict[str, int] = field(default_factory=dict)
-    input_shape: tuple[int, ...] = ()
-    version: str = ""  # sha256 of the rows: changes exactly when the silo's data changes
+PERSONALIZE_SEED_KEY = 1_000_003  # seeds personalization apart from every round index
 
 
 def _digest(*parts: Examples) -> str:
@@ -116,21 +80,32 @@ class SiloParticipant:
         probs = predict(self.model, self.test, EVAL_BATCH_SIZE)
         return Evaluation(self.silo, **classification_metrics(self.test.labels.numpy(), probs))
 
-    def fit(
-        self, ref: WeightRef, round_index: int, update_uri: str, progress: Progress | None = None
-    ) -> FitReport:
-        """Start from the global weights at `ref`, train locally, write the update to `update_uri`."""
-        started = time.perf_counter()
-        self._load(ref)
+    def _settings(self, seed_key: int, steps: int | None, config: dict[str, float]) -> FitSettings:
         federation = self.scenario.federation
         silo_index = self.scenario.silo_names().index(self.silo)
-        settings = FitSettings(
-            epochs=federation.local_epochs,
+        return FitSettings(
+            epochs=federation.epochs,
             batch_size=federation.batch_size,
             learning_rate=federation.learning_rate,
             optimizer=federation.optimizer,
-            seed=int(np.random.SeedSequence([federation.seed, round_index, silo_index]).generate_state(1)[0]),
+            seed=int(np.random.SeedSequence([federation.seed, seed_key, silo_index]).generate_state(1)[0]),
+            steps=steps,
+            proximal_mu=float(config.get("proximal_mu", 0.0)),
         )
+
+    def fit(
+        self,
+        ref: WeightRef,
+        round_index: int,
+        update_uri: str,
+        progress: Progress | None = None,
+        config: dict[str, float] | None = None,
+    ) -> FitReport:
+        """Start from the global weights at `ref`, train locally with the strategy's `config`
+        (e.g. FedProx's proximal_mu), write the update to `update_uri`."""
+        started = time.perf_counter()
+        self._load(ref)
+        settings = self._settings(round_index, self.scenario.federation.local_steps, config or {})
         train_loss = fit(self.model, self.train, settings, progress)
         local = self._evaluate_current()
         update = write_state(self.model.state_dict(), update_uri)
@@ -142,20 +117,15 @@ class SiloParticipant:
             train_loss,
             local,
             time.perf_counter() - started,
+            settings.total_steps(self.num_examples),
         )
 
-
-Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation)
-
-
-def dump_reply(reply: DataSummary | FitReport | Evaluation) -> bytes:
-    """A silo's answer as JSON, for the shared store when the silo runs in another process."""
-    return TypeAdapter(type(reply)).dump_json(reply)
-
-
-def load_reply(kind: type[Reply], payload: bytes) -> Reply:
-    """Read back what `dump_reply` wrote."""
-    return TypeAdapter(kind).validate_json(payload)
+    def personalize(self, ref: WeightRef, steps: int, progress: Progress | None = None) -> Evaluation:
+        """Fine-tune the global weights at `ref` for `steps` steps on this silo's own training split
+        and score the result on its own test split; the personalized weights never leave the silo."""
+        self._load(ref)
+        fit(self.model, self.train, self._settings(PERSONALIZE_SEED_KEY, steps, {}), progress)
+        return self._evaluate_current()
 
 
 _participants: dict[tuple[str, str], SiloParticipant] = {}

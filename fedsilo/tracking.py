@@ -11,6 +11,7 @@ already has active is neither used nor disturbed.
 """
 
 import json
+import shutil
 import tempfile
 import time
 import warnings
@@ -23,9 +24,10 @@ from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 
+from fedsilo.artifacts import download_model
+from fedsilo.messages import DataSummary
 from fedsilo.plots import accuracy_by_round, silo_matrix_heatmap
 from fedsilo.scenario import Scenario, flatten
-from fedsilo.silo import DataSummary
 
 ROLE, SILO = "fedsilo.role", "fedsilo.silo"
 CHAMPION = "champion"
@@ -130,8 +132,13 @@ class FederationTracker:
             ],
         )
 
-    def log_global_model(self, round_index: int, weights_path: str, meta: dict) -> str:
-        """Log the round's global model as a LoggedModel (step = round); return its model_id."""
+    def log_global_model(
+        self, round_index: int, weights_path: str, meta: dict, extra_files: dict[str, str] | None = None
+    ) -> str:
+        """Log the round's global model as a LoggedModel (step = round); return its model_id.
+
+        `extra_files` (name: path) go into the model's folder too: the strategy's state of that
+        round, so a job can go on from any logged round."""
         model = self.client.create_logged_model(
             self.experiment_id,
             name=f"{self.scenario.name}-global",
@@ -157,6 +164,8 @@ class FederationTracker:
                     ],
                     mlflow_model=mlflow.models.Model(model_id=model.model_id, run_id=self.parent_id),
                 )
+            for name, path in (extra_files or {}).items():
+                shutil.copyfile(path, local / name)
             self.client.log_model_artifacts(model.model_id, str(local))
         self.client.log_outputs(self.parent_id, [LoggedModelOutput(model.model_id, step=round_index)])
         self.client.finalize_logged_model(model.model_id, "READY")
@@ -253,11 +262,6 @@ def _version(package: str) -> str:
     from importlib.metadata import version
 
     return version(package)
-
-
-def download_model(uri: str) -> str:
-    """Download an MLflow model (models:/, runs:/) to a local folder and return its path."""
-    return mlflow.artifacts.download_artifacts(artifact_uri=uri)
 
 
 def model_weights_path(model_uri: str) -> str:

@@ -1,6 +1,6 @@
 """Local fit and evaluate in plain torch: seeded, bf16 autocast on CUDA, CPU otherwise."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -17,11 +17,22 @@ def pick_device() -> torch.device:
 
 @dataclass(frozen=True)
 class FitSettings:
+    """One local training run: `steps` optimizer steps when set, else `epochs` passes over the data.
+
+    `proximal_mu` > 0 adds FedProx's mu/2 * ||w - w_start||^2 to the loss, w_start being the
+    weights the model held when `fit` began (the global model, in a federated round).
+    """
+
     epochs: int
     batch_size: int
     learning_rate: float
     optimizer: str
     seed: int
+    steps: int | None = None
+    proximal_mu: float = 0.0
+
+    def total_steps(self, num_examples: int) -> int:
+        return self.steps or -(-num_examples // self.batch_size) * self.epochs
 
 
 def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -35,31 +46,53 @@ def _optimizer(model: torch.nn.Module, settings: FitSettings) -> torch.optim.Opt
     return torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
 
 
+def _batches(data: EncodedSet, settings: FitSettings, shuffle: torch.Generator) -> Iterator:
+    """Shuffled batches, pass after pass, for as many steps as the settings ask."""
+    step, total = 0, settings.total_steps(len(data))
+    while step < total:
+        for batch in data.batches(settings.batch_size, shuffle):
+            yield batch
+            step += 1
+            if step == total:
+                return
+
+
+class _Proximal:
+    """FedProx's mu/2 * ||w - w_start||^2 over the trainable parameters, w_start frozen at creation."""
+
+    def __init__(self, model: torch.nn.Module, mu: float):
+        self.mu = mu
+        self.anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+
+    def __call__(self) -> torch.Tensor:
+        return self.mu / 2 * sum(((p - start) ** 2).sum() for p, start in self.anchor)
+
+
 def fit(
     model: torch.nn.Module, data: EncodedSet, settings: FitSettings, progress: Progress | None = None
 ) -> float:
-    """Train in place for `settings.epochs`; return the mean training loss of the last epoch."""
+    """Train in place; return the mean training loss over the last epoch's worth of steps."""
     device = pick_device()
     model.to(device).train()
     torch.manual_seed(settings.seed)
     shuffle = torch.Generator().manual_seed(settings.seed)
     optimizer = _optimizer(model, settings)
-    steps_per_epoch = -(-len(data) // settings.batch_size)
-    total, step, epoch_losses = steps_per_epoch * settings.epochs, 0, []
-    for _ in range(settings.epochs):
-        epoch_losses = []
-        for inputs, labels in data.batches(settings.batch_size, shuffle):
-            inputs = {k: v.to(device) for k, v in inputs.items()}
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-                loss = torch.nn.functional.cross_entropy(_logits(model, inputs).float(), labels.to(device))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            epoch_losses.append(loss.item())
-            step += 1
-            if progress:
-                progress(step, total, epoch_losses[-1])
-    return float(np.mean(epoch_losses))
+    proximal = _Proximal(model, settings.proximal_mu) if settings.proximal_mu > 0 else None
+    total, window = settings.total_steps(len(data)), -(-len(data) // settings.batch_size)
+    losses: list[float] = []
+    for step, (inputs, labels) in enumerate(_batches(data, settings, shuffle), start=1):
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = torch.nn.functional.cross_entropy(_logits(model, inputs).float(), labels.to(device))
+        losses.append(loss.item())  # the data term: what the model's fit to this silo's data is
+        if proximal is not None:
+            loss = loss + proximal()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if progress:
+            progress(step, total, losses[-1])
+    return float(np.mean(losses[-window:]))
 
 
 @torch.no_grad()

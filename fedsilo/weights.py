@@ -6,7 +6,6 @@ the store is a local folder (embedded) or a shared artifact store (distributed).
 
 import hashlib
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
@@ -16,19 +15,13 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from fedsilo import artifacts
+from fedsilo.messages import WeightRef
 
 State = dict[str, torch.Tensor]
 
 
 class ChecksumError(Exception):
     """The weights read back are not the ones that were written."""
-
-
-@dataclass(frozen=True)
-class WeightRef:
-    uri: str
-    sha256: str
-    size: int
 
 
 def to_bytes(state: State) -> bytes:

@@ -5,7 +5,8 @@ The coordinator starts one flow run per silo per step through the silo's deploym
 trains from the global weights and writes the update, `evaluate` scores weights on the silo's test
 split. Weights come and go by URI with a sha256 checksum; the small reply is written as JSON to
 `reply_uri` in the same shared store. The silo's data location comes from this process's
-environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the coordinator.
+environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the coordinator. `personalize` fine-tunes the final global
+model on the silo's own data and reports its score on the silo's own test split.
 """
 
 import os
@@ -15,9 +16,9 @@ from prefect import flow, get_run_logger
 
 from fedsilo import artifacts
 from fedsilo.scenario import Scenario
-from fedsilo.silo import dump_reply, with_local_data
-from fedsilo.weights import WeightRef
-from pipelines.tasks import evaluate_silo, fit_with_limits, prepare_silo
+from fedsilo.messages import WeightRef, dump_reply
+from fedsilo.silo import with_local_data
+from pipelines.tasks import evaluate_silo, fit_with_limits, personalize_silo, prepare_silo
 
 SILO_FLOW = "silo-round"
 DATA_ENV = "FEDSILO_SILO_DATA"
@@ -36,25 +37,29 @@ def local_view(scenario: Scenario, silo: str) -> Scenario:
 
 @flow(
     name=SILO_FLOW,  # the coordinator names each run `<job>:<silo>-<step>`
-    description="One silo's step of a federated job (prepare, fit or evaluate), next to its data.",
+    description="One silo's step of a federated job (prepare, fit, evaluate or personalize), next to its data.",
     log_prints=True,
 )
 def silo_round(
     scenario: Scenario,
     silo: str,
-    action: Literal["prepare", "fit", "evaluate"],
+    action: Literal["prepare", "fit", "evaluate", "personalize"],
     step: str,
     reply_uri: str,
     weights: WeightRef | None = None,
     round_index: int = 0,
     update_uri: str = "",
+    config: dict[str, float] | None = None,
+    steps: int = 0,
 ) -> str:
     """Run one step for `silo` and write its reply to `reply_uri`; returns that URI."""
     scenario = local_view(scenario, silo)
     if action == "prepare":
         reply = prepare_silo(scenario, silo)
     elif action == "fit":
-        reply = fit_with_limits(scenario)(scenario, silo, round_index, weights, update_uri)
+        reply = fit_with_limits(scenario)(scenario, silo, round_index, weights, update_uri, config)
+    elif action == "personalize":
+        reply = personalize_silo(scenario, silo, weights, steps)
     else:
         reply = evaluate_silo(scenario, silo, weights, step)
     artifacts.write_bytes(reply_uri, dump_reply(reply))

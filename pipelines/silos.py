@@ -1,7 +1,8 @@
 """How the coordinator reaches its silos: as tasks in this process, or as flow runs on their workers.
 
-Both ways answer the same three calls (prepare, fit, evaluate) with the silos' replies and the
-names of the silos that did not answer, so the round loop in flows.py is the same for both.
+Both implement the engine's `Silos` protocol (prepare, fit, evaluate, personalize): each call
+answers the silos' replies and the names of the silos that did not answer, so the one round loop
+in fedsilo.coordinator is the same for both.
 """
 
 import time
@@ -16,10 +17,9 @@ from prefect.states import Cancelled
 from fedsilo import artifacts
 from fedsilo.federation import JobPaths
 from fedsilo.scenario import Scenario
-from fedsilo.silo import DataSummary, Evaluation, FitReport, load_reply
-from fedsilo.weights import WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef, load_reply
 from pipelines.silo_flow import SILO_FLOW
-from pipelines.tasks import evaluate_silo, fit_with_limits, prepare_silo
+from pipelines.tasks import evaluate_silo, fit_with_limits, personalize_silo, prepare_silo
 
 POLL_SECONDS = 1.0
 
@@ -49,18 +49,23 @@ class EmbeddedSilos:
         return self._each(scenario, prepare_silo, lambda silo: ())
 
     def fit(
-        self, scenario: Scenario, round_index: int, current: WeightRef
+        self, scenario: Scenario, round_index: int, current: WeightRef, config: dict[str, float]
     ) -> tuple[list[FitReport], list[str]]:
         return self._each(
             scenario,
             fit_with_limits(scenario),
-            lambda silo: (round_index, current, self.paths.update_uri(round_index, silo)),
+            lambda silo: (round_index, current, self.paths.update_uri(round_index, silo), config),
         )
 
     def evaluate(
         self, scenario: Scenario, weights: WeightRef, step: str
     ) -> tuple[list[Evaluation], list[str]]:
         return self._each(scenario, evaluate_silo, lambda silo: (weights, step))
+
+    def personalize(
+        self, scenario: Scenario, weights: WeightRef, steps: int
+    ) -> tuple[list[Evaluation], list[str]]:
+        return self._each(scenario, personalize_silo, lambda silo: (weights, steps))
 
 
 class DistributedSilos:
@@ -152,7 +157,7 @@ class DistributedSilos:
         return self._call(scenario, DataSummary, "prepare", lambda silo: {"action": "prepare"})
 
     def fit(
-        self, scenario: Scenario, round_index: int, current: WeightRef
+        self, scenario: Scenario, round_index: int, current: WeightRef, config: dict[str, float]
     ) -> tuple[list[FitReport], list[str]]:
         def params(silo: str) -> dict:
             update = self.paths.update_uri(round_index, silo)
@@ -161,6 +166,7 @@ class DistributedSilos:
                 "weights": asdict(current),
                 "round_index": round_index,
                 "update_uri": update,
+                "config": config,
             }
 
         attempts = scenario.federation.silo_retries + 1
@@ -171,6 +177,13 @@ class DistributedSilos:
     ) -> tuple[list[Evaluation], list[str]]:
         params = {"action": "evaluate", "weights": asdict(weights)}
         return self._call(scenario, Evaluation, f"evaluate-{step}", lambda silo: params)
+
+    def personalize(
+        self, scenario: Scenario, weights: WeightRef, steps: int
+    ) -> tuple[list[Evaluation], list[str]]:
+        params = {"action": "personalize", "weights": asdict(weights), "steps": steps}
+        attempts = scenario.federation.silo_retries + 1
+        return self._call(scenario, Evaluation, "personalize", lambda silo: params, attempts)
 
 
 def silos_for(scenario: Scenario, paths: JobPaths, job: str) -> EmbeddedSilos | DistributedSilos:

@@ -1,4 +1,4 @@
-"""Prefect tasks: one per (round, silo) for fit and evaluate, plus aggregation and tracking.
+"""Prefect tasks: one per (round, silo) for fit, evaluate and personalize, plus aggregation.
 
 Tasks pass weight references and small records, never tensors.
 """
@@ -7,24 +7,31 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo import federation
-from fedsilo.aggregation import FedAvg
+from fedsilo.coordinator import Aggregated
+from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
 from fedsilo.scenario import Scenario
-from fedsilo.silo import DataSummary, Evaluation, FitReport, initial_state, participant, summarize
-from fedsilo.weights import WeightRef, write_state
+from fedsilo.silo import participant, summarize
+from fedsilo.strategies import Strategy
 
 PROGRESS_EVERY = 0.25  # log a silo's training progress every quarter of its steps
+
+
+def _progress_logger(silo: str, what: str):
+    logger, marks = get_run_logger(), set()
+
+    def progress(step: int, total: int, loss: float) -> None:
+        mark = int(step / total / PROGRESS_EVERY)
+        if mark not in marks or step == total:
+            marks.add(mark)
+            logger.info("%s %s: step %d/%d, loss %.3f", silo, what, step, total, loss)
+
+    return progress
 
 
 @task(name="prepare-silo", task_run_name="prepare-{silo}", cache_policy=NO_CACHE)
 def prepare_silo(scenario: Scenario, silo: str) -> DataSummary:
     """Load, partition and split the silo's data; report its label counts (never rows)."""
     return summarize(scenario, silo)
-
-
-@task(name="initial-global-model", cache_policy=NO_CACHE)
-def initial_global(scenario: Scenario, input_shape: tuple[int, ...], uri: str) -> WeightRef:
-    """Write the pretrained starting point as round 0's global model."""
-    return write_state(initial_state(scenario, input_shape), uri)
 
 
 @task(
@@ -36,20 +43,17 @@ def initial_global(scenario: Scenario, input_shape: tuple[int, ...], uri: str) -
     timeout_seconds=3600,
 )
 def fit_silo(
-    scenario: Scenario, silo: str, round_index: int, global_ref: WeightRef, update_uri: str
+    scenario: Scenario,
+    silo: str,
+    round_index: int,
+    global_ref: WeightRef,
+    update_uri: str,
+    config: dict[str, float] | None = None,
 ) -> FitReport:
-    """Local training of one silo from the current global model."""
-    logger = get_run_logger()
-    marks: set[int] = set()
-
-    def progress(step: int, total: int, loss: float) -> None:
-        mark = int(step / total / PROGRESS_EVERY)
-        if mark not in marks or step == total:
-            marks.add(mark)
-            logger.info("%s round %d: step %d/%d, loss %.3f", silo, round_index, step, total, loss)
-
-    report = participant(scenario, silo).fit(global_ref, round_index, update_uri, progress)
-    logger.info(
+    """Local training of one silo from the current global model, with the strategy's settings."""
+    progress = _progress_logger(silo, f"round {round_index}")
+    report = participant(scenario, silo).fit(global_ref, round_index, update_uri, progress, config)
+    get_run_logger().info(
         "%s round %d: local accuracy %.3f in %.1fs", silo, round_index, report.local.accuracy, report.seconds
     )
     return report
@@ -69,10 +73,16 @@ def evaluate_silo(scenario: Scenario, silo: str, weights: WeightRef, step: str) 
     return participant(scenario, silo).evaluate(weights)
 
 
+@task(name="personalize-silo", task_run_name="personalize-{silo}", cache_policy=NO_CACHE)
+def personalize_silo(scenario: Scenario, silo: str, weights: WeightRef, steps: int) -> Evaluation:
+    """The final global model fine-tuned on one silo's own data, scored on its own test split."""
+    return participant(scenario, silo).personalize(weights, steps, _progress_logger(silo, "personalize"))
+
+
 @task(name="aggregate", task_run_name="aggregate-round-{round_index}", cache_policy=NO_CACHE)
 def aggregate(
-    strategy: FedAvg, current: WeightRef, reports: list[FitReport], round_index: int, out_uri: str
-) -> tuple[WeightRef | None, dict[str, str]]:
-    """FedAvg of the updates that arrived, then the strategy's server step; updates failing their
-    checksum are left out and returned by silo with the reason."""
+    strategy: Strategy, current: WeightRef, reports: list[FitReport], round_index: int, out_uri: str
+) -> Aggregated:
+    """The strategy's aggregation of the updates that arrived; updates failing their checksum are
+    left out and returned by silo with the reason."""
     return federation.aggregate(strategy, current, reports, out_uri)

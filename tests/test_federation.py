@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from fedsilo import federation
-from fedsilo.aggregation import FedAvg
 from fedsilo.federation import FederationError
 from fedsilo.scenario import load_scenario, validate_scenario
-from fedsilo.silo import DataSummary, Evaluation, FitReport
+from fedsilo.messages import DataSummary, Evaluation, FitReport
+from fedsilo.strategies import FedAvg
 from fedsilo.weights import read_state, write_state
 from tests.conftest import REPO
 

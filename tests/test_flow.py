@@ -93,9 +93,10 @@ def test_imaging_job_improves_on_the_pretrained_cnn(prefect_server, mlflow_store
     assert result.initial_accuracy < 0.65 < result.final_accuracy
 
 
-def test_a_champion_that_cannot_be_read_is_kept(mlflow_store):
+def test_a_champion_that_cannot_be_read_is_kept(mlflow_store, tmp_path):
+    from fedsilo.coordinator import Coordinator
+    from fedsilo.federation import JobPaths
     from fedsilo.tracking import FederationTracker
-    from pipelines.flows import _champion_decision
 
     class RegistryPointsAtAMissingModel(FederationTracker):
         def champion(self):
@@ -103,7 +104,8 @@ def test_a_champion_that_cannot_be_read_is_kept(mlflow_store):
 
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     tracker = RegistryPointsAtAMissingModel(scenario, "job")
-    promote, reason = _champion_decision(scenario, tracker, None, None, None, [])
+    coordinator = Coordinator(scenario, "job", None, tracker, JobPaths.under(tmp_path, "job"))
+    promote, reason = coordinator._champion_decision(None, [])
     assert not promote and "champion v3 could not be read" in reason
 
 

@@ -54,3 +54,32 @@ def test_scores_from_summed_confusions_match_sklearn_on_the_pooled_rows():
     )
     assert union["f1_macro"] == pytest.approx(expected, abs=1e-12)
     assert union["accuracy"] == pytest.approx(accuracy_score(pooled_true, pooled_pred))
+
+
+def distance_from_start(mu: float) -> float:
+    data = toy_images()
+    model = build_cnn(1, 16, 2, seed=0)
+    start = [p.detach().clone() for p in model.parameters()]
+    fit(model, data, FitSettings(2, 16, 1e-2, "sgd", seed=1, proximal_mu=mu))
+    return float(sum(((p.detach() - s) ** 2).sum() for p, s in zip(model.parameters(), start)) ** 0.5)
+
+
+def test_the_proximal_term_keeps_the_local_model_near_where_it_started():
+    distances = [distance_from_start(mu) for mu in (0.0, 1.0, 10.0, 100.0)]
+    assert distances == sorted(distances, reverse=True)
+    assert distances[-1] < 0.2 * distances[0]
+
+
+def test_local_steps_can_be_part_of_an_epoch_or_span_several():
+    data = toy_images()  # 64 examples, batch 16: 4 steps per epoch
+    for steps in (3, 10):
+        seen = []
+        fit(
+            build_cnn(1, 16, 2),
+            data,
+            FitSettings(1, 16, 1e-3, "adamw", 1, steps=steps),
+            lambda s, t, _: seen.append(t),
+        )
+        assert len(seen) == steps and seen[-1] == steps
+    epochs = FitSettings(2, 16, 1e-3, "adamw", 1)
+    assert epochs.total_steps(64) == 8 and FitSettings(2, 16, 1e-3, "adamw", 1, steps=5).total_steps(64) == 5

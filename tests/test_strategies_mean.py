@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from fedsilo.aggregation import FedAvg, FedAvgM, WeightedSum, make_strategy
+from fedsilo.scenario import FederationSpec
+from fedsilo.strategies import STRATEGIES, FedAvg, FedAvgM, FedProx, SiloUpdate, WeightedSum, make_strategy
 
 
 def fedavg(states, sizes):
@@ -84,10 +85,48 @@ def test_fedavgm_accumulates_momentum_across_rounds():
     assert w["w"].item() == pytest.approx(2.5)
 
 
-def test_strategy_registry_is_closed():
-    assert isinstance(make_strategy("fedavgm", 1.0, 0.9), FedAvgM)
-    with pytest.raises(ValueError, match="unknown strategy 'fedprox'"):
-        make_strategy("fedprox", 1.0, 0.0)
+def test_the_registry_builds_each_strategy_from_its_scenario_fields():
+    built = make_strategy(FederationSpec(strategy="fedavgm", server_momentum=0.5))
+    assert isinstance(built, FedAvgM) and built.server_momentum == 0.5 and built.server_learning_rate == 1.0
+    assert make_strategy(FederationSpec(strategy="fedprox")).configure_fit(1) == {"proximal_mu": 0.01}
+    assert set(STRATEGIES) == {
+        "fedavg",
+        "fedavgm",
+        "fedprox",
+        "fedadam",
+        "fedyogi",
+        "fedadagrad",
+        "median",
+        "trimmed_mean",
+    }
+
+
+def test_fedavgm_state_round_trips():
+    strategy = FedAvgM(server_momentum=0.5)
+    strategy.apply({"w": torch.tensor([0.0])}, {"w": torch.tensor([1.0])})
+    resumed = FedAvgM(server_momentum=0.5)
+    resumed.load_state_dict(strategy.state_dict())
+    a = strategy.apply({"w": torch.tensor([1.0])}, {"w": torch.tensor([2.0])})
+    b = resumed.apply({"w": torch.tensor([1.0])}, {"w": torch.tensor([2.0])})
+    assert torch.equal(a["w"], b["w"]) and a["w"].item() == pytest.approx(2.5)
+
+
+def test_fedprox_aggregates_exactly_as_fedavg():
+    current = {"w": torch.tensor([0.0, 1.0])}
+    updates = [
+        SiloUpdate("a", {"w": torch.tensor([1.0, 4.0])}, 1),
+        SiloUpdate("b", {"w": torch.tensor([4.0, 1.0])}, 2),
+    ]
+    assert torch.equal(
+        FedProx(proximal_mu=0.1).aggregate(current, updates)["w"], FedAvg().aggregate(current, updates)["w"]
+    )
+
+
+def test_constructors_name_the_bad_parameter():
+    with pytest.raises(ValueError, match="server_momentum"):
+        FedAvgM(server_momentum=1.5)
+    with pytest.raises(ValueError, match="proximal_mu"):
+        FedProx(proximal_mu=-1)
 
 
 def test_summing_leaves_the_silo_updates_untouched():

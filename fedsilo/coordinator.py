@@ -1,0 +1,508 @@
+"""The coordinator: the one round loop of a federated job, whoever runs the silos.
+
+It is given three small things and owns everything else (the shape of Flower's
+`Strategy.start(grid)`):
+
+- `Silos` answers prepare / fit / evaluate / personalize with the silos' replies and the names of
+  those that did not answer: in this process (`fedsilo.local.LocalSilos`), as Prefect tasks, or as
+  flow runs on the silos' own workers (`pipelines/silos.py`);
+- `Tracker` records the job (MLflow in `fedsilo.tracking`, nothing in `NullTracker`) and holds
+  the registry the champion decision reads;
+- reporters are told what happened (a round's table, an event, the end) and decide nothing.
+
+Round 0 evaluates the starting model (pretrained, or the champion when warm-starting); each round
+then sends the global model and the strategy's settings to every silo, aggregates the updates that
+came back (at least `min_silos`), evaluates the new global model on every silo's test split and
+records the round. After the last round: personalization, the silo x silo matrix, the champion
+decision and registration; weights the job wrote are deleted whatever happens.
+"""
+
+import logging
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from fedsilo import federation
+from fedsilo.artifacts import delete as delete_uri
+from fedsilo.federation import FederationError, JobPaths
+from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
+from fedsilo.scenario import Scenario
+from fedsilo.silo import initial_state, model_card
+from fedsilo.strategies import Strategy, make_strategy
+from fedsilo.weights import copy_file, delete_state, local_path, same_layout, to_bytes, write_state
+
+Answers = tuple[list, list[str]]  # the replies that came, the names of the silos that did not answer
+
+
+class Silos(Protocol):
+    """How the coordinator reaches its silos; every call answers (replies, missing silo names)."""
+
+    def prepare(self, scenario: Scenario) -> tuple[list[DataSummary], list[str]]: ...
+
+    def fit(
+        self, scenario: Scenario, round_index: int, weights: WeightRef, config: dict[str, float]
+    ) -> tuple[list[FitReport], list[str]]: ...
+
+    def evaluate(
+        self, scenario: Scenario, weights: WeightRef, step: str
+    ) -> tuple[list[Evaluation], list[str]]: ...
+
+    def personalize(
+        self, scenario: Scenario, weights: WeightRef, steps: int
+    ) -> tuple[list[Evaluation], list[str]]: ...
+
+
+class Tracker(Protocol):
+    """Where the job is recorded, and the model registry its champion lives in."""
+
+    parent_id: str
+
+    def log_data(self, summary: DataSummary) -> None: ...
+
+    def log_global_model(
+        self, round_index: int, weights_path: str, meta: dict, extra_files: dict[str, str]
+    ) -> str | None: ...
+
+    def log_round(
+        self,
+        round_index: int,
+        job: dict[str, float],
+        silos: dict[str, dict[str, float]],
+        model_id: str | None,
+    ) -> None: ...
+
+    def log_silo_matrix(self, matrix, metric: str) -> None: ...
+
+    def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None: ...
+
+    def champion_weights(self) -> tuple[str, str] | None: ...
+
+    def register(self, model_id: str, make_champion: bool, reason: str) -> str | None: ...
+
+    def finish(self, status: str = "FINISHED") -> None: ...
+
+
+@dataclass
+class RoundRecord:
+    """What a reporter is told after each round (round 0: the starting model)."""
+
+    round_index: int
+    rounds: int
+    global_accuracy: float
+    silo_local: dict[str, float | None] = field(default_factory=dict)
+    silo_global: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    missing: list[str] = field(default_factory=list)
+
+
+class Reporter(Protocol):
+    """Told what happened; decides nothing (console table, Prefect artifacts and events)."""
+
+    def round_done(self, record: RoundRecord, history: list[RoundRecord]) -> None: ...
+
+    def event(self, name: str, detail: dict[str, str]) -> None: ...
+
+    def finished(self, summary: str, history: list[RoundRecord], failed: bool) -> None: ...
+
+
+class JobResult(BaseModel):
+    """What a federated job produced, returned by the flow and printed by the CLI."""
+
+    job: str
+    experiment: str
+    parent_run_id: str
+    tracking_uri: str = ""
+    rounds: int
+    initial_accuracy: float
+    final_accuracy: float
+    curve: list[float] = []  # global accuracy on the union of test splits, round 0 first
+    personalized: dict[str, float] = {}  # each silo's personalized accuracy on its own test split
+    registered_model: str | None = None
+    registered_version: str | None = None  # MLflow version number, as a string
+    champion: bool = False
+    champion_reason: str = ""
+
+
+Aggregated = tuple[WeightRef | None, dict[str, str]]  # the new global model; rejected silos' reasons
+Aggregate = Callable[[Strategy, WeightRef, list[FitReport], int, str], Aggregated]
+
+
+def aggregate_round(
+    strategy: Strategy, current: WeightRef, reports: list[FitReport], round_index: int, out_uri: str
+) -> Aggregated:
+    """The default aggregation step (the Prefect flow wraps the same call in a task)."""
+    return federation.aggregate(strategy, current, reports, out_uri)
+
+
+class Coordinator:
+    """Runs one federated job of `scenario` through `silos`, recording it with `tracker`."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        job: str,
+        silos: Silos,
+        tracker: Tracker,
+        paths: JobPaths,
+        reporters: Sequence[Reporter] = (),
+        aggregate: Aggregate = aggregate_round,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        strategy: Strategy | None = None,
+    ):
+        self.scenario, self.job, self.silos, self.tracker, self.paths = scenario, job, silos, tracker, paths
+        self.reporters, self.aggregate = list(reporters), aggregate
+        self.log = logger or logging.getLogger("fedsilo")
+        self.strategy = strategy or make_strategy(scenario.federation)
+        self.history: list[RoundRecord] = []
+        self._held: dict[str, WeightRef] = {}  # weights this job wrote and has not deleted yet
+        self._late: set[str] = set()  # where silos left out of a round may still have written
+
+    # -- the job ---------------------------------------------------------------------------------
+
+    def run(self) -> JobResult:
+        """The whole job; on any failure the reason is recorded, the job's weights are deleted and
+        the exception propagates (FederationError: an expected outcome, e.g. too few silos)."""
+        try:
+            result = self._run()
+        except BaseException as exc:
+            self._notify("finished", f"Job {self.job} FAILED: {exc}", self.history, True)
+            self.tracker.set_tags({"fedsilo.failure": str(exc)[:5000]})
+            self.tracker.finish("FAILED")
+            if isinstance(exc, FederationError):
+                self.log.error("job %s failed: %s; completed rounds are recorded", self.job, exc)
+            raise
+        finally:
+            self._delete_all()
+        self.tracker.finish("FINISHED")
+        return result
+
+    def _run(self) -> JobResult:
+        rounds = self.scenario.federation.rounds
+        self.log.info(
+            "job %s: %d silos (%s), %d rounds of %s; weights via %s",
+            self.job,
+            len(self.scenario.silos),
+            self.scenario.federation.mode,
+            rounds,
+            self.scenario.federation.strategy,
+            self.paths.root,
+        )
+        meta = self._prepare()
+        current, origin = self._starting_point(meta)
+        self.tracker.set_tags({"fedsilo.warm_start": origin})
+        self.log.info("round 0 starts from the %s", origin)
+        evaluations, missing = self.silos.evaluate(self.scenario, current, "round-0")
+        self._check_quorum([e.silo for e in evaluations], "round 0")
+        model_id = self._record(0, current, evaluations, [], {}, meta, missing)
+        reports: list[FitReport] = []
+        for round_index in range(1, rounds + 1):
+            current, reports, evaluations, model_id = self._round(round_index, current, meta)
+        personalized = self._personalize(current)
+        self._compare_silos(reports, evaluations, personalized)
+        result = JobResult(
+            job=self.job,
+            experiment=self.scenario.experiment_name,
+            parent_run_id=self.tracker.parent_id,
+            tracking_uri=getattr(self.tracker, "tracking_uri", ""),
+            rounds=rounds,
+            initial_accuracy=self.history[0].global_accuracy,
+            final_accuracy=self.history[-1].global_accuracy,
+            curve=[r.global_accuracy for r in self.history],
+            personalized={e.silo: e.accuracy for e in personalized},
+        )
+        if model_id:
+            self._register(result, model_id, current, evaluations)
+        self._notify("finished", self._summary(result, origin), self.history, False)
+        return result
+
+    def _prepare(self) -> dict:
+        """Silos describe their data; labels and input shape are settled; returns the model card."""
+        summaries, _ = self.silos.prepare(self.scenario)
+        self._check_quorum([s.silo for s in summaries], "prepare")
+        for summary in summaries:
+            self.tracker.log_data(summary)
+        self.scenario = federation.with_labels(self.scenario, summaries)
+        self.input_shape = federation.input_shape(summaries)
+        return model_card(self.scenario, self.input_shape)
+
+    def _round(self, round_index: int, current: WeightRef, meta: dict):
+        """One round: fit, aggregate, evaluate, record. Returns the new global model and the round's
+        fit reports, evaluations and logged model id."""
+        started = time.perf_counter()
+        step = f"round {round_index}"
+        config = self.strategy.configure_fit(round_index)
+        reports, missing = self.silos.fit(self.scenario, round_index, current, config)
+        for report in reports:
+            self._hold(report.update)
+        for silo in missing:  # it may have written its update before it was given up on
+            self._late.add(self.paths.update_uri(round_index, silo))
+        self._check_quorum([r.silo for r in reports], step)
+        out_uri = self.paths.global_uri(round_index)
+        new, rejected = self.aggregate(self.strategy, current, reports, round_index, out_uri)
+        if new is not None:
+            self._hold(new)
+        for silo, reason in rejected.items():
+            self.log.warning("round %d: update of %s left out: %s", round_index, silo, reason)
+            self._release(next(r.update for r in reports if r.silo == silo))
+        reports = [r for r in reports if r.silo not in rejected]
+        missing = sorted(set(missing) | set(rejected))
+        self._check_quorum([r.silo for r in reports], step)
+        last = round_index == self.scenario.federation.rounds
+        self._release(current)
+        if not last:  # the last round's local models go on to the silo x silo matrix
+            for report in reports:
+                self._release(report.update)
+        evaluations, _ = self.silos.evaluate(self.scenario, new, f"round-{round_index}")
+        if missing:
+            self.tracker.set_tags({f"fedsilo.missing.round_{round_index}": ",".join(missing)})
+            for silo in missing:
+                reason = rejected.get(silo, "did not answer")
+                self._notify(
+                    "event",
+                    "fedsilo.silo.left-out",
+                    {"silo": silo, "round": str(round_index), "reason": reason},
+                )
+        extra = {
+            "round_seconds": time.perf_counter() - started,
+            "bytes_exchanged": federation.update_bytes(reports),
+            "silos_answered": len(reports),
+        }
+        model_id = self._record(round_index, new, evaluations, reports, extra, meta, missing)
+        return new, reports, evaluations, model_id
+
+    # -- recording -------------------------------------------------------------------------------
+
+    def _record(self, round_index, current, evaluations, reports, extra, meta, missing) -> str | None:
+        """Log one round (global model with the strategy's state, metrics linked to it); report it."""
+        union = federation.global_metrics(evaluations)
+        job = {f"global_{k}": v for k, v in union.items()} | extra | {"silos_evaluated": len(evaluations)}
+        per_silo = {
+            e.silo: {"global_accuracy": e.accuracy, "global_f1_macro": e.f1_macro} for e in evaluations
+        }
+        for report in reports:
+            per_silo.setdefault(report.silo, {}).update(
+                local_accuracy=report.local.accuracy,
+                local_f1_macro=report.local.f1_macro,
+                train_loss=report.train_loss,
+                num_examples=report.num_examples,
+                fit_seconds=report.seconds,
+            )
+        if round_index > 0:
+            for silo in self.scenario.silo_names():
+                per_silo.setdefault(silo, {})["answered"] = float(silo not in missing)
+        model_id = None
+        if self.scenario.tracking.log_models:
+            with tempfile.TemporaryDirectory() as scratch:
+                extra_files = self._strategy_state_file(scratch)
+                weights = local_path(current, scratch)
+                model_id = self.tracker.log_global_model(round_index, weights, meta, extra_files)
+        self.tracker.log_round(round_index, job, per_silo, model_id)
+        record = RoundRecord(
+            round_index,
+            self.scenario.federation.rounds,
+            union["accuracy"],
+            silo_local={r.silo: r.local.accuracy for r in reports},
+            silo_global={e.silo: e.accuracy for e in evaluations},
+            seconds=extra.get("round_seconds", 0.0),
+            missing=list(missing),
+        )
+        self.history.append(record)
+        self._notify("round_done", record, self.history)
+        return model_id
+
+    def _strategy_state_file(self, scratch: str) -> dict[str, str]:
+        """The strategy's state (momentum, moments) as a file logged with the round's model."""
+        state = self.strategy.state_dict()
+        if not state:
+            return {}
+        path = Path(scratch, "strategy_state.safetensors")
+        path.write_bytes(to_bytes(state))
+        return {path.name: str(path)}
+
+    def _summary(self, result: JobResult, origin: str) -> str:
+        decision = ""
+        if result.registered_version:
+            moved = "moved to" if result.champion else "stays; not moved to"
+            decision = (
+                f"\n\n**Champion**: {moved} {result.registered_model} v{result.registered_version}, "
+                f"because {result.champion_reason}."
+            )
+        personalized = ""
+        if result.personalized:
+            values = ", ".join(f"{s} {a:.3f}" for s, a in result.personalized.items())
+            personalized = f" Personalized ({self.scenario.evaluation.personalize_steps} steps): {values}."
+        return (
+            f"Started from the {origin}. Initial accuracy {result.initial_accuracy:.3f}, final "
+            f"{result.final_accuracy:.3f}.{personalized} Experiment `{result.experiment}`, run "
+            f"`{result.parent_run_id}`.{decision}"
+        )
+
+    # -- after the last round --------------------------------------------------------------------
+
+    def _personalize(self, current: WeightRef) -> list[Evaluation]:
+        """Each silo fine-tunes the final global model on its own data; scored on its own split."""
+        steps = self.scenario.evaluation.personalize_steps
+        if not steps:
+            return []
+        evaluations, missing = self.silos.personalize(self.scenario, current, steps)
+        if missing:
+            self.log.warning("personalization: no answer from %s", ", ".join(missing))
+        rounds = self.scenario.federation.rounds
+        per_silo = {
+            e.silo: {"personalized_accuracy": e.accuracy, "personalized_f1_macro": e.f1_macro}
+            for e in evaluations
+        }
+        union = federation.global_metrics(evaluations) if evaluations else {}
+        job = {f"personalized_{k}": union[k] for k in ("accuracy", "f1_macro") if k in union}
+        self.tracker.log_round(rounds, job, per_silo, None)
+        return evaluations
+
+    def _compare_silos(
+        self, reports: list[FitReport], final: list[Evaluation], personalized: list[Evaluation]
+    ) -> None:
+        """Every silo's final local model and the global model on every silo's test split; each
+        personalized model on its own split."""
+        models = {}
+        for report in reports:
+            models[f"{report.silo} (local)"], _ = self.silos.evaluate(
+                self.scenario, report.update, f"local-{report.silo}"
+            )
+            self._release(report.update)
+        models["global"] = final
+        if personalized:
+            models["personalized"] = personalized
+        metric = self.scenario.evaluation.metric
+        self.tracker.log_silo_matrix(federation.silo_matrix(models, metric), metric)
+
+    def _register(self, result: JobResult, model_id: str, candidate: WeightRef, final) -> None:
+        promote, reason = self._champion_decision(candidate, final)
+        result.registered_model = self.scenario.registered_model_name
+        result.registered_version = self.tracker.register(model_id, promote, reason)
+        result.champion, result.champion_reason = promote, reason
+        self.log.info(
+            "registered %s version %s: %s", result.registered_model, result.registered_version, reason
+        )
+        event = "fedsilo.champion.moved" if promote else "fedsilo.champion.kept"
+        detail = {
+            "model": result.registered_model,
+            "version": str(result.registered_version),
+            "reason": reason,
+        }
+        self._notify("event", event, detail)
+
+    def _champion_decision(self, candidate: WeightRef, final: list[Evaluation]) -> tuple[bool, str]:
+        """Evaluate the current champion on this job's test data; decide whether the new model wins.
+
+        Only a champion that cannot load into this model (other labels or architecture) is replaced
+        without a comparison; one that cannot be read at all is kept, never replaced on doubt.
+        """
+        metric = self.scenario.evaluation.metric
+        try:
+            champion = self.tracker.champion_weights()
+        except Exception as exc:  # registry or artifact store unreachable, files missing
+            return False, f"{exc}; champion kept"
+        if champion is None:
+            return True, f"first registered model ({metric} {federation.global_metrics(final)[metric]:.4f})"
+        version, path = champion
+        if not same_layout(path, candidate):
+            return True, f"champion v{version} has another architecture or label set; replaced"
+        ref = self._hold(copy_file(path, self.paths.champion_uri()))
+        evaluations, _ = self.silos.evaluate(self.scenario, ref, "champion")
+        self._release(ref)
+        return federation.champion_verdict(final, evaluations, metric, version)
+
+    def _starting_point(self, meta: dict) -> tuple[WeightRef, str]:
+        """Round 0's global model: the registered champion when warm-starting and it fits, else the
+        pretrained model; the second value says which, and why."""
+        uri = self.paths.global_uri(0)
+        pretrained = self._hold(write_state(initial_state(self.scenario, self.input_shape), uri))
+        if not self.scenario.retraining.warm_start:
+            return pretrained, "pretrained model"
+        try:
+            champion = self.tracker.champion_weights()
+        except Exception as exc:  # registry or artifact store unreachable
+            return pretrained, f"pretrained model ({exc})"
+        if champion is None:
+            return pretrained, "pretrained model (no champion registered yet)"
+        version, path = champion
+        name = f"{self.scenario.registered_model_name} v{version}"
+        if not same_layout(path, pretrained):
+            return pretrained, f"pretrained model (champion {name} does not fit this model)"
+        return self._hold(copy_file(path, uri)), f"champion {name}"
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _check_quorum(self, answered: list[str], step: str) -> None:
+        federation.check_quorum(self.scenario, answered, step)
+
+    def _notify(self, method: str, *args) -> None:
+        for reporter in self.reporters:
+            try:
+                getattr(reporter, method)(*args)
+            except Exception as exc:  # a reporter decides nothing, and cannot fail the job either
+                self.log.warning("reporter %s failed on %s: %s", type(reporter).__name__, method, exc)
+
+    def _hold(self, ref: WeightRef) -> WeightRef:
+        self._held[ref.uri] = ref
+        return ref
+
+    def _release(self, ref: WeightRef) -> None:
+        """Delete weights the job no longer needs (MLflow holds every logged global model)."""
+        if self._held.pop(ref.uri, None) is not None:
+            delete_state(ref)
+
+    def _delete_all(self) -> None:
+        for ref in list(self._held.values()):
+            try:
+                self._release(ref)
+            except Exception as exc:  # the store may be what failed the job
+                self.log.warning("could not delete %s: %s", ref.uri, exc)
+                self._held.pop(ref.uri, None)
+        for uri in self._late - set(self._held):
+            try:
+                delete_uri(uri)
+            except Exception as exc:  # most were never written
+                self.log.debug("nothing deleted at %s: %s", uri, exc)
+
+
+class NullTracker:
+    """Records nothing and has no registry: for benchmarks and engine tests without MLflow."""
+
+    parent_id = ""
+
+    def __init__(self) -> None:
+        self.rounds: dict[int, dict[str, float]] = {}
+        self.silos: dict[str, dict[str, dict[int, float]]] = {}
+        self.matrix = None
+
+    def log_data(self, summary: DataSummary) -> None:
+        pass
+
+    def log_global_model(self, round_index, weights_path, meta, extra_files) -> str | None:
+        return None
+
+    def log_round(self, round_index, job, silos, model_id) -> None:
+        self.rounds.setdefault(round_index, {}).update(job)
+        for silo, values in silos.items():
+            for key, value in values.items():
+                self.silos.setdefault(silo, {}).setdefault(key, {})[round_index] = value
+
+    def log_silo_matrix(self, matrix, metric: str) -> None:
+        self.matrix = matrix
+
+    def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None:
+        pass
+
+    def champion_weights(self) -> None:
+        return None
+
+    def register(self, model_id: str, make_champion: bool, reason: str) -> None:
+        return None
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass

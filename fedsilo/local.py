@@ -1,0 +1,53 @@
+"""Silos in this process with no orchestrator: the engine's own `Silos`, for benchmarks and tests.
+
+The Prefect flow reaches silos through tasks or workers instead; the round loop is the same.
+"""
+
+import logging
+
+from fedsilo.federation import JobPaths
+from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
+from fedsilo.scenario import Scenario
+from fedsilo.silo import participant, summarize
+
+log = logging.getLogger("fedsilo")
+
+
+class LocalSilos:
+    """Every silo's participant built once in this process and called in turn; a silo that raises
+    is reported missing with its error logged, as a failed task would be."""
+
+    def __init__(self, paths: JobPaths):
+        self.paths = paths
+
+    def _each(self, scenario: Scenario, call) -> tuple[list, list[str]]:
+        replies, missing = [], []
+        for silo in scenario.silo_names():
+            try:
+                replies.append(call(silo))
+            except Exception as exc:
+                log.warning("silo %s did not answer: %s", silo, exc)
+                missing.append(silo)
+        return replies, missing
+
+    def prepare(self, scenario: Scenario) -> tuple[list[DataSummary], list[str]]:
+        return self._each(scenario, lambda silo: summarize(scenario, silo))
+
+    def fit(
+        self, scenario: Scenario, round_index: int, weights: WeightRef, config: dict[str, float]
+    ) -> tuple[list[FitReport], list[str]]:
+        def fit_one(silo: str) -> FitReport:
+            update = self.paths.update_uri(round_index, silo)
+            return participant(scenario, silo).fit(weights, round_index, update, config=config)
+
+        return self._each(scenario, fit_one)
+
+    def evaluate(
+        self, scenario: Scenario, weights: WeightRef, step: str
+    ) -> tuple[list[Evaluation], list[str]]:
+        return self._each(scenario, lambda silo: participant(scenario, silo).evaluate(weights))
+
+    def personalize(
+        self, scenario: Scenario, weights: WeightRef, steps: int
+    ) -> tuple[list[Evaluation], list[str]]:
+        return self._each(scenario, lambda silo: participant(scenario, silo).personalize(weights, steps))

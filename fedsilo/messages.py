@@ -1,0 +1,73 @@
+"""The records that cross between silos and coordinator: small, JSON-serialisable, no torch.
+
+Silos answer with these (never tensors, never rows): a reference to weights in the shared store,
+label counts, confusion matrices. `fedsilo compare`, the tracker and the Prefect adapters import
+them without importing torch or transformers.
+"""
+
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from pydantic import TypeAdapter
+
+
+@dataclass(frozen=True)
+class WeightRef:
+    """Weights at a URI of the shared store, with the sha256 the receiver verifies and their size."""
+
+    uri: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A model's metrics on one silo's test split."""
+
+    silo: str
+    accuracy: float
+    f1_macro: float
+    loss: float
+    confusion: list[list[int]]  # rows: true label, columns: predicted; counts only, never rows
+
+
+@dataclass(frozen=True)
+class FitReport:
+    """What a silo sends back after local training: a weight reference, never the tensors."""
+
+    silo: str
+    round: int
+    update: WeightRef
+    num_examples: int
+    train_loss: float
+    local: Evaluation
+    seconds: float
+    steps: int = 0  # optimizer steps taken this round
+
+
+@dataclass(frozen=True)
+class DataSummary:
+    """Counts and label distribution of a silo's data, never its rows; images also give their shape."""
+
+    silo: str
+    train_counts: dict[str, int] = field(default_factory=dict)
+    test_counts: dict[str, int] = field(default_factory=dict)
+    input_shape: tuple[int, ...] = ()
+    version: str = ""  # sha256 of the rows: changes exactly when the silo's data changes
+
+    @property
+    def num_train(self) -> int:
+        return sum(self.train_counts.values())
+
+
+Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation)
+
+
+def dump_reply(reply: DataSummary | FitReport | Evaluation) -> bytes:
+    """A silo's answer as JSON, for the shared store when the silo runs in another process."""
+    return TypeAdapter(type(reply)).dump_json(reply)
+
+
+def load_reply(kind: type[Reply], payload: bytes) -> Reply:
+    """Read back what `dump_reply` wrote."""
+    return TypeAdapter(kind).validate_json(payload)

@@ -1,0 +1,70 @@
+"""Coordinate-wise robust aggregation: the median and the trimmed mean (Yin et al. 2018).
+
+Both hold every update of the round at once (K models) and ignore example counts: a silo that
+lies about n_k, or sends extreme values, moves the result no further than an honest silo could.
+Integer and bool tensors take the element-wise maximum, as in FedAvg.
+"""
+
+from collections.abc import Iterable
+
+import torch
+
+from fedsilo.strategies.base import SiloUpdate, Strategy, accumulator_dtype
+from fedsilo.weights import State
+
+
+def _stacked(updates: Iterable[SiloUpdate]) -> dict[str, torch.Tensor]:
+    states = [u.state for u in updates]
+    if not states:
+        raise ValueError("no silo update was added")
+    return {name: torch.stack([s[name] for s in states]) for name in states[0]}
+
+
+def _sorted_floats(stack: torch.Tensor) -> torch.Tensor:
+    return stack.to(accumulator_dtype(stack)).sort(dim=0).values
+
+
+class Median(Strategy):
+    """The coordinate-wise median of the silos' weights (the mean of the two middle values for even K)."""
+
+    name = "median"
+
+    def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
+        result: State = {}
+        for name, stack in _stacked(updates).items():
+            if not stack.is_floating_point():
+                result[name] = stack.amax(dim=0)
+                continue
+            ordered, k = _sorted_floats(stack), stack.shape[0]
+            result[name] = ((ordered[(k - 1) // 2] + ordered[k // 2]) / 2).to(stack.dtype)
+        return result
+
+
+class TrimmedMean(Strategy):
+    """The coordinate-wise mean after dropping the `trim_fraction` largest and smallest values.
+
+    floor(trim_fraction * K) values go at each end, at most (K - 1) // 2 so one always remains.
+    """
+
+    name = "trimmed_mean"
+    fields = ("trim_fraction",)
+
+    def __init__(self, trim_fraction: float = 0.2) -> None:
+        if not 0 <= trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
+        self.trim_fraction = trim_fraction
+
+    def trimmed(self, k: int) -> int:
+        """Values dropped at each end when K = k silos answered."""
+        return min(int(self.trim_fraction * k), (k - 1) // 2)
+
+    def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
+        result: State = {}
+        for name, stack in _stacked(updates).items():
+            if not stack.is_floating_point():
+                result[name] = stack.amax(dim=0)
+                continue
+            cut = self.trimmed(stack.shape[0])
+            kept = _sorted_floats(stack)[cut : stack.shape[0] - cut]
+            result[name] = kept.mean(dim=0).to(stack.dtype)
+        return result
