@@ -1,22 +1,29 @@
-"""Is federation worth it? Centralized vs each silo alone vs FedAvg on real public data.
+"""Is federation worth it, and which strategy? Centralized vs each silo alone vs federated
+strategies vs personalization, on real public data.
 
 For one partition of a data set over N silos (each silo then splits its rows 80/20, as in
-fedsilo), three arms get the same budget of E passes over every training example:
-  centralized  E epochs on the pooled training rows of all silos,
-  local        each silo E epochs on its own rows (its model scored on its own test split),
-  fedavg       E rounds of 1 local epoch per silo, through fedsilo's engine (SiloParticipant,
-               federation.aggregate), the global model scored on every silo's test split.
+fedsilo), every arm gets the same budget of E passes over every training example:
+  centralized   E epochs on the pooled training rows of all silos;
+  local         each silo E (+1, see personalized) epochs on its own rows, scored on its own split;
+  <strategy>    the engine's own Coordinator with in-process silos (fedsilo.local.LocalSilos):
+                R rounds of S local steps, R * S * batch * N_silos = E * training rows, the
+                global model scored on every silo's test split;
+  personalized  each strategy's final global model fine-tuned by each silo for about one epoch
+                of an average silo's rows (evaluation.personalize_steps), on its own split.
 Accuracy and macro-F1 are reported per silo and on the union of the silos' test splits.
 
     python -m bench.quality --dataset pneumonia --partitions iid 1.0 0.5 0.1 --silos 3 10
-    python -m bench.quality --dataset twitter-finance --partitions iid 0.5 --silos 3
+    python -m bench.quality --dataset twitter-finance --partitions iid 0.5 --silos 3 \\
+        --strategies fedavg fedavgm fedyogi
 """
 
 import argparse
 import copy
+import logging
+import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
@@ -28,16 +35,21 @@ import torch  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from bench.common import cnn_checkpoint, emit, results_dir, save_plot, shared_data, start  # noqa: E402
-from fedsilo.federation import JobPaths, aggregate, global_metrics, strategy_for  # noqa: E402
+from fedsilo.coordinator import Coordinator, NullTracker  # noqa: E402
+from fedsilo.federation import JobPaths, global_metrics  # noqa: E402
+from fedsilo.local import LocalSilos  # noqa: E402
+from fedsilo.messages import Evaluation  # noqa: E402
 from fedsilo.modeling import EncodedSet  # noqa: E402
 from fedsilo.scenario import Scenario  # noqa: E402
-from fedsilo.silo import Evaluation, SiloParticipant  # noqa: E402
+from fedsilo.silo import SiloParticipant, participant, release_participants  # noqa: E402
+from fedsilo.strategies import STRATEGIES  # noqa: E402
 from fedsilo.training import FitSettings, fit  # noqa: E402
 from fedsilo.weights import read_state, write_state  # noqa: E402
 
 BENCH = "quality"
 IID_GAP_POINTS = 2.0
 SHARE_OF_CENTRALIZED = 0.95
+CHALLENGERS = ("fedprox", "fedadam", "fedyogi")  # at α 0.1, one of them should beat fedavg
 
 
 @dataclass(frozen=True)
@@ -47,6 +59,7 @@ class Dataset:
     name: str
     domain: str
     epochs: int  # the budget E: passes over each training example, in every arm
+    rounds: int  # federated rounds the budget is cut into
 
     @property
     def bench(self) -> str:
@@ -69,20 +82,26 @@ class Pneumonia(Dataset):
         }
 
 
-class TwitterFinance(Dataset):
-    rows = 1200  # a stratified sample: MiniLM on 2 CPU cores makes ~4 steps a second
+@dataclass(frozen=True)
+class TextSample(Dataset):
+    """A stratified sample of a text CSV (MiniLM on 2 CPU cores makes about 4 steps a second)."""
+
+    folder: str = ""
+    rows: int = 1200
+    max_length: int = 64
+    learning_rate: float = 1e-4
 
     def scenario(self, seed):
         return {
-            "model": {"kind": "bert", "source": "packaged:all-MiniLM-L6-v2", "max_length": 64},
+            "model": {"kind": "bert", "source": "packaged:all-MiniLM-L6-v2", "max_length": self.max_length},
             "data": {"source": {"kind": "csv", "path": str(self.sample(seed))}},
-            "federation": {"batch_size": 16, "learning_rate": 1e-4},
+            "federation": {"batch_size": 16, "learning_rate": self.learning_rate},
         }
 
     def sample(self, seed: int) -> Path:
-        path = results_dir() / "data" / f"twitter-finance-{self.rows}-{seed}.csv"
+        path = results_dir() / "data" / f"{self.name}-{self.rows}-{seed}.csv"
         if not path.exists():
-            frame = pd.read_csv(shared_data("twitter_financial_news_sentiment", "data.csv"))
+            frame = pd.read_csv(shared_data(self.folder, "data.csv"))
             rows, _ = train_test_split(
                 frame, train_size=self.rows, stratify=frame["label"], random_state=seed
             )
@@ -92,8 +111,13 @@ class TwitterFinance(Dataset):
 
 
 DATASETS = {
-    "pneumonia": Pneumonia("pneumonia", "medical", epochs=8),
-    "twitter-finance": TwitterFinance("twitter-finance", "finance", epochs=3),
+    "pneumonia": Pneumonia("pneumonia", "medical", epochs=8, rounds=8),
+    "twitter-finance": TextSample(
+        "twitter-finance", "finance", epochs=3, rounds=12, folder="twitter_financial_news_sentiment"
+    ),
+    "sms-spam": TextSample(
+        "sms-spam", "telecom", epochs=2, rounds=8, folder="sms_spam_collection", max_length=48
+    ),
 }
 
 
@@ -102,7 +126,7 @@ def build_scenario(dataset: Dataset, partition: str, silos: int, seed: int) -> S
     raw["data"]["partition"] = (
         {"kind": "iid"} if partition == "iid" else {"kind": "dirichlet", "alpha": float(partition)}
     )
-    raw["federation"] |= {"rounds": dataset.epochs, "local_epochs": 1, "seed": seed}
+    raw["federation"] |= {"rounds": dataset.rounds, "seed": seed}
     return Scenario.model_validate(
         raw
         | {
@@ -115,6 +139,18 @@ def build_scenario(dataset: Dataset, partition: str, silos: int, seed: int) -> S
     )
 
 
+def with_budget(scenario: Scenario, dataset: Dataset, train_sizes: list[int], strategy: str) -> Scenario:
+    """The scenario of one strategy: E passes per example over R rounds of S local steps, then
+    about one average silo epoch of personalization."""
+    batch = scenario.federation.batch_size
+    steps = max(1, round(dataset.epochs * sum(train_sizes) / (dataset.rounds * len(train_sizes) * batch)))
+    personalize = math.ceil(sum(train_sizes) / len(train_sizes) / batch)
+    raw = scenario.model_dump(mode="json")
+    raw["federation"] |= {"strategy": strategy, "local_steps": steps, "local_epochs": None}
+    raw["evaluation"]["personalize_steps"] = personalize
+    return Scenario.model_validate(raw)
+
+
 def pooled(sets: list[EncodedSet]) -> EncodedSet:
     """The union of several silos' encoded training sets, as centralized training sees it."""
     if "pixel_values" in sets[0].features:
@@ -124,9 +160,7 @@ def pooled(sets: list[EncodedSet]) -> EncodedSet:
     return EncodedSet(features, torch.cat([s.labels for s in sets]), pad=sets[0].pad)
 
 
-def centralized(
-    scenario: Scenario, silos: list[SiloParticipant], epochs: int, paths: JobPaths, start_ref
-) -> list[Evaluation]:
+def centralized(scenario: Scenario, silos: list[SiloParticipant], epochs: int, scratch: str, start_ref):
     """One model trained on the pooled rows, scored by each silo on its test split."""
     model = copy.deepcopy(silos[0].model)
     model.load_state_dict(read_state(start_ref))
@@ -135,11 +169,11 @@ def centralized(
         epochs, federation.batch_size, federation.learning_rate, federation.optimizer, federation.seed
     )
     fit(model, pooled([s.train for s in silos]), settings)
-    trained = write_state(model.state_dict(), f"{paths.root}/centralized.safetensors")
+    trained = write_state(model.state_dict(), f"{scratch}/centralized.safetensors")
     return [s.evaluate(trained) for s in silos]
 
 
-def local_only(scenario: Scenario, silos: list[SiloParticipant], epochs: int, paths: JobPaths, start_ref):
+def local_only(scenario: Scenario, silos: list[SiloParticipant], epochs: int, scratch: str, start_ref):
     """Each silo trains alone for the whole budget; scored on its own test split."""
     alone = scenario.model_copy(
         update={"federation": scenario.federation.model_copy(update={"local_epochs": epochs})}
@@ -147,45 +181,81 @@ def local_only(scenario: Scenario, silos: list[SiloParticipant], epochs: int, pa
     evaluations = []
     for silo in silos:
         silo.scenario = alone
-        evaluations.append(silo.fit(start_ref, 1, paths.update_uri(0, silo.silo)).local)
+        evaluations.append(silo.fit(start_ref, 1, f"{scratch}/local-{silo.silo}.safetensors").local)
         silo.scenario = scenario
     return evaluations
 
 
-def fedavg(
-    scenario: Scenario, silos: list[SiloParticipant], paths: JobPaths, start_ref
-) -> list[list[Evaluation]]:
-    """Evaluations of the global model after each round (index 0: the pretrained model)."""
-    strategy, current = strategy_for(scenario), start_ref
-    history = [[s.evaluate(current) for s in silos]]
-    for round_index in range(1, scenario.federation.rounds + 1):
-        reports = [s.fit(current, round_index, paths.update_uri(round_index, s.silo)) for s in silos]
-        current, _ = aggregate(strategy, current, reports, paths.global_uri(round_index))
-        history.append([s.evaluate(current) for s in silos])
-    return history
+def federated(scenario: Scenario, scratch: str) -> dict:
+    """One job through the engine's coordinator: the union curve, the final global model's and the
+    personalized models' per-silo evaluations (confusions rebuilt from what the tracker holds)."""
+    paths = JobPaths.under(scratch, scenario.federation.strategy)
+    tracker = NullTracker()
+    keep = Keep()
+    began = time.perf_counter()
+    try:
+        result = Coordinator(scenario, "bench", KeptSilos(paths, keep), tracker, paths).run()
+    finally:
+        release_participants()
+    return {
+        "curve": result.curve,
+        "global": keep.last_global,
+        "personalized": keep.personalized,
+        "seconds": time.perf_counter() - began,
+        "local_steps": scenario.federation.local_steps,
+        "personalize_steps": scenario.evaluation.personalize_steps,
+    }
 
 
-def run_setting(dataset: Dataset, partition: str, n_silos: int, seed: int, scratch: str) -> dict:
+@dataclass
+class Keep:
+    last_global: list[Evaluation] = field(default_factory=list)
+    personalized: list[Evaluation] = field(default_factory=list)
+
+
+class KeptSilos(LocalSilos):
+    """In-process silos that keep the evaluations the benchmark reports (the tracker keeps numbers)."""
+
+    def __init__(self, paths: JobPaths, keep: Keep):
+        super().__init__(paths)
+        self.keep = keep
+
+    def evaluate(self, scenario, weights, step):
+        replies, missing = super().evaluate(scenario, weights, step)
+        if step.startswith("round-"):
+            self.keep.last_global = replies
+        return replies, missing
+
+    def personalize(self, scenario, weights, steps):
+        replies, missing = super().personalize(scenario, weights, steps)
+        self.keep.personalized = replies
+        return replies, missing
+
+
+def run_setting(dataset: Dataset, partition: str, n_silos: int, seed: int, strategies, scratch: str) -> dict:
     scenario = build_scenario(dataset, partition, n_silos, seed)
     began = time.perf_counter()
-    silos = [SiloParticipant(scenario, name) for name in scenario.silo_names()]
-    paths = JobPaths.under(scratch, f"{dataset.name}-{partition}-{n_silos}")
-    start_ref = write_state(silos[0].model.state_dict(), paths.global_uri(0))
+    silos = [participant(scenario, name) for name in scenario.silo_names()]
+    sizes = [s.num_examples for s in silos]
+    start_ref = write_state(silos[0].model.state_dict(), f"{scratch}/start.safetensors")
     arms = {
-        "centralized": centralized(scenario, silos, dataset.epochs, paths, start_ref),
-        "local": local_only(scenario, silos, dataset.epochs, paths, start_ref),
+        "centralized": centralized(scenario, silos, dataset.epochs, scratch, start_ref),
+        "local": local_only(scenario, silos, dataset.epochs + 1, scratch, start_ref),
     }
-    history = fedavg(scenario, silos, paths, start_ref)
-    arms["fedavg"] = history[-1]
-    return {
-        "arms": arms,
-        "curve": [global_metrics(h)["accuracy"] for h in history],
-        "seconds": time.perf_counter() - began,
-        "train_sizes": [s.num_examples for s in silos],
-    }
+    release_participants()
+    runs = {}
+    for name in strategies:
+        runs[name] = federated(with_budget(scenario, dataset, sizes, name), scratch)
+        arms[name] = runs[name]["global"]
+        arms[f"{name}+personalized"] = runs[name]["personalized"]
+    return {"arms": arms, "runs": runs, "seconds": time.perf_counter() - began, "train_sizes": sizes}
 
 
-def report(dataset: Dataset, partition: str, n_silos: int, result: dict) -> None:
+def per_silo(evaluations: list[Evaluation]) -> dict:
+    return {e.silo: {"accuracy": round(e.accuracy, 4), "f1_macro": round(e.f1_macro, 4)} for e in evaluations}
+
+
+def report(dataset: Dataset, partition: str, n_silos: int, strategies, result: dict) -> None:
     bench = dataset.bench
     tag = f"{dataset.name}_{'iid' if partition == 'iid' else 'alpha' + partition}_{n_silos}silos"
     context = {
@@ -193,11 +263,12 @@ def report(dataset: Dataset, partition: str, n_silos: int, result: dict) -> None
         "partition": partition,
         "silos": n_silos,
         "epochs": dataset.epochs,
+        "rounds": dataset.rounds,
         "train_sizes": result["train_sizes"],
     }
-    union = {}
+    union = {arm: global_metrics(evals) for arm, evals in result["arms"].items() if evals}
     for arm, evaluations in result["arms"].items():
-        union[arm] = global_metrics(evaluations)
+        run = result["runs"].get(arm, {})
         emit(
             bench,
             f"{tag}_{arm}",
@@ -205,75 +276,96 @@ def report(dataset: Dataset, partition: str, n_silos: int, result: dict) -> None
             "accuracy",
             arm=arm,
             f1_macro=round(union[arm]["f1_macro"], 4),
-            per_silo={
-                e.silo: {"accuracy": round(e.accuracy, 4), "f1_macro": round(e.f1_macro, 4)}
-                for e in evaluations
-            },
+            per_silo=per_silo(evaluations),
+            curve=[round(a, 4) for a in run.get("curve", [])],
+            local_steps=run.get("local_steps"),
             **context,
         )
+    best = max(strategies, key=lambda s: union[s]["accuracy"])
     goal = SHARE_OF_CENTRALIZED * union["centralized"]["accuracy"]
-    reached = next((r for r, acc in enumerate(result["curve"]) if acc >= goal), None)
+    curve = result["runs"][best]["curve"]
     emit(
         bench,
-        f"{tag}_rounds_to_95pct_centralized",
-        reached,
-        "rounds",
-        curve=[round(a, 4) for a in result["curve"]],
-        goal_accuracy=round(goal, 4),
+        f"{tag}_best_strategy",
+        best,
+        "strategy",
+        accuracy=round(union[best]["accuracy"], 4),
+        rounds_to_95pct_centralized=next((r for r, acc in enumerate(curve) if acc >= goal), None),
         **context,
     )
     if partition == "iid":
-        gap = 100 * (union["centralized"]["accuracy"] - union["fedavg"]["accuracy"])
+        gap = 100 * (union["centralized"]["accuracy"] - union[best]["accuracy"])
         emit(
             bench,
-            f"{tag}_fedavg_gap_to_centralized",
+            f"{tag}_best_gap_to_centralized",
             round(gap, 2),
             "points",
             target=f"<= {IID_GAP_POINTS} points",
             met=gap <= IID_GAP_POINTS,
+            strategy=best,
             **context,
         )
     if partition == "0.5":
-        margins = {
-            f.silo: round(100 * (f.accuracy - own.accuracy), 2)
-            for f, own in zip(result["arms"]["fedavg"], result["arms"]["local"])
-        }
-        emit(
-            bench,
-            f"{tag}_fedavg_minus_local_worst_silo",
-            min(margins.values()),
-            "points",
-            target="> 0 on every silo's own test split",
-            met=min(margins.values()) > 0,
-            margins=margins,
-            **context,
-        )
+        local = {e.silo: e.accuracy for e in result["arms"]["local"]}
+        for name in strategies:
+            margins = {
+                e.silo: round(100 * (e.accuracy - local[e.silo]), 2)
+                for e in result["arms"][f"{name}+personalized"]
+            }
+            emit(
+                bench,
+                f"{tag}_{name}+personalized_minus_local_worst_silo",
+                min(margins.values()),
+                "points",
+                target=">= 0 on every silo's own test split",
+                met=min(margins.values()) >= 0,
+                margins=margins,
+                **context,
+            )
+    if partition == "0.1" and "fedavg" in strategies:
+        challengers = [s for s in CHALLENGERS if s in strategies]
+        if challengers:
+            top = max(challengers, key=lambda s: union[s]["accuracy"])
+            margin = 100 * (union[top]["accuracy"] - union["fedavg"]["accuracy"])
+            emit(
+                bench,
+                f"{tag}_best_challenger_minus_fedavg",
+                round(margin, 2),
+                "points",
+                target="> 0 for one of fedprox / fedadam / fedyogi",
+                met=margin > 0,
+                strategy=top,
+                **context,
+            )
     emit(bench, f"{tag}_seconds", round(result["seconds"], 1), "s", **context)
 
 
-def plot(dataset: Dataset, results: dict) -> Path:
-    """FedAvg's union accuracy by round against the centralized and local-only levels.
+def plot(dataset: Dataset, results: dict, strategies) -> Path:
+    """Each strategy's union accuracy by round against the centralized and local-only levels.
 
     One row per silo count, one column per partition.
     """
     counts = sorted({n for _, n in results})
     partitions = list(dict.fromkeys(p for p, _ in results))
     figure, grid = plt.subplots(
-        len(counts), len(partitions), figsize=(3.6 * len(partitions), 3.2 * len(counts)), squeeze=False
+        len(counts), len(partitions), figsize=(3.8 * len(partitions), 3.3 * len(counts)), squeeze=False
     )
     for (partition, n_silos), result in results.items():
         axes = grid[counts.index(n_silos)][partitions.index(partition)]
-        levels = {arm: global_metrics(e)["accuracy"] for arm, e in result["arms"].items()}
-        axes.plot(range(len(result["curve"])), result["curve"], "o-", color="C0", label="FedAvg (global)")
+        levels = {arm: global_metrics(e)["accuracy"] for arm, e in result["arms"].items() if e}
+        for index, name in enumerate(strategies):
+            curve = result["runs"][name]["curve"]
+            axes.plot(range(len(curve)), curve, "-", color=f"C{index}", label=name, linewidth=1.3)
         axes.axhline(levels["centralized"], color="black", linestyle="--", label="centralized")
-        axes.axhline(levels["local"], color="C3", linestyle=":", label="each silo alone")
+        axes.axhline(levels["local"], color="grey", linestyle=":", label="each silo alone")
         title = "IID" if partition == "iid" else f"Dirichlet α={partition}"
-        axes.set(title=f"{title}, {n_silos} silos", xlabel="round (= epochs of budget)", ylim=(0, 1.02))
+        axes.set(title=f"{title}, {n_silos} silos", xlabel="round", ylim=(0, 1.02))
+        axes.xaxis.get_major_locator().set_params(integer=True)
         axes.grid(alpha=0.3)
     for row in grid:
         row[0].set_ylabel("accuracy, union of test splits")
-    grid[0][0].legend(fontsize=8, loc="lower right")
-    figure.suptitle(f"{dataset.name}: same budget of {dataset.epochs} epochs per example")
+    grid[0][0].legend(fontsize=7, loc="lower right")
+    figure.suptitle(f"{dataset.name}: same budget of {dataset.epochs} passes per example")
     return save_plot(figure, f"quality-{dataset.name}")
 
 
@@ -284,18 +376,20 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="pneumonia")
     parser.add_argument("--partitions", nargs="+", default=["iid", "1.0", "0.5", "0.1"])
     parser.add_argument("--silos", type=int, nargs="+", default=[3, 10])
+    parser.add_argument("--strategies", nargs="+", choices=sorted(STRATEGIES), default=sorted(STRATEGIES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    logging.getLogger("fedsilo").setLevel(logging.ERROR)
     dataset = DATASETS[args.dataset]
     start(dataset.bench)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
         for n_silos in args.silos:
             for partition in args.partitions:
-                result = run_setting(dataset, partition, n_silos, args.seed, scratch)
-                report(dataset, partition, n_silos, result)
+                result = run_setting(dataset, partition, n_silos, args.seed, args.strategies, scratch)
+                report(dataset, partition, n_silos, args.strategies, result)
                 results[(partition, n_silos)] = result
-    emit(dataset.bench, "plot", 0, "", path=str(plot(dataset, results)))
+    emit(dataset.bench, "plot", 0, "", path=str(plot(dataset, results, args.strategies)))
 
 
 if __name__ == "__main__":

@@ -109,6 +109,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"after {result.rounds} rounds.\nMLflow: {result.tracking_uri}, experiment '{result.experiment}', "
         f"run {result.parent_run_id} (see it with `make ui`)."
     )
+    if result.personalized:
+        steps = scenario.evaluation.personalize_steps
+        scores = ", ".join(f"{silo} {accuracy:.1%}" for silo, accuracy in result.personalized.items())
+        print(f"Personalized ({steps} steps on each silo's own data, its own test split): {scores}.")
     if result.registered_version:
         state = "now the champion" if result.champion else "champion unchanged"
         print(

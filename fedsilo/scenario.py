@@ -162,13 +162,28 @@ class FederationSpec(Strict):
     server_learning_rate: float | None = Field(
         None, gt=0, description="server step size; default 1.0 (FedAvg family), 0.01 (adaptive)"
     )
-    server_momentum: float | None = Field(None, ge=0, lt=1, description="fedavgm; default 0.9")
-    proximal_mu: float | None = Field(None, ge=0, description="fedprox: weight of the proximal term; 0.01")
-    beta1: float | None = Field(None, ge=0, lt=1, description="fedadam/fedyogi/fedadagrad: 0.9")
-    beta2: float | None = Field(None, ge=0, lt=1, description="fedadam/fedyogi: 0.99")
-    tau: float | None = Field(None, gt=0, description="fedadam/fedyogi/fedadagrad: adaptivity; 1e-3")
+    server_momentum: float | None = Field(
+        None, ge=0, lt=1, description="fedavgm: momentum of the server step; default 0.9"
+    )
+    proximal_mu: float | None = Field(
+        None,
+        ge=0,
+        description="fedprox: weight mu of the proximal term mu/2 ||w - w_global||^2; default 0.01",
+    )
+    beta1: float | None = Field(
+        None, ge=0, lt=1, description="fedadam, fedyogi, fedadagrad: decay of the first moment; default 0.9"
+    )
+    beta2: float | None = Field(
+        None, ge=0, lt=1, description="fedadam, fedyogi: decay of the second moment; default 0.99"
+    )
+    tau: float | None = Field(
+        None, gt=0, description="fedadam, fedyogi, fedadagrad: adaptivity (added to sqrt(v)); default 1e-3"
+    )
     trim_fraction: float | None = Field(
-        None, ge=0, lt=0.5, description="trimmed_mean: share dropped at each end; 0.2"
+        None,
+        ge=0,
+        lt=0.5,
+        description="trimmed_mean: share of values dropped at each end, per coordinate; default 0.2",
     )
     seed: int = 0
     min_silos: int | None = Field(None, ge=1, description="silos needed per round; null: all")

@@ -1,7 +1,9 @@
 """The federated-training flow end to end, on a real Prefect server and a temporary MLflow store."""
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -24,6 +26,28 @@ def run_flow(scenario):
         return federated_training(scenario, job_name=f"{scenario.name}-test")
     finally:
         release_participants()
+
+
+def prefect_progress(key: str) -> float:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        (artifact,) = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return artifact.data
+
+
+def prefect_events(prefix: str, wait: float = 15) -> list[str]:
+    """Names of the events the Prefect server holds under `prefix` (they arrive asynchronously)."""
+    from prefect.client.orchestration import get_client
+
+    deadline, names = time.monotonic() + wait, []
+    with get_client(sync_client=True) as client:
+        while not names and time.monotonic() < deadline:
+            found = client.request("POST", "/events/filter", json={"filter": {"event": {"prefix": [prefix]}}})
+            names = [event["event"] for event in found.json()["events"]]
+            time.sleep(0.5)
+    return names
 
 
 @pytest.mark.slow
@@ -73,6 +97,9 @@ def test_smoke_job_writes_the_mlflow_layout(prefect_server, mlflow_store, tmp_pa
     labels = loaded.predict(["Pt 40M c/o palpitations, elevated troponin."])
     assert labels[0] in {"cardiology", "pulmonology", "gastroenterology", "neurology", "orthopedics"}
 
+    assert prefect_progress("smoke-progress") == 100
+    assert "fedsilo.champion.moved" in prefect_events("fedsilo.champion.")
+
     second = run_flow(scenario)  # same data, same seed: the same score keeps or takes the alias
     assert second.registered_version == "2" and ">= champion v1's" in second.champion_reason, (
         second.champion_reason
@@ -110,8 +137,10 @@ def test_a_champion_that_cannot_be_read_is_kept(mlflow_store, tmp_path):
 
 
 def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """`fedsilo` in a fresh process whose MLflow store and job folder are under `cwd`."""
     command = [sys.executable, "-m", "fedsilo.cli", *args]
-    return subprocess.run(command, capture_output=True, text=True, cwd=cwd)
+    env = os.environ | {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db", "FEDSILO_WORKDIR": f"{cwd}/jobs"}
+    return subprocess.run(command, capture_output=True, text=True, cwd=cwd, env=env)
 
 
 def test_cli_reports_missing_data_without_a_traceback(tmp_path):
@@ -170,3 +199,28 @@ def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, ml
     assert state.is_failed()
     assert "sha256" in state.message and "global.safetensors" in state.message
     assert not (tmp_path / "reply.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_runs_another_strategy_with_personalization(tmp_path):
+    run = run_cli(
+        "run",
+        str(REPO / "scenarios" / "smoke.yaml"),
+        "--rounds",
+        "1",
+        "--set",
+        "federation.strategy=fedyogi",
+        "--set",
+        "evaluation.personalize_steps=2",
+        "--set",
+        "tracking.log_models=false",
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Personalized (2 steps" in run.stdout and "clinic-a" in run.stdout
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (job,) = client.search_runs(
+        [client.get_experiment_by_name("smoke").experiment_id], "tags.`fedsilo.role` = 'federation'"
+    )
+    assert job.data.params["federation.strategy"] == "fedyogi"
+    assert 0 <= job.data.metrics["personalized_accuracy"] <= 1

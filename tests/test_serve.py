@@ -51,12 +51,25 @@ def test_served_deployment_runs_with_a_parameter_changed_through_the_api(stack, 
             assert "scenario" in schema["required"]
             rounds = schema["definitions"]["FederationSpec"]["properties"]["rounds"]
             assert rounds["default"] == 5 and rounds["minimum"] == 1  # the form keeps the constraints
-            mode = schema["definitions"]["FederationSpec"]["properties"]["mode"]
-            assert mode["enum"] == ["embedded", "distributed"] and mode["description"]
+            federation = schema["definitions"]["FederationSpec"]["properties"]
+            assert (
+                federation["mode"]["enum"] == ["embedded", "distributed"]
+                and federation["mode"]["description"]
+            )
+            assert {"fedavg", "fedprox", "fedyogi", "median", "trimmed_mean"} <= set(
+                federation["strategy"]["enum"]
+            )
+            beta1 = federation["beta1"]["anyOf"][0]  # a strategy field: optional, with its limits
+            assert (
+                beta1["minimum"] == 0
+                and beta1["exclusiveMaximum"] == 1
+                and federation["beta1"]["description"]
+            )
+            assert "<" not in schema["properties"]["job_name"]["description"]  # the UI eats <...> as HTML
 
             parameters = copy.deepcopy(smoke.parameters)
             assert parameters["scenario"]["federation"]["rounds"] == 2
-            parameters["scenario"]["federation"]["rounds"] = 1
+            parameters["scenario"]["federation"] |= {"rounds": 1, "strategy": "fedyogi", "beta1": 0.8}
             run = client.create_flow_run_from_deployment(
                 smoke.id, parameters=parameters | {"job_name": "served"}
             )
@@ -70,4 +83,7 @@ def test_served_deployment_runs_with_a_parameter_changed_through_the_api(stack, 
         [client.get_experiment_by_name("smoke").experiment_id], "attributes.run_name = 'served'"
     )
     assert job.data.params["federation.rounds"] == "1"
+    assert (
+        job.data.params["federation.strategy"] == "fedyogi" and job.data.params["federation.beta1"] == "0.8"
+    )
     assert [m.step for m in client.get_metric_history(job.info.run_id, "global_accuracy")] == [0, 1]
