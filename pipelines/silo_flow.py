@@ -5,8 +5,9 @@ The coordinator starts one flow run per silo per step through the silo's deploym
 trains from the global weights and writes the update, `evaluate` scores weights on the silo's test
 split. Weights come and go by URI with a sha256 checksum; the small reply is written as JSON to
 `reply_uri` in the same shared store. The silo's data location comes from this process's
-environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the coordinator. `personalize` fine-tunes the final global
-model on the silo's own data and reports its score on the silo's own test split.
+environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the coordinator.
+`personalize` fine-tunes the final global model on the silo's own data and reports its score on
+the silo's own test split.
 """
 
 import os
@@ -15,8 +16,8 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from fedsilo import artifacts
-from fedsilo.scenario import Scenario
 from fedsilo.messages import WeightRef, dump_reply
+from fedsilo.scenario import Scenario
 from fedsilo.silo import with_local_data
 from pipelines.tasks import evaluate_silo, fit_with_limits, personalize_silo, prepare_silo
 
@@ -37,7 +38,7 @@ def local_view(scenario: Scenario, silo: str) -> Scenario:
 
 @flow(
     name=SILO_FLOW,  # the coordinator names each run `<job>:<silo>-<step>`
-    description="One silo's step of a federated job (prepare, fit, evaluate or personalize), next to its data.",
+    description="One silo's step of a federated job (prepare, fit, evaluate, personalize), by its data.",
     log_prints=True,
 )
 def silo_round(

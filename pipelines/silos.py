@@ -16,8 +16,8 @@ from prefect.states import Cancelled
 
 from fedsilo import artifacts
 from fedsilo.federation import JobPaths
-from fedsilo.scenario import Scenario
 from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef, load_reply
+from fedsilo.scenario import Scenario
 from pipelines.silo_flow import SILO_FLOW
 from pipelines.tasks import evaluate_silo, fit_with_limits, personalize_silo, prepare_silo
 

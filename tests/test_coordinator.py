@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from fedsilo.coordinator import Coordinator, NullTracker
 from fedsilo.federation import FederationError, JobPaths
@@ -10,7 +11,6 @@ from fedsilo.scenario import load_scenario
 from fedsilo.silo import release_participants
 from fedsilo.strategies import STRATEGIES, FedAvg, register_strategy
 from fedsilo.weights import State
-from safetensors.torch import load_file
 from tests.conftest import REPO
 
 # global_loss by round of scenarios/smoke.yaml, recorded with the code before the engine held the

@@ -5,8 +5,8 @@ import torch
 
 from fedsilo import federation
 from fedsilo.federation import FederationError
-from fedsilo.scenario import load_scenario, validate_scenario
 from fedsilo.messages import DataSummary, Evaluation, FitReport
+from fedsilo.scenario import load_scenario, validate_scenario
 from fedsilo.strategies import FedAvg
 from fedsilo.weights import read_state, write_state
 from tests.conftest import REPO

@@ -78,7 +78,7 @@ def test_local_steps_can_be_part_of_an_epoch_or_span_several():
             build_cnn(1, 16, 2),
             data,
             FitSettings(1, 16, 1e-3, "adamw", 1, steps=steps),
-            lambda s, t, _: seen.append(t),
+            lambda s, t, _, out=seen: out.append(t),
         )
         assert len(seen) == steps and seen[-1] == steps
     epochs = FitSettings(2, 16, 1e-3, "adamw", 1)
