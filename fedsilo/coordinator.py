@@ -129,14 +129,19 @@ class JobResult(BaseModel):
 
 
 Aggregated = tuple[WeightRef | None, dict[str, str]]  # the new global model; rejected silos' reasons
-Aggregate = Callable[[Strategy, WeightRef, list[FitReport], int, str], Aggregated]
+Aggregate = Callable[[Strategy, WeightRef, list[FitReport], int, str, federation.UpdateRules], Aggregated]
 
 
 def aggregate_round(
-    strategy: Strategy, current: WeightRef, reports: list[FitReport], round_index: int, out_uri: str
+    strategy: Strategy,
+    current: WeightRef,
+    reports: list[FitReport],
+    round_index: int,
+    out_uri: str,
+    rules: federation.UpdateRules,
 ) -> Aggregated:
     """The default aggregation step (the Prefect flow wraps the same call in a task)."""
-    return federation.aggregate(strategy, current, reports, out_uri)
+    return federation.aggregate(strategy, current, reports, out_uri, rules)
 
 
 class Coordinator:
@@ -227,6 +232,9 @@ class Coordinator:
         for summary in summaries:
             self.tracker.log_data(summary)
         self.scenario = federation.with_labels(self.scenario, summaries)
+        self.rules = federation.UpdateRules(
+            {s.silo: s.num_train for s in summaries}, self.scenario.federation.max_update_norm
+        )
         self.input_shape = federation.input_shape(summaries)
         return model_card(self.scenario, self.input_shape)
 
@@ -243,12 +251,16 @@ class Coordinator:
             self._late.add(self.paths.update_uri(round_index, silo))
         self._check_quorum([r.silo for r in reports], step)
         out_uri = self.paths.global_uri(round_index)
-        new, rejected = self.aggregate(self.strategy, current, reports, round_index, out_uri)
+        new, rejected = self.aggregate(self.strategy, current, reports, round_index, out_uri, self.rules)
         if new is not None:
             self._hold(new)
         for silo, reason in rejected.items():
             self.log.warning("round %d: update of %s left out: %s", round_index, silo, reason)
             self._release(next(r.update for r in reports if r.silo == silo))
+            self.tracker.set_tags({f"fedsilo.rejected.round_{round_index}": reason}, silo=silo)
+        if rejected:
+            reasons = "; ".join(f"{silo}: {reason}" for silo, reason in sorted(rejected.items()))
+            self.tracker.set_tags({f"fedsilo.rejected.round_{round_index}": reasons[:5000]})
         reports = [r for r in reports if r.silo not in rejected]
         missing = sorted(set(missing) | set(rejected))
         self._check_quorum([r.silo for r in reports], step)

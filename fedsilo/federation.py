@@ -15,6 +15,7 @@ from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
 from fedsilo.metrics import union_metrics
 from fedsilo.scenario import Scenario
 from fedsilo.strategies import SiloUpdate, Strategy
+from fedsilo.validation import Layout, UpdateRejected, check_update
 from fedsilo.weights import ChecksumError, read_state, write_state
 
 
@@ -98,28 +99,52 @@ def check_quorum(scenario: Scenario, answered: list[str], step: str) -> None:
         )
 
 
-def aggregate(
-    strategy: Strategy, current: WeightRef, reports: list[FitReport], out_uri: str
-) -> tuple[WeightRef | None, dict[str, str]]:
-    """The strategy's next global model from the silos' updates, each read (and verified) once.
+@dataclass(frozen=True)
+class UpdateRules:
+    """What the coordinator holds each silo's update to (see fedsilo.validation)."""
 
-    An update whose checksum fails is left out; the second value maps such silos to the reason.
-    With no update left, no new global is written and the first value is None.
+    trained_on: dict[str, int]  # each silo's training count, from its data summary
+    max_norm: float | None = None
+
+
+def aggregate(
+    strategy: Strategy, current: WeightRef, reports: list[FitReport], out_uri: str, rules: UpdateRules
+) -> tuple[WeightRef | None, dict[str, str]]:
+    """The strategy's next global model from the silos' updates, each read, verified and checked
+    once (an untrusted update never reaches the strategy).
+
+    An update that fails its checksum or `check_update` is left out; the second value maps such
+    silos to the reason. With no update left, no new global is written and the first value is None.
     """
     rejected: dict[str, str] = {}
+    global_state = read_state(current)
+    layout = Layout.of(global_state)
 
     def updates():
         for report in reports:
             try:
-                yield SiloUpdate(report.silo, read_state(report.update), report.num_examples)
-            except ChecksumError as exc:
+                state = read_state(report.update)
+                check_update(
+                    state,
+                    report.num_examples,
+                    global_state,
+                    layout,
+                    rules.trained_on.get(report.silo),
+                    rules.max_norm,
+                )
+            except (ChecksumError, UpdateRejected) as exc:
                 rejected[report.silo] = str(exc)
+                continue
+            except Exception as exc:  # bytes that are not a safetensors file, a store error
+                rejected[report.silo] = f"unreadable update at {report.update.uri}: {exc}"
+                continue
+            yield SiloUpdate(report.silo, state, report.num_examples)
 
     stream = updates()
     first = next(stream, None)
     if first is None:
         return None, rejected
-    state = strategy.aggregate(read_state(current), itertools.chain([first], stream))
+    state = strategy.aggregate(global_state, itertools.chain([first], stream))
     return write_state(state, out_uri), rejected
 
 

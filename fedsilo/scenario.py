@@ -185,6 +185,11 @@ class FederationSpec(Strict):
         lt=0.5,
         description="trimmed_mean: share of values dropped at each end, per coordinate; default 0.2",
     )
+    max_update_norm: float | None = Field(
+        None,
+        gt=0,
+        description="leave out updates that move the global model by more than this L2 norm; null: no bound",
+    )
     seed: int = 0
     min_silos: int | None = Field(None, ge=1, description="silos needed per round; null: all")
     silo_timeout_seconds: float = Field(3600, gt=0, description="one silo's fit or evaluation")

@@ -81,8 +81,13 @@ def personalize_silo(scenario: Scenario, silo: str, weights: WeightRef, steps: i
 
 @task(name="aggregate", task_run_name="aggregate-round-{round_index}", cache_policy=NO_CACHE)
 def aggregate(
-    strategy: Strategy, current: WeightRef, reports: list[FitReport], round_index: int, out_uri: str
+    strategy: Strategy,
+    current: WeightRef,
+    reports: list[FitReport],
+    round_index: int,
+    out_uri: str,
+    rules: federation.UpdateRules,
 ) -> Aggregated:
-    """The strategy's aggregation of the updates that arrived; updates failing their checksum are
-    left out and returned by silo with the reason."""
-    return federation.aggregate(strategy, current, reports, out_uri)
+    """The strategy's aggregation of the updates that arrived; updates that fail their checksum or
+    their checks are left out and returned by silo with the reason."""
+    return federation.aggregate(strategy, current, reports, out_uri, rules)

@@ -23,7 +23,11 @@ def test_an_update_that_fails_its_checksum_is_left_out_of_the_average(tmp_path):
     bad = write_state({"w": torch.full((3,), 100.0)}, str(tmp_path / "b.safetensors"))
     (tmp_path / "b.safetensors").write_bytes(b"tampered")
     out, rejected = federation.aggregate(
-        FedAvg(), current, [report("a", good, 1), report("b", bad, 1)], str(tmp_path / "new.safetensors")
+        FedAvg(),
+        current,
+        [report("a", good, 1), report("b", bad, 1)],
+        str(tmp_path / "new.safetensors"),
+        federation.UpdateRules({}),
     )
     assert list(rejected) == ["b"] and "sha256" in rejected["b"] and "b.safetensors" in rejected["b"]
     assert torch.equal(read_state(out)["w"], torch.full((3,), 2.0))  # a alone, not a and b

@@ -1,0 +1,86 @@
+"""Checks every silo update must pass before it is aggregated: a silo's update is untrusted input.
+
+An update must have the global model's layout (the same tensor names, shapes and dtypes), hold only
+finite values, claim a positive integer example count no larger than the training count the silo
+reported when it described its data, and, when `federation.max_update_norm` is set, move the
+model by at most that L2 norm. An update that fails is left out of the round with the reason,
+exactly like a silo that did not answer; it never reaches the strategy.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from fedsilo.weights import State
+
+
+class UpdateRejected(Exception):
+    """An update that must not be aggregated; the message says why."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Names, shapes and dtypes of the global model's tensors."""
+
+    tensors: dict[str, tuple[tuple[int, ...], torch.dtype]]
+
+    @classmethod
+    def of(cls, state: State) -> "Layout":
+        return cls({name: (tuple(t.shape), t.dtype) for name, t in state.items()})
+
+
+def _check_layout(state: State, layout: Layout) -> None:
+    missing = sorted(set(layout.tensors) - set(state))
+    extra = sorted(set(state) - set(layout.tensors))
+    if missing or extra:
+        parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else ""]
+        raise UpdateRejected(f"tensors differ from the global model's: {'; '.join(p for p in parts if p)}")
+    for name, (shape, dtype) in layout.tensors.items():
+        tensor = state[name]
+        if tuple(tensor.shape) != shape:
+            raise UpdateRejected(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
+        if tensor.dtype != dtype:
+            raise UpdateRejected(f"tensor {name!r} has dtype {tensor.dtype}, expected {dtype}")
+
+
+def _check_finite(state: State) -> None:
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise UpdateRejected(f"tensor {name!r} holds NaN or infinite values")
+
+
+def _check_count(num_examples: object, trained_on: int | None) -> None:
+    if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
+        raise UpdateRejected(f"num_examples must be a positive integer, got {num_examples!r}")
+    if trained_on is not None and num_examples > trained_on:
+        raise UpdateRejected(
+            f"num_examples {num_examples} exceeds the {trained_on} training examples the silo reported"
+        )
+
+
+def update_norm(state: State, current: State) -> float:
+    """L2 norm of the update's change to the floating tensors of the current global model."""
+    total = 0.0
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            total += float((tensor.double() - current[name].double()).pow(2).sum())
+    return math.sqrt(total)
+
+
+def check_update(
+    state: State,
+    num_examples: object,
+    current: State,
+    layout: Layout,
+    trained_on: int | None = None,
+    max_norm: float | None = None,
+) -> None:
+    """Raise UpdateRejected naming the first problem of a silo's update; return when it is sound."""
+    _check_count(num_examples, trained_on)
+    _check_layout(state, layout)
+    _check_finite(state)
+    if max_norm is not None:
+        norm = update_norm(state, current)
+        if norm > max_norm:
+            raise UpdateRejected(f"update norm {norm:.4g} exceeds federation.max_update_norm {max_norm:.4g}")
