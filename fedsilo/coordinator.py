@@ -422,7 +422,12 @@ class Coordinator:
             return True, f"first registered model ({metric} {federation.global_metrics(final)[metric]:.4f})"
         version, path = champion
         if not same_layout(path, candidate):
-            return True, f"champion v{version} has another architecture or label set; replaced"
+            if self.scenario.retraining.replace_incompatible_champion:
+                return True, f"champion v{version} has another architecture or label set; replaced"
+            return False, (
+                f"champion v{version} has another architecture or label set, so the two cannot be "
+                "compared; champion kept (set retraining.replace_incompatible_champion: true to replace it)"
+            )
         ref = self._hold(copy_file(path, self.paths.champion_uri()))
         evaluations, _ = self.silos.evaluate(self.scenario, ref, "champion")
         self._release(ref)

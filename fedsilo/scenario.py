@@ -280,6 +280,13 @@ class RetrainingSpec(Strict):
             "when there is one, else from the pretrained model"
         ),
     )
+    replace_incompatible_champion: bool = Field(
+        False,
+        description=(
+            "move `champion` to the new model when the current champion has another architecture or "
+            "label set (they cannot be compared); false: register the new version, keep the alias"
+        ),
+    )
 
     @field_validator("schedule")
     @classmethod

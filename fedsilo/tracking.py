@@ -202,11 +202,22 @@ class FederationTracker:
         self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def champion(self) -> tuple[str, str] | None:
-        """(version, model URI) of the registered model's champion, or None."""
+        """(version, model URI) of the registered model's champion, or None when the registry says
+        there is none. Any other failure (a timeout, a refused connection, a server error) raises
+        LookupError: an unreachable registry never counts as "no champion"."""
+        name = self.scenario.registered_model_name
         try:
-            version = self.client.get_model_version_by_alias(self.scenario.registered_model_name, CHAMPION)
-        except MlflowException:
-            return None
+            version = self.client.get_model_version_by_alias(name, CHAMPION)
+        except MlflowException as exc:
+            if _says_not_found(exc):
+                return None
+            raise LookupError(
+                f"the registry could not say which version of {name} is champion ({exc})"
+            ) from exc
+        except Exception as exc:  # e.g. a requests error the client did not wrap
+            raise LookupError(
+                f"the registry could not say which version of {name} is champion ({exc})"
+            ) from exc
         return version.version, version.source
 
     def champion_weights(self) -> tuple[str, str] | None:
@@ -256,6 +267,14 @@ class FederationTracker:
 
     def run_url(self) -> str:
         return f"experiment {self.experiment_id}, run {self.parent_id}"
+
+
+def _says_not_found(exc: MlflowException) -> bool:
+    """No such registered model, or no such alias (MLflow reports the latter as a bad parameter)."""
+    if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+        return True
+    text = str(exc).lower()
+    return exc.error_code == "INVALID_PARAMETER_VALUE" and "alias" in text and "not found" in text
 
 
 def _version(package: str) -> str:
