@@ -4,6 +4,7 @@ A scenario is data. Every name in it (model kind, source kind, partitioner, stra
 a closed list, so a scenario file can never make fedsilo import or run code.
 """
 
+import codecs
 import os
 from datetime import datetime
 from pathlib import Path
@@ -17,7 +18,7 @@ Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf or .nan is never a setting
 
 
 class ModelSpec(Strict):
@@ -48,7 +49,7 @@ class GeneratedSource(Strict):
     """Built-in offline generator for the scenario's domain; adds a `silo` column."""
 
     kind: Literal["generated"] = "generated"
-    rows_per_silo: int = Field(300, ge=4, description="examples generated for each silo")
+    rows_per_silo: int = Field(300, ge=4, le=1_000_000, description="examples generated for each silo")
     label_noise: float = Field(0.05, ge=0, lt=1, description="share of labels flipped at random")
     label_skew: float | None = Field(
         2.0, gt=0, description="Dirichlet alpha of each silo's label mix; null for uniform"
@@ -62,6 +63,16 @@ class TableSource(Strict):
     path: str
     text_column: str = "text"
     label_column: str = "label"
+    encoding: str = Field("utf-8", description="csv: the file's text encoding, e.g. utf-8, latin-1, cp1252")
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError("unknown encoding; use a Python codec name such as utf-8 or latin-1") from None
+        return value
 
 
 class NpzSource(Strict):
@@ -190,7 +201,7 @@ class FederationSpec(Strict):
         gt=0,
         description="leave out updates that move the global model by more than this L2 norm; null: no bound",
     )
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds data, partition, heads and training")
     min_silos: int | None = Field(None, ge=1, description="silos needed per round; null: all")
     silo_timeout_seconds: float = Field(3600, gt=0, description="one silo's fit or evaluation")
     silo_retries: int = Field(1, ge=0, description="Prefect retries of a silo's fit that failed or timed out")
@@ -332,12 +343,17 @@ class Scenario(Strict):
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     retraining: RetrainingSpec = Field(default_factory=RetrainingSpec)
 
-    @model_validator(mode="after")
-    def _consistent(self) -> "Scenario":
-        names = [s.name for s in self.silos]
+    @field_validator("silos")
+    @classmethod
+    def _unique_names(cls, silos: list[SiloSpec]) -> list[SiloSpec]:
+        names = [s.name for s in silos]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"silos: names must be unique, repeated: {', '.join(duplicates)}")
+            raise ValueError(f"silo names must be unique; repeated: {', '.join(duplicates)}")
+        return silos
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Scenario":
         minimum = self.federation.min_silos
         if minimum is not None and minimum > len(self.silos):
             raise ValueError(
@@ -394,7 +410,8 @@ def _describe(error: dict[str, Any]) -> str:
     message = error["msg"].removeprefix("Value error, ")
     if isinstance(error.get("input"), dict | list):  # a whole section: the message says what is wrong
         return f"{path}: {message}"
-    return f"{path}: {message} (got {error.get('input')!r})"
+    shown = repr(error.get("input"))
+    return f"{path}: {message} (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
 
 
 def validate_scenario(raw: Any, source: str = "scenario") -> Scenario:
@@ -432,18 +449,53 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
         raise ScenarioError("--set", [f"{path}: {last!r} does not name a field or list index"])
 
 
+MAX_FILE_BYTES = 1_000_000
+MAX_VALUES = 100_000  # values a scenario may expand to, YAML aliases followed
+
+
+def _expands_beyond(node: Any, budget: int) -> bool:
+    """Whether `node` holds more than `budget` values once YAML aliases (shared objects) are
+    followed: a few lines of nested aliases can expand to billions."""
+    stack, seen = [node], 0
+    while stack:
+        current = stack.pop()
+        seen += 1
+        if seen > budget:
+            return True
+        if isinstance(current, dict):
+            stack.extend(current.keys())
+            stack.extend(current.values())
+        elif isinstance(current, list):
+            stack.extend(current)
+    return False
+
+
 def read_scenario_file(path: str | os.PathLike) -> dict[str, Any]:
     """Parse a scenario YAML file, turning I/O and syntax errors into ScenarioError."""
     file = Path(path)
     if not file.is_file():
         raise ScenarioError(str(path), ["file not found; scenarios live in scenarios/*.yaml"])
+    if file.stat().st_size > MAX_FILE_BYTES:
+        raise ScenarioError(
+            str(path), [f"file is over {MAX_FILE_BYTES // 1000} kB; a scenario is a short YAML file"]
+        )
     try:
-        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(
+            str(path), [f"not a UTF-8 text file (byte {exc.start}); a scenario is YAML text"]
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = f"{where}not valid YAML ({getattr(exc, 'problem', exc)})"
         raise ScenarioError(str(path), [problem]) from None
+    if _expands_beyond(raw, MAX_VALUES):
+        raise ScenarioError(
+            str(path), [f"expands to over {MAX_VALUES} values (nested YAML aliases?); write it out plainly"]
+        )
     return raw if raw is not None else {}
 
 

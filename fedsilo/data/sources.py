@@ -30,12 +30,35 @@ def source_for_file(path: str, shared: dict) -> dict:
     return spec
 
 
+def _read_table(path: Path, source: TableSource) -> pd.DataFrame:
+    """The file as a table; empty, undecodable or malformed files are a DataError saying what to do."""
+    try:
+        if source.kind == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path, encoding=source.encoding)
+    except pd.errors.EmptyDataError:
+        raise DataError(
+            f"{path} is empty: a CSV with a header row and one row per example is expected"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid {source.encoding} (byte {exc.start}: {exc.reason}); set "
+            "data.source.encoding to the file's encoding, e.g. latin-1 or cp1252"
+        ) from None
+    except (pd.errors.ParserError, ValueError, OSError) as exc:
+        raise DataError(f"{path} could not be read as {source.kind}: {exc}") from None
+    if frame.empty:
+        raise DataError(f"{path} has a header but no rows")
+    return frame
+
+
 def load_table(source: TableSource, group_column: str | None = None) -> Examples:
     """Rows of a CSV or Parquet file; the text and label columns must exist and be non-empty."""
     path = resolve_path(source.path)
     if not path.is_file():
         raise DataError(f"{source.kind} file not found: {path} (data.source.path)")
-    frame = pd.read_csv(path) if source.kind == "csv" else pd.read_parquet(path)
+    frame = _read_table(path, source)
     wanted = [source.text_column, source.label_column] + ([group_column] if group_column else [])
     missing = [c for c in wanted if c not in frame.columns]
     if missing:
