@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from fedsilo.scenario import ScenarioError, load_scenario
+from fedsilo.scenario import ScenarioError, changed_fields, load_scenario, load_scenario_text
 
 EXIT_INVALID, EXIT_FAILED = 2, 1
 
@@ -73,13 +73,47 @@ def _preload_silos(scenario) -> None:
         print(f"  {silo}: {participant(scenario, silo).num_examples} training examples", flush=True)
 
 
+def _scenario_to_run(args: argparse.Namespace):
+    """The scenario file with its overrides, or the one recorded on MLflow run `--from-run`; with
+    `--resume JOB`, it must be the scenario that job ran with."""
+    overrides = args.set + ([f"federation.mode={args.mode}"] if args.mode else [])
+    if args.from_run:
+        from fedsilo.tracking import recorded_scenario
+
+        job, text = recorded_scenario(args.from_run)
+        print(f"Rerunning job {job!r} (MLflow run {args.from_run}) from its recorded scenario", flush=True)
+        scenario = load_scenario_text(text, f"run {args.from_run}", overrides, args.rounds)
+    elif args.scenario:
+        scenario = load_scenario(args.scenario, overrides, args.rounds)
+    else:
+        raise ScenarioError("fedsilo run", ["name a scenario file, or --from-run RUN_ID"])
+    if args.resume:
+        from fedsilo.tracking import job_scenario
+
+        recorded = load_scenario_text(job_scenario(scenario.experiment_name, args.resume), args.resume)
+        changed = changed_fields(recorded, scenario)
+        if changed:
+            raise ScenarioError(
+                "--resume",
+                [
+                    f"{field}: job {args.resume!r} ran with {old!r}, this run has {new!r}"
+                    for field, old, new in changed
+                ]
+                + ["resume with the scenario the job ran with (drop these --set overrides)"],
+            )
+    return scenario
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from fedsilo.data import DataError
     from fedsilo.federation import FederationError
     from fedsilo.modeling import ModelSourceError
 
-    overrides = args.set + ([f"federation.mode={args.mode}"] if args.mode else [])
-    scenario = load_scenario(args.scenario, overrides, args.rounds)
+    try:
+        scenario = _scenario_to_run(args)
+    except LookupError as exc:
+        print(f"fedsilo run: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     distributed = scenario.federation.mode == "distributed"
     if distributed and (problem := _distributed_problem(scenario)):
         print(f"fedsilo run: {problem}", file=sys.stderr)
@@ -94,7 +128,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             warming.join()
         from pipelines.flows import federated_training
 
-        state = federated_training(scenario, job_name=args.job_name or "", return_state=True)
+        state = federated_training(
+            scenario, job_name=args.job_name or "", resume_job=args.resume or "", return_state=True
+        )
         if state.is_failed() and not isinstance(state.result(raise_on_failure=False), Exception):
             raise FederationError(state.message)  # the flow's own verdict, e.g. too few silos answered
         result = state.result()
@@ -225,7 +261,17 @@ def parser() -> argparse.ArgumentParser:
     commands = root.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run a scenario's federated job")
-    run.add_argument("scenario", help="scenario YAML file, e.g. scenarios/medical.yaml")
+    run.add_argument("scenario", nargs="?", help="scenario YAML file, e.g. scenarios/medical.yaml")
+    run.add_argument(
+        "--resume",
+        metavar="JOB",
+        help="go on with interrupted job JOB from its last completed round, in the same MLflow runs",
+    )
+    run.add_argument(
+        "--from-run",
+        metavar="RUN_ID",
+        help="rerun the job of this MLflow parent run from its recorded scenario",
+    )
     run.add_argument("--rounds", type=int, help="override federation.rounds")
     run.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a field")
     run.add_argument("--job-name", help="MLflow run name of the job (default: scenario-timestamp)")

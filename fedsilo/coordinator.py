@@ -21,16 +21,16 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from pydantic import BaseModel
+from safetensors.torch import load_file
 
 from fedsilo import federation
 from fedsilo.artifacts import delete as delete_uri
 from fedsilo.federation import FederationError, JobPaths
 from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
+from fedsilo.records import JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import initial_state, model_card
 from fedsilo.strategies import Strategy, make_strategy
@@ -87,19 +87,6 @@ class Tracker(Protocol):
     def finish(self, status: str = "FINISHED") -> None: ...
 
 
-@dataclass
-class RoundRecord:
-    """What a reporter is told after each round (round 0: the starting model)."""
-
-    round_index: int
-    rounds: int
-    global_accuracy: float
-    silo_local: dict[str, float | None] = field(default_factory=dict)
-    silo_global: dict[str, float] = field(default_factory=dict)
-    seconds: float = 0.0
-    missing: list[str] = field(default_factory=list)
-
-
 class Reporter(Protocol):
     """Told what happened; decides nothing (console table, Prefect artifacts and events)."""
 
@@ -108,24 +95,6 @@ class Reporter(Protocol):
     def event(self, name: str, detail: dict[str, str]) -> None: ...
 
     def finished(self, summary: str, history: list[RoundRecord], failed: bool) -> None: ...
-
-
-class JobResult(BaseModel):
-    """What a federated job produced, returned by the flow and printed by the CLI."""
-
-    job: str
-    experiment: str
-    parent_run_id: str
-    tracking_uri: str = ""
-    rounds: int
-    initial_accuracy: float
-    final_accuracy: float
-    curve: list[float] = []  # global accuracy on the union of test splits, round 0 first
-    personalized: dict[str, float] = {}  # each silo's personalized accuracy on its own test split
-    registered_model: str | None = None
-    registered_version: str | None = None  # MLflow version number, as a string
-    champion: bool = False
-    champion_reason: str = ""
 
 
 Aggregated = tuple[WeightRef | None, dict[str, str]]  # the new global model; rejected silos' reasons
@@ -158,12 +127,14 @@ class Coordinator:
         aggregate: Aggregate = aggregate_round,
         logger: logging.Logger | logging.LoggerAdapter | None = None,
         strategy: Strategy | None = None,
+        resume: ResumePoint | None = None,
     ):
         self.scenario, self.job, self.silos, self.tracker, self.paths = scenario, job, silos, tracker, paths
         self.reporters, self.aggregate = list(reporters), aggregate
         self.log = logger or logging.getLogger("fedsilo")
         self.strategy = strategy or make_strategy(scenario.federation)
-        self.history: list[RoundRecord] = []
+        self.resume = resume
+        self.history: list[RoundRecord] = list(resume.history) if resume else []
         self._held: dict[str, WeightRef] = {}  # weights this job wrote and has not deleted yet
         self._late: set[str] = set()  # where silos left out of a round may still have written
 
@@ -198,15 +169,21 @@ class Coordinator:
             self.paths.root,
         )
         meta = self._prepare()
-        current, origin = self._starting_point(meta)
-        self.tracker.set_tags({"fedsilo.warm_start": origin})
-        self.log.info("round 0 starts from the %s", origin)
-        evaluations, missing = self.silos.evaluate(self.scenario, current, "round-0")
-        self._check_quorum([e.silo for e in evaluations], "round 0")
-        model_id = self._record(0, current, evaluations, [], {}, meta, missing)
+        if self.resume:
+            current, origin, model_id = self._resumed()
+            evaluations = None
+        else:
+            current, origin = self._starting_point(meta)
+            self.tracker.set_tags({"fedsilo.warm_start": origin})
+            self.log.info("round 0 starts from the %s", origin)
+            evaluations, missing = self.silos.evaluate(self.scenario, current, "round-0")
+            self._check_quorum([e.silo for e in evaluations], "round 0")
+            model_id = self._record(0, current, evaluations, [], {}, meta, missing)
         reports: list[FitReport] = []
-        for round_index in range(1, rounds + 1):
+        for round_index in range(len(self.history), rounds + 1):
             current, reports, evaluations, model_id = self._round(round_index, current, meta)
+        if evaluations is None:  # resumed after the last round: score the final model again
+            evaluations, _ = self.silos.evaluate(self.scenario, current, f"round-{rounds}")
         personalized = self._personalize(current)
         self._compare_silos(reports, evaluations, personalized)
         result = JobResult(
@@ -224,6 +201,17 @@ class Coordinator:
             self._register(result, model_id, current, evaluations)
         self._notify("finished", self._summary(result, origin), self.history, False)
         return result
+
+    def _resumed(self) -> tuple[WeightRef, str, str | None]:
+        """The global model and strategy state of the last completed round of an interrupted job."""
+        point = self.resume
+        current = self._hold(copy_file(point.weights_path, self.paths.global_uri(point.round_index)))
+        if point.strategy_state_path:
+            self.strategy.load_state_dict(load_file(point.strategy_state_path))
+        origin = f"round {point.round_index} of the interrupted job {self.job}"
+        self.tracker.set_tags({"fedsilo.resumed": origin})
+        self.log.info("job %s resumes after round %d", self.job, point.round_index)
+        return current, origin, point.model_id
 
     def _prepare(self) -> dict:
         """Silos describe their data; labels and input shape are settled; returns the model card."""

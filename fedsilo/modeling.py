@@ -80,7 +80,7 @@ def _cnn_checkpoint(source: str) -> State:
 
     if source.startswith(("models:/", "runs:/")):
         folder = Path(artifacts.download_model(source))  # MLflow is imported only for such URIs
-        files = sorted(folder.rglob("*.safetensors"))
+        files = sorted(f for f in folder.rglob("*.safetensors") if f.name != "strategy_state.safetensors")
         if not files:
             raise ModelSourceError(f"model.source {source!r}: the MLflow model holds no .safetensors weights")
         return load_file(files[0])

@@ -499,15 +499,36 @@ def read_scenario_file(path: str | os.PathLike) -> dict[str, Any]:
     return raw if raw is not None else {}
 
 
-def load_scenario(path: str | os.PathLike, overrides: list[str] = (), rounds: int | None = None) -> Scenario:
-    """Read, override and validate a scenario file."""
-    raw = read_scenario_file(path)
+def _overridden(raw: Any, source: str, overrides: list[str], rounds: int | None) -> Scenario:
     if isinstance(raw, dict):
         for assignment in overrides:
             apply_override(raw, assignment)
         if rounds is not None:
             apply_override(raw, f"federation.rounds={rounds}")
-    return validate_scenario(raw, str(path))
+    return validate_scenario(raw, source)
+
+
+def load_scenario(path: str | os.PathLike, overrides: list[str] = (), rounds: int | None = None) -> Scenario:
+    """Read, override and validate a scenario file."""
+    return _overridden(read_scenario_file(path), str(path), overrides, rounds)
+
+
+def load_scenario_text(
+    text: str, source: str, overrides: list[str] = (), rounds: int | None = None
+) -> Scenario:
+    """Validate a scenario held as YAML text (e.g. the one recorded with an MLflow job)."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(source, [f"not valid YAML ({exc})"]) from None
+    return _overridden(raw if raw is not None else {}, source, overrides, rounds)
+
+
+def changed_fields(before: Scenario, after: Scenario) -> list[tuple[str, str, str]]:
+    """(field, before, after) for every setting that differs; labels settled from data are ignored."""
+    old, new = flatten(before), flatten(after)
+    keys = sorted((set(old) | set(new)) - {"data.labels"})
+    return [(k, old.get(k, ""), new.get(k, "")) for k in keys if old.get(k) != new.get(k)]
 
 
 def flatten(scenario: Scenario) -> dict[str, str]:

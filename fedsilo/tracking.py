@@ -11,7 +11,9 @@ already has active is neither used nor disturbed.
 """
 
 import json
+import os
 import shutil
+import subprocess
 import tempfile
 import time
 import warnings
@@ -20,6 +22,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import mlflow
 import pandas as pd
+import yaml
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
@@ -27,11 +30,14 @@ from mlflow.exceptions import MlflowException
 from fedsilo.artifacts import download_model
 from fedsilo.messages import DataSummary
 from fedsilo.plots import accuracy_by_round, silo_matrix_heatmap
+from fedsilo.records import ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario, flatten
 
 ROLE, SILO = "fedsilo.role", "fedsilo.silo"
 CHAMPION = "champion"
 MATRIX_TABLE = "silo_matrix.json"
+SCENARIO_FILE = "scenario.yaml"
+STRATEGY_STATE = "strategy_state.safetensors"
 # Model training, not GenAI: the MLflow UI then opens the experiment on its runs table.
 KIND_TAG = "mlflow.experimentKind"
 KIND = {KIND_TAG: "custom_model_development"}
@@ -90,6 +96,7 @@ class FederationTracker:
         params = [Param(k, v[:6000]) for k, v in flatten(self.scenario).items()]
         for start in range(0, len(params), _BATCH_LIMIT):
             self.client.log_batch(self.parent_id, params=params[start : start + _BATCH_LIMIT])
+        self._record_origin()
         for silo in self.scenario.silo_names():
             run = self.client.create_run(
                 self.experiment_id,
@@ -98,6 +105,95 @@ class FederationTracker:
             )
             self.silo_runs[silo] = run.info.run_id
         return self.parent_id
+
+    def _record_origin(self) -> None:
+        """The resolved scenario and the code's version on the parent run: enough to rerun the job."""
+        self.client.log_text(self.parent_id, scenario_yaml(self.scenario), SCENARIO_FILE)
+        tags = {"fedsilo.version": _version("fedsilo")}
+        commit = code_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        self.set_tags(tags)
+
+    def attach(self) -> ResumePoint:
+        """Take up this job's existing parent and silo runs again; return where it stopped.
+
+        The last completed round is the last one with both its global model logged and its
+        `global_accuracy` on the parent run (logged after every silo's metrics of the round).
+        """
+        self.experiment_id = self._experiment_id()
+        parent = self._job_run()
+        self.parent_id = parent.info.run_id
+        children = self.client.search_runs(
+            [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'"
+        )
+        self.silo_runs = {run.data.tags[SILO]: run.info.run_id for run in children if SILO in run.data.tags}
+        absent = sorted(set(self.scenario.silo_names()) - set(self.silo_runs))
+        if absent:
+            raise LookupError(f"job {self.job_name!r} has no MLflow run for silo(s) {', '.join(absent)}")
+        models = self.client.search_logged_models(
+            [self.experiment_id], filter_string=f"source_run_id = '{self.parent_id}'"
+        )
+        by_round = {int(m.tags["fedsilo.round"]): m.model_id for m in models if "fedsilo.round" in m.tags}
+        recorded = {m.step for m in self.client.get_metric_history(self.parent_id, "global_accuracy")}
+        completed = sorted(set(by_round) & recorded)
+        if not completed:
+            raise LookupError(
+                f"job {self.job_name!r} has no completed round with a logged model to resume from "
+                "(it needs tracking.log_models: true)"
+            )
+        last = completed[-1]
+        weights, state = logged_model_files(f"models:/{by_round[last]}")
+        history = self._history_until(last)
+        for run_id in [self.parent_id, *self.silo_runs.values()]:
+            self.client.update_run(run_id, status="RUNNING")
+        return ResumePoint(last, weights, state, by_round[last], history)
+
+    def _job_run(self):
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            f"tags.`fedsilo.job` = '{self.job_name}' and tags.`{ROLE}` = 'federation'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not runs:
+            raise LookupError(
+                f"no job named {self.job_name!r} in MLflow experiment {self.scenario.experiment_name!r} "
+                f"at {self.tracking_uri}"
+            )
+        return runs[0]
+
+    def _series(self, run_id: str, key: str, last: int) -> dict[int, float]:
+        return {m.step: m.value for m in self.client.get_metric_history(run_id, key) if m.step <= last}
+
+    def _history_until(self, last: int) -> list[RoundRecord]:
+        """The job's rounds 0..last as the coordinator recorded them, rebuilt from MLflow (plots too)."""
+        rounds = self.scenario.federation.rounds
+        self.federation_history = self._series(self.parent_id, "global_accuracy", last)
+        seconds = self._series(self.parent_id, "round_seconds", last)
+        self.history = {
+            silo: {
+                key: self._series(run_id, key, last)
+                for key in ("local_accuracy", "global_accuracy", "answered")
+            }
+            for silo, run_id in self.silo_runs.items()
+        }
+        return [
+            RoundRecord(
+                r,
+                rounds,
+                self.federation_history[r],
+                silo_local={
+                    s: h["local_accuracy"].get(r) for s, h in self.history.items() if r in h["local_accuracy"]
+                },
+                silo_global={
+                    s: h["global_accuracy"][r] for s, h in self.history.items() if r in h["global_accuracy"]
+                },
+                seconds=seconds.get(r, 0.0),
+                missing=[s for s, h in self.history.items() if h["answered"].get(r) == 0.0],
+            )
+            for r in range(last + 1)
+        ]
 
     def artifact_uri(self, folder: str) -> str:
         """A folder in the job's run artifacts (served by the tracking server when it has one)."""
@@ -178,14 +274,17 @@ class FederationTracker:
         silos: dict[str, dict[str, float]],
         model_id: str | None = None,
     ) -> None:
-        """One log_batch per run: the parent's metrics (linked to the model) and each silo's."""
-        self.client.log_batch(self.parent_id, metrics=_metrics(federation, round_index, model_id))
-        if "global_accuracy" in federation:
-            self.federation_history[round_index] = federation["global_accuracy"]
+        """One log_batch per run: each silo's metrics, then the parent's (linked to the model).
+
+        The parent's come last: a round whose `global_accuracy` is on the parent run is recorded
+        whole, which is what resuming an interrupted job relies on."""
         for silo, values in silos.items():
             self.client.log_batch(self.silo_runs[silo], metrics=_metrics(values, round_index))
             for key, value in values.items():
                 self.history.setdefault(silo, {}).setdefault(key, {})[round_index] = value
+        self.client.log_batch(self.parent_id, metrics=_metrics(federation, round_index, model_id))
+        if "global_accuracy" in federation:
+            self.federation_history[round_index] = federation["global_accuracy"]
         figure = accuracy_by_round(self.federation_history, self.history)
         self.client.log_figure(self.parent_id, figure, "plots/accuracy_by_round.png")
         plt.close(figure)
@@ -269,6 +368,62 @@ class FederationTracker:
         return f"experiment {self.experiment_id}, run {self.parent_id}"
 
 
+def code_commit() -> str | None:
+    """The commit of the running code: FEDSILO_GIT_COMMIT (set in images at build time), else the
+    git checkout fedsilo is imported from, else None."""
+    if os.environ.get("FEDSILO_GIT_COMMIT"):
+        return os.environ["FEDSILO_GIT_COMMIT"]
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def scenario_yaml(scenario: Scenario) -> str:
+    """The resolved scenario as YAML, loadable again by `fedsilo run`."""
+    header = "# The resolved scenario of an MLflow-recorded job. Rerun: fedsilo run THIS_FILE\n"
+    return header + yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False)
+
+
+def recorded_scenario(run_id: str, tracking_uri: str | None = None) -> tuple[str, str]:
+    """(job name, scenario YAML text) of a recorded job's parent run."""
+    client = MlflowClient(tracking_uri)
+    try:
+        run = client.get_run(run_id)
+        with tempfile.TemporaryDirectory() as folder:
+            text = Path(client.download_artifacts(run_id, SCENARIO_FILE, folder)).read_text()
+    except (MlflowException, OSError) as exc:
+        raise LookupError(
+            f"MLflow run {run_id} at {client.tracking_uri} holds no recorded {SCENARIO_FILE} ({exc}); "
+            "name the parent run of a fedsilo job"
+        ) from None
+    return run.data.tags.get("fedsilo.job", run.info.run_name), text
+
+
+def job_scenario(experiment: str, job: str, tracking_uri: str | None = None) -> str:
+    """The scenario YAML recorded by the latest job named `job` in `experiment`."""
+    client = MlflowClient(tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = (
+        client.search_runs(
+            [found.experiment_id],
+            f"tags.`fedsilo.job` = '{job}' and tags.`{ROLE}` = 'federation'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if found
+        else []
+    )
+    if not runs:
+        raise LookupError(
+            f"no job named {job!r} in MLflow experiment {experiment!r} at {client.tracking_uri}"
+        )
+    return recorded_scenario(runs[0].info.run_id, tracking_uri)[1]
+
+
 def _says_not_found(exc: MlflowException) -> bool:
     """No such registered model, or no such alias (MLflow reports the latter as a bad parameter)."""
     if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
@@ -283,10 +438,20 @@ def _version(package: str) -> str:
     return version(package)
 
 
+def logged_model_files(model_uri: str) -> tuple[str, str | None]:
+    """Local paths of a logged global model's weights and of the strategy state saved with it
+    (None when the strategy keeps none); model URI: models:/<model_id>."""
+    files = sorted(Path(download_model(model_uri)).rglob("*.safetensors"))
+    weights = [f for f in files if f.name != STRATEGY_STATE]
+    if not weights:
+        raise LookupError(f"{model_uri} holds no weights file")
+    state = next((f for f in files if f.name == STRATEGY_STATE), None)
+    return str(weights[0]), str(state) if state else None
+
+
 def model_weights_path(model_uri: str) -> str:
     """Local path of a logged global model's weights file (model URI: models:/<model_id>)."""
-    folder = Path(download_model(model_uri))
-    return str(next(folder.rglob("*.safetensors")))
+    return logged_model_files(model_uri)[0]
 
 
 def _latest_jobs(experiment: str, jobs: int, tracking_uri: str | None):

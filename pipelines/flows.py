@@ -8,10 +8,12 @@ round's aggregation, the MLflow tracker, and a reporter for Prefect artifacts an
 from datetime import datetime
 
 from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from fedsilo.coordinator import Coordinator, JobResult
+from fedsilo.coordinator import Coordinator
 from fedsilo.federation import FederationError, JobPaths, exchange_root
+from fedsilo.records import JobResult
 from fedsilo.scenario import Scenario
 from fedsilo.tracking import FederationTracker
 from pipelines.report import PrefectReporter
@@ -24,16 +26,28 @@ from pipelines.tasks import aggregate
     description="Federated fine-tuning of one shared model across silos, tracked in MLflow.",
     log_prints=True,
 )
-def federated_training(scenario: Scenario, job_name: str = "") -> JobResult:
+def federated_training(scenario: Scenario, job_name: str = "", resume_job: str = "") -> JobResult:
     """Run one federated job of `scenario` and record it in MLflow.
 
     Args:
         scenario: the scenario: silos, data, model, federation, evaluation, tracking, retraining.
         job_name: the MLflow run name of this job; empty: the scenario name and the start time.
+        resume_job: the name of an interrupted job to go on with from its last completed round
+            (the same MLflow runs); a Prefect retry of this flow run resumes its own job by itself.
     """
-    job = job_name or f"{scenario.name}-{datetime.now():%Y%m%d-%H%M%S}"
+    started = flow_run.scheduled_start_time or datetime.now()  # the same on every retry
+    job = resume_job or job_name or f"{scenario.name}-{started:%Y%m%d-%H%M%S}"
     tracker = FederationTracker(scenario, job)
-    tracker.start()
+    resume = None
+    if resume_job or (flow_run.run_count or 1) > 1:
+        try:
+            resume = tracker.attach()
+        except LookupError as exc:
+            if resume_job:
+                return Failed(message=f"cannot resume: {exc}")
+            tracker.start()  # a retry of a job that completed no round starts it again
+    else:
+        tracker.start()
     paths = JobPaths.under(exchange_root(scenario, tracker.artifact_uri), job)
     coordinator = Coordinator(
         scenario,
@@ -44,6 +58,7 @@ def federated_training(scenario: Scenario, job_name: str = "") -> JobResult:
         reporters=[PrefectReporter(scenario, job)],
         aggregate=aggregate,
         logger=get_run_logger(),
+        resume=resume,
     )
     try:
         return coordinator.run()

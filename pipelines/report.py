@@ -14,7 +14,7 @@ from prefect.events import emit_event
 from rich.console import Console
 from rich.table import Table
 
-from fedsilo.coordinator import RoundRecord
+from fedsilo.records import RoundRecord
 from fedsilo.scenario import Scenario
 
 

@@ -1,0 +1,48 @@
+"""What a job records and returns: torch-free, so the tracker and the CLI can use them lightly."""
+
+from dataclasses import dataclass, field
+
+from pydantic import BaseModel
+
+
+@dataclass
+class RoundRecord:
+    """What a reporter is told after each round (round 0: the starting model)."""
+
+    round_index: int
+    rounds: int
+    global_accuracy: float
+    silo_local: dict[str, float | None] = field(default_factory=dict)
+    silo_global: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    missing: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a job interrupted after `round_index` completed rounds goes on from: that round's
+    logged global model, the strategy's state saved with it, and the rounds already recorded."""
+
+    round_index: int
+    weights_path: str
+    strategy_state_path: str | None
+    model_id: str | None
+    history: list[RoundRecord]
+
+
+class JobResult(BaseModel):
+    """What a federated job produced, returned by the flow and printed by the CLI."""
+
+    job: str
+    experiment: str
+    parent_run_id: str
+    tracking_uri: str = ""
+    rounds: int
+    initial_accuracy: float
+    final_accuracy: float
+    curve: list[float] = []  # global accuracy on the union of test splits, round 0 first
+    personalized: dict[str, float] = {}  # each silo's personalized accuracy on its own test split
+    registered_model: str | None = None
+    registered_version: str | None = None  # MLflow version number, as a string
+    champion: bool = False
+    champion_reason: str = ""
