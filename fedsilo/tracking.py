@@ -150,18 +150,7 @@ class FederationTracker:
         return ResumePoint(last, weights, state, by_round[last], history)
 
     def _job_run(self):
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            f"tags.`fedsilo.job` = '{self.job_name}' and tags.`{ROLE}` = 'federation'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if not runs:
-            raise LookupError(
-                f"no job named {self.job_name!r} in MLflow experiment {self.scenario.experiment_name!r} "
-                f"at {self.tracking_uri}"
-            )
-        return runs[0]
+        return latest_job_run(self.client, self.scenario.experiment_name, self.job_name)
 
     def _series(self, run_id: str, key: str, last: int) -> dict[int, float]:
         return {m.step: m.value for m in self.client.get_metric_history(run_id, key) if m.step <= last}
@@ -403,9 +392,8 @@ def recorded_scenario(run_id: str, tracking_uri: str | None = None) -> tuple[str
     return run.data.tags.get("fedsilo.job", run.info.run_name), text
 
 
-def job_scenario(experiment: str, job: str, tracking_uri: str | None = None) -> str:
-    """The scenario YAML recorded by the latest job named `job` in `experiment`."""
-    client = MlflowClient(tracking_uri)
+def latest_job_run(client: MlflowClient, experiment: str, job: str):
+    """The parent run of the latest job named `job` in `experiment`; LookupError when none."""
     found = client.get_experiment_by_name(experiment)
     runs = (
         client.search_runs(
@@ -421,7 +409,13 @@ def job_scenario(experiment: str, job: str, tracking_uri: str | None = None) -> 
         raise LookupError(
             f"no job named {job!r} in MLflow experiment {experiment!r} at {client.tracking_uri}"
         )
-    return recorded_scenario(runs[0].info.run_id, tracking_uri)[1]
+    return runs[0]
+
+
+def job_scenario(experiment: str, job: str, tracking_uri: str | None = None) -> str:
+    """The scenario YAML recorded by the latest job named `job` in `experiment`."""
+    run = latest_job_run(MlflowClient(tracking_uri), experiment, job)
+    return recorded_scenario(run.info.run_id, tracking_uri)[1]
 
 
 def _says_not_found(exc: MlflowException) -> bool:

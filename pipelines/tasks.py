@@ -6,12 +6,10 @@ Tasks pass weight references and small records, never tensors.
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from fedsilo import federation
-from fedsilo.coordinator import Aggregated
+from fedsilo.coordinator import aggregate_round
 from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participant, summarize
-from fedsilo.strategies import Strategy
 
 PROGRESS_EVERY = 0.25  # log a silo's training progress every quarter of its steps
 
@@ -79,15 +77,8 @@ def personalize_silo(scenario: Scenario, silo: str, weights: WeightRef, steps: i
     return participant(scenario, silo).personalize(weights, steps, _progress_logger(silo, "personalize"))
 
 
-@task(name="aggregate", task_run_name="aggregate-round-{round_index}", cache_policy=NO_CACHE)
-def aggregate(
-    strategy: Strategy,
-    current: WeightRef,
-    reports: list[FitReport],
-    round_index: int,
-    out_uri: str,
-    rules: federation.UpdateRules,
-) -> Aggregated:
-    """The strategy's aggregation of the updates that arrived; updates that fail their checksum or
-    their checks are left out and returned by silo with the reason."""
-    return federation.aggregate(strategy, current, reports, out_uri, rules)
+# The engine's aggregation step as a task: the strategy's aggregate of the updates that arrived;
+# updates that fail their checksum or their checks are left out and returned with the reason.
+aggregate = task(
+    aggregate_round, name="aggregate", task_run_name="aggregate-round-{round_index}", cache_policy=NO_CACHE
+)

@@ -5,7 +5,7 @@ lies about n_k, or sends extreme values, moves the result no further than an hon
 Integer and bool tensors take the element-wise maximum, as in FedAvg.
 """
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 
@@ -13,15 +13,21 @@ from fedsilo.strategies.base import SiloUpdate, Strategy, accumulator_dtype
 from fedsilo.weights import State
 
 
-def _stacked(updates: Iterable[SiloUpdate]) -> dict[str, torch.Tensor]:
+def _coordinatewise(updates: Iterable[SiloUpdate], reduce: Callable[[torch.Tensor], torch.Tensor]) -> State:
+    """Apply `reduce` to each float tensor's K values per coordinate, sorted along dim 0; integer
+    and bool tensors take the maximum."""
     states = [u.state for u in updates]
     if not states:
         raise ValueError("no silo update was added")
-    return {name: torch.stack([s[name] for s in states]) for name in states[0]}
-
-
-def _sorted_floats(stack: torch.Tensor) -> torch.Tensor:
-    return stack.to(accumulator_dtype(stack)).sort(dim=0).values
+    result: State = {}
+    for name in states[0]:
+        stack = torch.stack([s[name] for s in states])
+        if stack.is_floating_point():
+            ordered = stack.to(accumulator_dtype(stack)).sort(dim=0).values
+            result[name] = reduce(ordered).to(stack.dtype)
+        else:
+            result[name] = stack.amax(dim=0)
+    return result
 
 
 class Median(Strategy):
@@ -30,14 +36,11 @@ class Median(Strategy):
     name = "median"
 
     def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
-        result: State = {}
-        for name, stack in _stacked(updates).items():
-            if not stack.is_floating_point():
-                result[name] = stack.amax(dim=0)
-                continue
-            ordered, k = _sorted_floats(stack), stack.shape[0]
-            result[name] = ((ordered[(k - 1) // 2] + ordered[k // 2]) / 2).to(stack.dtype)
-        return result
+        def middle(ordered: torch.Tensor) -> torch.Tensor:
+            k = ordered.shape[0]
+            return (ordered[(k - 1) // 2] + ordered[k // 2]) / 2
+
+        return _coordinatewise(updates, middle)
 
 
 class TrimmedMean(Strategy):
@@ -59,12 +62,9 @@ class TrimmedMean(Strategy):
         return min(int(self.trim_fraction * k), (k - 1) // 2)
 
     def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
-        result: State = {}
-        for name, stack in _stacked(updates).items():
-            if not stack.is_floating_point():
-                result[name] = stack.amax(dim=0)
-                continue
-            cut = self.trimmed(stack.shape[0])
-            kept = _sorted_floats(stack)[cut : stack.shape[0] - cut]
-            result[name] = kept.mean(dim=0).to(stack.dtype)
-        return result
+        def trimmed_mean(ordered: torch.Tensor) -> torch.Tensor:
+            k = ordered.shape[0]
+            cut = self.trimmed(k)
+            return ordered[cut : k - cut].mean(dim=0)
+
+        return _coordinatewise(updates, trimmed_mean)
