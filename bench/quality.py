@@ -116,7 +116,7 @@ DATASETS = {
         "twitter-finance", "finance", epochs=3, rounds=12, folder="twitter_financial_news_sentiment"
     ),
     "sms-spam": TextSample(
-        "sms-spam", "telecom", epochs=2, rounds=8, folder="sms_spam_collection", max_length=48
+        "sms-spam", "telecom", epochs=2, rounds=8, folder="sms_spam_collection", rows=800, max_length=48
     ),
 }
 
