@@ -7,7 +7,7 @@ SCENARIO ?= scenarios/medical.yaml
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup run test lint format ui clean system-deps image bench
+.PHONY: setup run test lint format ui clean system-deps image bench bench-quality-full
 
 setup: $(STAMP)
 
@@ -33,15 +33,24 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# The CPU benchmark set (about 20 minutes on 2 cores): JSON lines and plots in bench/results/.
+# The CPU benchmark set (under 45 minutes on 2 cores): JSON lines and plots in bench/results/.
 # Each script also runs alone: python -m bench.<name> --help. See BENCHMARKS.md.
 bench: setup
 	$(PY) -m bench.aggregation
 	$(PY) -m bench.throughput
-	$(PY) -m bench.quality --dataset pneumonia --partitions iid 1.0 0.5 0.1 --silos 3 10
-	$(PY) -m bench.quality --dataset twitter-finance --partitions iid 0.5 --silos 3
+	$(PY) -m bench.quality --dataset pneumonia --partitions iid 0.5 0.1 --silos 3 10 \
+		--strategies fedavg fedavgm fedprox median
+	$(PY) -m bench.quality --dataset sms-spam --partitions iid 0.5 --silos 3 --strategies fedavg fedavgm
 	$(PY) -m bench.overhead
 	$(PY) -m bench.scale
+
+# The quality grid of BENCHMARKS.md section 1 (about 2 hours on 2 cores).
+bench-quality-full: setup
+	$(PY) -m bench.quality --dataset pneumonia --partitions iid 1.0 0.5 0.1 --silos 3 10
+	$(PY) -m bench.quality --dataset twitter-finance --partitions iid 0.5 --silos 3 \
+		--strategies fedavg fedavgm fedprox
+	$(PY) -m bench.quality --dataset sms-spam --partitions iid 0.5 --silos 3 \
+		--strategies fedavg fedavgm fedprox
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
