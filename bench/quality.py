@@ -35,9 +35,9 @@ import torch  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from bench.common import cnn_checkpoint, emit, results_dir, save_plot, shared_data, start  # noqa: E402
-from fedsilo.coordinator import Coordinator, NullTracker  # noqa: E402
+from fedsilo.coordinator import Coordinator  # noqa: E402
 from fedsilo.federation import JobPaths, global_metrics  # noqa: E402
-from fedsilo.local import LocalSilos  # noqa: E402
+from fedsilo.local import LocalSilos, NullTracker  # noqa: E402
 from fedsilo.messages import Evaluation  # noqa: E402
 from fedsilo.modeling import EncodedSet  # noqa: E402
 from fedsilo.scenario import Scenario  # noqa: E402

@@ -6,7 +6,7 @@ It is given three small things and owns everything else (the shape of Flower's
 - `Silos` answers prepare / fit / evaluate / personalize with the silos' replies and the names of
   those that did not answer: in this process (`fedsilo.local.LocalSilos`), as Prefect tasks, or as
   flow runs on the silos' own workers (`pipelines/silos.py`);
-- `Tracker` records the job (MLflow in `fedsilo.tracking`, nothing in `NullTracker`) and holds
+- `Tracker` records the job (MLflow in `fedsilo.tracking`, nothing in `fedsilo.local.NullTracker`) and holds
   the registry the champion decision reads;
 - reporters are told what happened (a round's table, an event, the end) and decide nothing.
 
@@ -473,41 +473,3 @@ class Coordinator:
                 delete_uri(uri)
             except Exception as exc:  # most were never written
                 self.log.debug("nothing deleted at %s: %s", uri, exc)
-
-
-class NullTracker:
-    """Records nothing and has no registry: for benchmarks and engine tests without MLflow."""
-
-    parent_id = ""
-
-    def __init__(self) -> None:
-        self.rounds: dict[int, dict[str, float]] = {}
-        self.silos: dict[str, dict[str, dict[int, float]]] = {}
-        self.matrix = None
-
-    def log_data(self, summary: DataSummary) -> None:
-        pass
-
-    def log_global_model(self, round_index, weights_path, meta, extra_files) -> str | None:
-        return None
-
-    def log_round(self, round_index, job, silos, model_id) -> None:
-        self.rounds.setdefault(round_index, {}).update(job)
-        for silo, values in silos.items():
-            for key, value in values.items():
-                self.silos.setdefault(silo, {}).setdefault(key, {})[round_index] = value
-
-    def log_silo_matrix(self, matrix, metric: str) -> None:
-        self.matrix = matrix
-
-    def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None:
-        pass
-
-    def champion_weights(self) -> None:
-        return None
-
-    def register(self, model_id: str, make_champion: bool, reason: str) -> None:
-        return None
-
-    def finish(self, status: str = "FINISHED") -> None:
-        pass

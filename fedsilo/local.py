@@ -1,4 +1,5 @@
-"""Silos in this process with no orchestrator: the engine's own `Silos`, for benchmarks and tests.
+"""Silos in this process with no orchestrator, and a tracker that records nothing: the engine on
+its own, for benchmarks and tests.
 
 The Prefect flow reaches silos through tasks or workers instead; the round loop is the same.
 """
@@ -51,3 +52,41 @@ class LocalSilos:
         self, scenario: Scenario, weights: WeightRef, steps: int
     ) -> tuple[list[Evaluation], list[str]]:
         return self._each(scenario, lambda silo: participant(scenario, silo).personalize(weights, steps))
+
+
+class NullTracker:
+    """Records nothing and has no registry: for benchmarks and engine tests without MLflow."""
+
+    parent_id = ""
+
+    def __init__(self) -> None:
+        self.rounds: dict[int, dict[str, float]] = {}
+        self.silos: dict[str, dict[str, dict[int, float]]] = {}
+        self.matrix = None
+
+    def log_data(self, summary: DataSummary) -> None:
+        pass
+
+    def log_global_model(self, round_index, weights_path, meta, extra_files) -> str | None:
+        return None
+
+    def log_round(self, round_index, job, silos, model_id) -> None:
+        self.rounds.setdefault(round_index, {}).update(job)
+        for silo, values in silos.items():
+            for key, value in values.items():
+                self.silos.setdefault(silo, {}).setdefault(key, {})[round_index] = value
+
+    def log_silo_matrix(self, matrix, metric: str) -> None:
+        self.matrix = matrix
+
+    def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None:
+        pass
+
+    def champion_weights(self) -> None:
+        return None
+
+    def register(self, model_id: str, make_champion: bool, reason: str) -> None:
+        return None
+
+    def finish(self, status: str = "FINISHED") -> None:
+        pass

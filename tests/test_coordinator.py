@@ -4,9 +4,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedsilo.coordinator import Coordinator, NullTracker
+from fedsilo.coordinator import Coordinator
 from fedsilo.federation import FederationError, JobPaths
-from fedsilo.local import LocalSilos
+from fedsilo.local import LocalSilos, NullTracker
 from fedsilo.scenario import load_scenario
 from fedsilo.silo import release_participants
 from fedsilo.strategies import STRATEGIES, FedAvg, register_strategy
