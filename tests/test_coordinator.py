@@ -1,5 +1,8 @@
 """The engine's round loop, driven with in-process silos and no Prefect or MLflow."""
 
+import math
+from dataclasses import replace
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -10,7 +13,7 @@ from fedsilo.local import LocalSilos, NullTracker
 from fedsilo.scenario import load_scenario
 from fedsilo.silo import release_participants
 from fedsilo.strategies import STRATEGIES, FedAvg, register_strategy
-from fedsilo.weights import State
+from fedsilo.weights import State, read_state, write_state
 from tests.conftest import REPO
 
 # global_loss by round of scenarios/smoke.yaml, recorded with the code before the engine held the
@@ -140,3 +143,42 @@ def test_below_quorum_the_job_fails_and_leaves_no_weights(tmp_path):
         run(tmp_path, silos=Flaky(paths), reporters=[events])
     assert events.ending[1] is True and "FAILED" in events.ending[0]
     assert not list((tmp_path / "jobs").rglob("*.safetensors"))
+
+
+class Poisoned(LocalSilos):
+    """clinic-b's updates hold NaN (a broken or dishonest silo), written with a valid checksum."""
+
+    def fit(self, scenario, round_index, weights, config):
+        replies, missing = super().fit(scenario, round_index, weights, config)
+        for index, report in enumerate(replies):
+            if report.silo == "clinic-b":
+                state = read_state(report.update)
+                state = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+                replies[index] = replace(report, update=write_state(state, report.update.uri))
+        return replies, missing
+
+
+class Tags(Recorder):
+    def __init__(self):
+        super().__init__()
+        self.tags: dict[str | None, dict[str, str]] = {}
+
+    def set_tags(self, tags, silo=None):
+        self.tags.setdefault(silo, {}).update(tags)
+
+
+def test_a_poisoned_update_is_rejected_and_no_weights_are_left_behind(tmp_path):
+    scenario = load_scenario(
+        REPO / "scenarios" / "smoke.yaml", ["federation.min_silos=1", "tracking.log_models=false"]
+    )
+    paths = JobPaths.under(tmp_path / "jobs", "job")
+    tracker = Tags()
+    try:
+        result = Coordinator(scenario, "job", Poisoned(paths), tracker, paths).run()
+    finally:
+        release_participants()
+    assert result.rounds == 2 and tracker.silos["clinic-b"]["answered"] == {1: 0.0, 2: 0.0}
+    assert "NaN" in tracker.tags["clinic-b"]["fedsilo.rejected.round_1"]
+    assert tracker.tags[None]["fedsilo.missing.round_2"] == "clinic-b"
+    assert all(math.isfinite(v) for v in tracker.rounds[2].values())
+    assert not list((tmp_path / "jobs").rglob("*.safetensors"))  # rejected updates and the final model too
