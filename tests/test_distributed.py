@@ -6,16 +6,23 @@ Each silo's worker runs in a folder of its own with only its own data file; the 
 
 import subprocess
 import time
+from dataclasses import replace
 
 import pytest
 import torch
 from mlflow import MlflowClient
+from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from safetensors.torch import load_file
 
-from fedsilo.tracking import model_weights_path
+from fedsilo.coordinator import Coordinator
+from fedsilo.federation import JobPaths, exchange_root
+from fedsilo.scenario import Scenario, load_scenario
+from fedsilo.tracking import FederationTracker, model_weights_path
+from fedsilo.weights import read_state, write_state
+from pipelines.silos import DistributedSilos
 from tests.conftest import REPO
 from tests.stack import BIN, Stack, kill_tree, stop
 
@@ -191,3 +198,51 @@ def test_prefect_yaml_registers_the_deployment_of_every_shipped_silo(stack, tmp_
                 deployment = client.read_deployment_by_name(f"silo-round/{silo}")
                 assert deployment.work_pool_name == pool_name(silo)
                 assert deployment.entrypoint == "pipelines/silo_flow.py:silo_round"
+
+
+class PoisonedSilos(DistributedSilos):
+    """clinic-b's worker is honest, but what reaches the store from it holds NaN with a valid
+    checksum: the coordinator sees exactly what a dishonest or broken silo would send."""
+
+    def fit(self, scenario, round_index, weights, config):
+        replies, missing = super().fit(scenario, round_index, weights, config)
+        for index, report in enumerate(replies):
+            if report.silo == "clinic-b":
+                state = {
+                    k: v.fill_(float("nan")) if v.is_floating_point() else v
+                    for k, v in read_state(report.update).items()
+                }
+                replies[index] = replace(report, update=write_state(state, report.update.uri))
+        return replies, missing
+
+
+@flow(name="poisoned-federation")
+def poisoned_federation(scenario: Scenario) -> dict:
+    tracker = FederationTracker(scenario, "poisoned")
+    tracker.start()
+    paths = JobPaths.under(exchange_root(scenario, tracker.artifact_uri), "poisoned")
+    coordinator = Coordinator(scenario, "poisoned", PoisonedSilos(paths, "poisoned"), tracker, paths)
+    return coordinator.run().model_dump()
+
+
+def test_a_poisoned_update_from_a_distributed_silo_is_left_out(stack, silo_files, tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.mlflow_uri)
+    scenario = load_scenario(
+        SMOKE, ["federation.mode=distributed", "federation.min_silos=1", "federation.rounds=1"]
+    )
+    workers = [stack.worker(silo, SMOKE, path) for silo, path in silo_files.items()]
+    try:
+        with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+            result = poisoned_federation(scenario)
+    finally:
+        for worker in workers:
+            stop(worker)
+    client = MlflowClient(stack.mlflow_uri)
+    tags = client.get_run(result["parent_run_id"]).data.tags
+    assert (
+        "clinic-b: tensor" in tags["fedsilo.rejected.round_1"] and "NaN" in tags["fedsilo.rejected.round_1"]
+    )
+    assert tags["fedsilo.missing.round_1"] == "clinic-b"
+    version = client.get_model_version("smoke-global", result["registered_version"])
+    weights = load_file(model_weights_path(version.source))
+    assert all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())
