@@ -123,6 +123,11 @@ class FederationTracker:
         """
         self.experiment_id = self._experiment_id()
         parent = self._job_run()
+        if parent.info.status == "FINISHED":
+            raise LookupError(
+                f"job {self.job_name!r} already finished (run {parent.info.run_id}); "
+                f"rerun it with `fedsilo run --from-run {parent.info.run_id}`"
+            )
         self.parent_id = parent.info.run_id
         children = self.client.search_runs(
             [self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent_id}'"

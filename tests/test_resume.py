@@ -121,6 +121,10 @@ def test_resume_refuses_a_changed_scenario_and_an_unknown_job(store, whole):
     assert (
         changed.returncode == 2 and "federation.learning_rate: job 'whole' ran with '0.001'" in changed.stderr
     )
+    finished = fedsilo(store, *ARGS, "--resume", "whole", check=False)
+    assert (
+        finished.returncode == 1 and "already finished" in finished.stderr and "--from-run" in finished.stderr
+    )
     unknown = fedsilo(store, *ARGS, "--resume", "no-such-job", check=False)
     assert unknown.returncode == 1 and "no job named 'no-such-job'" in unknown.stderr
     assert "Traceback" not in changed.stderr + unknown.stderr
