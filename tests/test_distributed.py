@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 from prefect import flow
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from safetensors.torch import load_file
 
@@ -237,6 +238,7 @@ def test_a_poisoned_update_from_a_distributed_silo_is_left_out(stack, silo_files
     finally:
         for worker in workers:
             stop(worker)
+        EventsWorker.drain_all()  # its events client holds this server's URL; later tests need their own
     client = MlflowClient(stack.mlflow_uri)
     tags = client.get_run(result["parent_run_id"]).data.tags
     assert (

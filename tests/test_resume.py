@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 
-import mlflow
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -68,12 +67,17 @@ def final_weights(store, job: str) -> dict:
     client, run = parent(store, job)
     version = run.data.tags["fedsilo.registered_version"]
     source = client.get_model_version("smoke-global", version).source
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(store[1]["MLFLOW_TRACKING_URI"])  # models:/ URIs resolve against it
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
+    # models:/ URIs resolve against the environment's store; never mlflow.set_tracking_uri, which
+    # would outlive this test and shadow every later test's temporary store
+    os.environ["MLFLOW_TRACKING_URI"] = store[1]["MLFLOW_TRACKING_URI"]
     try:
         return load_file(model_weights_path(source))
     finally:
-        mlflow.set_tracking_uri(previous)
+        if previous is None:
+            os.environ.pop("MLFLOW_TRACKING_URI")
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 @pytest.fixture(scope="module")
