@@ -176,14 +176,14 @@ class Coordinator:
             current, origin = self._starting_point(meta)
             self.tracker.set_tags({"fedsilo.warm_start": origin})
             self.log.info("round 0 starts from the %s", origin)
-            evaluations, missing = self.silos.evaluate(self.scenario, current, "round-0")
+            evaluations, missing = self._evaluate(current, "round-0")
             self._check_quorum([e.silo for e in evaluations], "round 0")
             model_id = self._record(0, current, evaluations, [], {}, meta, missing)
         reports: list[FitReport] = []
         for round_index in range(len(self.history), rounds + 1):
             current, reports, evaluations, model_id = self._round(round_index, current, meta)
         if evaluations is None:  # resumed after the last round: score the final model again
-            evaluations, _ = self.silos.evaluate(self.scenario, current, f"round-{rounds}")
+            evaluations, _ = self._evaluate(current, f"round-{rounds}")
         personalized = self._personalize(current)
         self._compare_silos(reports, evaluations, personalized)
         result = JobResult(
@@ -215,7 +215,7 @@ class Coordinator:
 
     def _prepare(self) -> dict:
         """Silos describe their data; labels and input shape are settled; returns the model card."""
-        summaries, _ = self.silos.prepare(self.scenario)
+        summaries, _ = self._answers(self.silos.prepare(self.scenario), "prepare")
         self._check_quorum([s.silo for s in summaries], "prepare")
         for summary in summaries:
             self.tracker.log_data(summary)
@@ -232,7 +232,7 @@ class Coordinator:
         started = time.perf_counter()
         step = f"round {round_index}"
         config = self.strategy.configure_fit(round_index)
-        reports, missing = self.silos.fit(self.scenario, round_index, current, config)
+        reports, missing = self._answers(self.silos.fit(self.scenario, round_index, current, config), step)
         for report in reports:
             self._hold(report.update)
         for silo in missing:  # it may have written its update before it was given up on
@@ -257,7 +257,9 @@ class Coordinator:
         if not last:  # the last round's local models go on to the silo x silo matrix
             for report in reports:
                 self._release(report.update)
-        evaluations, _ = self.silos.evaluate(self.scenario, new, f"round-{round_index}")
+        evaluations, unevaluated = self._evaluate(new, f"round-{round_index}")
+        if unevaluated:  # the union metrics cover fewer silos this round: say which
+            self.tracker.set_tags({f"fedsilo.unevaluated.round_{round_index}": ",".join(unevaluated)})
         if missing:
             self.tracker.set_tags({f"fedsilo.missing.round_{round_index}": ",".join(missing)})
             for silo in missing:
@@ -349,7 +351,9 @@ class Coordinator:
         steps = self.scenario.evaluation.personalize_steps
         if not steps:
             return []
-        evaluations, missing = self.silos.personalize(self.scenario, current, steps)
+        evaluations, missing = self._scored(
+            self.silos.personalize(self.scenario, current, steps), "personalize"
+        )
         if missing:
             self.log.warning("personalization: no answer from %s", ", ".join(missing))
         rounds = self.scenario.federation.rounds
@@ -369,9 +373,7 @@ class Coordinator:
         personalized model on its own split."""
         models = {}
         for report in reports:
-            models[f"{report.silo} (local)"], _ = self.silos.evaluate(
-                self.scenario, report.update, f"local-{report.silo}"
-            )
+            models[f"{report.silo} (local)"], _ = self._evaluate(report.update, f"local-{report.silo}")
             self._release(report.update)
         models["global"] = final
         if personalized:
@@ -417,7 +419,7 @@ class Coordinator:
                 "compared; champion kept (set retraining.replace_incompatible_champion: true to replace it)"
             )
         ref = self._hold(copy_file(path, self.paths.champion_uri()))
-        evaluations, _ = self.silos.evaluate(self.scenario, ref, "champion")
+        evaluations, _ = self._evaluate(ref, "champion")
         self._release(ref)
         return federation.champion_verdict(final, evaluations, metric, version)
 
@@ -441,6 +443,32 @@ class Coordinator:
         return self._hold(copy_file(path, uri)), f"champion {name}"
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _answers(self, answers: tuple[list, list[str]], step: str) -> tuple[list, list[str]]:
+        """Silos' replies with at most one per known silo; a silo whose replies were all dropped
+        counts as missing. Replies are untrusted input like updates."""
+        replies, missing = answers
+        kept, dropped = federation.own_replies(self.scenario, replies, step)
+        for problem in dropped:
+            self.log.warning("dropped %s", problem)
+        answered = {r.silo for r in kept}
+        return kept, sorted(set(missing) | (set(self.scenario.silo_names()) - answered))
+
+    def _evaluate(self, weights: WeightRef, step: str) -> tuple[list[Evaluation], list[str]]:
+        return self._scored(self.silos.evaluate(self.scenario, weights, step), step)
+
+    def _scored(self, answers: tuple[list, list[str]], step: str) -> tuple[list[Evaluation], list[str]]:
+        """Evaluations whose confusion matrix fits the labels; the others are named and left out."""
+        evaluations, missing = self._answers(answers, step)
+        sound = []
+        for evaluation in evaluations:
+            problem = federation.evaluation_problem(evaluation, len(self.scenario.data.labels or []))
+            if problem:
+                self.log.warning("%s: evaluation of %s left out: %s", step, evaluation.silo, problem)
+                missing.append(evaluation.silo)
+            else:
+                sound.append(evaluation)
+        return sound, sorted(missing)
 
     def _check_quorum(self, answered: list[str], step: str) -> None:
         federation.check_quorum(self.scenario, answered, step)

@@ -122,6 +122,11 @@ def aggregate(
 
     def updates():
         for report in reports:
+            if report.silo not in rules.trained_on:
+                rejected[report.silo] = (
+                    "it did not describe its data at prepare, so its count cannot be checked"
+                )
+                continue
             try:
                 state = read_state(report.update)
                 check_update(
@@ -146,6 +151,32 @@ def aggregate(
         return None, rejected
     state = strategy.aggregate(global_state, itertools.chain([first], stream))
     return write_state(state, out_uri), rejected
+
+
+def own_replies(scenario: Scenario, replies: list, step: str) -> tuple[list, list[str]]:
+    """The replies of the scenario's silos, one per silo (the first); the second value describes
+    each reply dropped: from a name the scenario does not have, or a second one for a silo."""
+    known, kept, dropped = set(scenario.silo_names()), {}, []
+    for reply in replies:
+        if reply.silo not in known:
+            dropped.append(f"{step}: a reply from unknown silo {reply.silo!r}")
+        elif reply.silo in kept:
+            dropped.append(f"{step}: a second reply for silo {reply.silo!r}")
+        else:
+            kept[reply.silo] = reply
+    return list(kept.values()), dropped
+
+
+def evaluation_problem(evaluation: Evaluation, num_labels: int) -> str | None:
+    """Why a silo's evaluation cannot enter the union metrics, or None: its confusion matrix must
+    be num_labels x num_labels non-negative integer counts, not all zero."""
+    matrix = evaluation.confusion
+    if len(matrix) != num_labels or any(len(row) != num_labels for row in matrix):
+        return f"confusion matrix is not {num_labels} x {num_labels}"
+    cells = [cell for row in matrix for cell in row]
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells) or not sum(cells):
+        return "confusion matrix must hold non-negative integer counts, not all zero"
+    return None
 
 
 def global_metrics(evaluations: list[Evaluation]) -> dict[str, float]:

@@ -129,8 +129,15 @@ class DistributedSilos:
         answered = self._wait(runs, limit)
         replies, missing = [], []
         for silo in scenario.silo_names():
-            if answered.get(silo):
-                replies.append(load_reply(kind, artifacts.read_bytes(self.paths.reply_uri(step, silo))))
+            reply = (
+                load_reply(kind, artifacts.read_bytes(self.paths.reply_uri(step, silo)))
+                if answered.get(silo)
+                else None
+            )
+            if (
+                reply is not None and reply.silo == silo
+            ):  # a reply speaks only for the silo whose run wrote it
+                replies.append(reply)
             else:
                 missing.append(silo)
         return replies, missing

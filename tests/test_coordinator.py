@@ -182,3 +182,26 @@ def test_a_poisoned_update_is_rejected_and_no_weights_are_left_behind(tmp_path):
     assert tracker.tags[None]["fedsilo.missing.round_2"] == "clinic-b"
     assert all(math.isfinite(v) for v in tracker.rounds[2].values())
     assert not list((tmp_path / "jobs").rglob("*.safetensors"))  # rejected updates and the final model too
+
+
+class Impostor(LocalSilos):
+    """clinic-b answers every fit twice and once in clinic-a's name; its evaluations are garbage."""
+
+    def fit(self, scenario, round_index, weights, config):
+        replies, missing = super().fit(scenario, round_index, weights, config)
+        b = next(r for r in replies if r.silo == "clinic-b")
+        return [replace(b, silo="clinic-a"), *replies, b, replace(b, silo="mallory")], missing
+
+    def evaluate(self, scenario, weights, step):
+        replies, missing = super().evaluate(scenario, weights, step)
+        return [replace(e, confusion=[[-9]]) if e.silo == "clinic-b" else e for e in replies], missing
+
+
+def test_replies_speak_once_and_only_for_known_silos(tmp_path):
+    paths = JobPaths.under(tmp_path / "jobs", "job")
+    result, tracker = run(tmp_path, "federation.min_silos=1", "federation.rounds=1", silos=Impostor(paths))
+    # the first clinic-a reply (clinic-b's weights under another name) is kept as clinic-a's,
+    # clinic-a's own second reply and the unknown name are dropped; clinic-b's counts stand
+    assert result.rounds == 1 and tracker.rounds[1]["silos_answered"] == 2
+    assert tracker.rounds[1]["silos_evaluated"] == 1  # clinic-b's negative confusion matrix is left out
+    assert "clinic-b" not in tracker.silos or 1 not in tracker.silos["clinic-b"].get("global_accuracy", {})

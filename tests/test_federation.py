@@ -27,7 +27,7 @@ def test_an_update_that_fails_its_checksum_is_left_out_of_the_average(tmp_path):
         current,
         [report("a", good, 1), report("b", bad, 1)],
         str(tmp_path / "new.safetensors"),
-        federation.UpdateRules({}),
+        federation.UpdateRules({"a": 1, "b": 1}),
     )
     assert list(rejected) == ["b"] and "sha256" in rejected["b"] and "b.safetensors" in rejected["b"]
     assert torch.equal(read_state(out)["w"], torch.full((3,), 2.0))  # a alone, not a and b
