@@ -113,6 +113,19 @@ def aggregate_round(
     return federation.aggregate(strategy, current, reports, out_uri, rules)
 
 
+def open_job(tracker, resume_job: str, retrying: bool) -> ResumePoint | None:
+    """Start the job's runs, or take up an interrupted job's: `resume_job` must exist (LookupError
+    otherwise); a retry of a flow run resumes its own job when it completed a round, else starts it."""
+    if resume_job or retrying:
+        try:
+            return tracker.attach()
+        except LookupError:
+            if resume_job:
+                raise
+    tracker.start()
+    return None
+
+
 class Coordinator:
     """Runs one federated job of `scenario` through `silos`, recording it with `tracker`."""
 
@@ -293,6 +306,7 @@ class Coordinator:
                 train_loss=report.train_loss,
                 num_examples=report.num_examples,
                 fit_seconds=report.seconds,
+                fit_steps=report.steps,
             )
         if round_index > 0:
             for silo in self.scenario.silo_names():

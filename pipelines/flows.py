@@ -11,7 +11,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from fedsilo.coordinator import Coordinator
+from fedsilo.coordinator import Coordinator, open_job
 from fedsilo.federation import FederationError, JobPaths, exchange_root
 from fedsilo.records import JobResult
 from fedsilo.scenario import Scenario
@@ -38,16 +38,10 @@ def federated_training(scenario: Scenario, job_name: str = "", resume_job: str =
     started = flow_run.scheduled_start_time or datetime.now()  # the same on every retry
     job = resume_job or job_name or f"{scenario.name}-{started:%Y%m%d-%H%M%S}"
     tracker = FederationTracker(scenario, job)
-    resume = None
-    if resume_job or (flow_run.run_count or 1) > 1:
-        try:
-            resume = tracker.attach()
-        except LookupError as exc:
-            if resume_job:
-                return Failed(message=f"cannot resume: {exc}")
-            tracker.start()  # a retry of a job that completed no round starts it again
-    else:
-        tracker.start()
+    try:
+        resume = open_job(tracker, resume_job, retrying=(flow_run.run_count or 1) > 1)
+    except LookupError as exc:
+        return Failed(message=f"cannot resume: {exc}")
     paths = JobPaths.under(exchange_root(scenario, tracker.artifact_uri), job)
     coordinator = Coordinator(
         scenario,

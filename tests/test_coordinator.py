@@ -87,6 +87,7 @@ def test_local_steps_and_personalization(tmp_path):
         tmp_path, "federation.local_steps=3", "federation.rounds=1", "evaluation.personalize_steps=2"
     )
     assert tracker.silos["clinic-a"]["num_examples"][1] == 30
+    assert tracker.silos["clinic-a"]["fit_steps"][1] == 3  # local_steps, not an epoch (4 batches of 8)
     assert set(result.personalized) == {"clinic-a", "clinic-b"}
     assert tracker.silos["clinic-b"]["personalized_accuracy"][1] == result.personalized["clinic-b"]
     row = tracker.matrix.loc["personalized"]
