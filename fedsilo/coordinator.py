@@ -29,7 +29,8 @@ from safetensors.torch import load_file
 from fedsilo import federation
 from fedsilo.artifacts import delete as delete_uri
 from fedsilo.federation import FederationError, JobPaths
-from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
+from fedsilo.privacy.accounting import epsilon as dp_epsilon
 from fedsilo.records import JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import initial_state, model_card
@@ -55,6 +56,12 @@ class Silos(Protocol):
     def personalize(
         self, scenario: Scenario, weights: WeightRef, steps: int
     ) -> tuple[list[Evaluation], list[str]]: ...
+
+    def mask(
+        self, scenario: Scenario, round_index: int, attempt: int, peers: dict[str, str]
+    ) -> tuple[list[MaskedUpdate], list[str]]:
+        """Secure aggregation: each silo in `peers` (silo -> public key) masks the update it kept."""
+        ...
 
 
 class Tracker(Protocol):
@@ -104,12 +111,15 @@ Aggregate = Callable[[Strategy, WeightRef, list[FitReport], int, str, federation
 def aggregate_round(
     strategy: Strategy,
     current: WeightRef,
-    reports: list[FitReport],
+    reports: list[FitReport] | list[MaskedUpdate],
     round_index: int,
     out_uri: str,
     rules: federation.UpdateRules,
 ) -> Aggregated:
-    """The default aggregation step (the Prefect flow wraps the same call in a task)."""
+    """The default aggregation step (the Prefect flow wraps the same call in a task): plain
+    updates, or one attempt's masked vectors under secure aggregation."""
+    if reports and isinstance(reports[0], MaskedUpdate):
+        return federation.secure_aggregate(strategy, current, reports, out_uri, rules)
     return federation.aggregate(strategy, current, reports, out_uri, rules)
 
 
@@ -233,9 +243,7 @@ class Coordinator:
         for summary in summaries:
             self.tracker.log_data(summary)
         self.scenario = federation.with_labels(self.scenario, summaries)
-        self.rules = federation.UpdateRules(
-            {s.silo: s.num_train for s in summaries}, self.scenario.federation.max_update_norm
-        )
+        self.rules = federation.UpdateRules.of(self.scenario, summaries)
         self.input_shape = federation.input_shape(summaries)
         return model_card(self.scenario, self.input_shape)
 
@@ -245,31 +253,46 @@ class Coordinator:
         started = time.perf_counter()
         step = f"round {round_index}"
         config = self.strategy.configure_fit(round_index)
+        if self.rules.clipping_range is not None:
+            config = config | {"secagg_weight_bound": float(self.rules.encoding().weight_bound)}
         reports, missing = self._answers(self.silos.fit(self.scenario, round_index, current, config), step)
         for report in reports:
-            self._hold(report.update)
+            if report.update is not None:
+                self._hold(report.update)
         for silo in missing:  # it may have written its update before it was given up on
             self._late.add(self.paths.update_uri(round_index, silo))
-        self._check_quorum([r.silo for r in reports], step)
+        spent = {r.silo: r.epsilon for r in reports if r.epsilon is not None}  # DP-SGD budgets
+        declined = {r.silo: r.refused for r in reports if r.refused}
+        reports = [r for r in reports if not r.refused]
+        self._check_quorum([r.silo for r in reports], step, declined)
         out_uri = self.paths.global_uri(round_index)
-        new, rejected = self.aggregate(self.strategy, current, reports, round_index, out_uri, self.rules)
+        if self.rules.clipping_range is not None:
+            new, rejected, sent = self._secure_aggregate(round_index, current, reports, out_uri)
+        else:
+            new, rejected = self.aggregate(self.strategy, current, reports, round_index, out_uri, self.rules)
+            sent = [r.update for r in reports if r.silo not in rejected]
         if new is not None:
             self._hold(new)
         for silo, reason in rejected.items():
             self.log.warning("round %d: update of %s left out: %s", round_index, silo, reason)
-            self._release(next(r.update for r in reports if r.silo == silo))
-            self.tracker.set_tags({f"fedsilo.rejected.round_{round_index}": reason}, silo=silo)
+            report = next(r for r in reports if r.silo == silo)
+            if report.update is not None:
+                self._release(report.update)
+        rejected = declined | rejected
+        for silo, reason in rejected.items():
+            self.tracker.set_tags({f"fedsilo.rejected.round_{round_index}": reason[:5000]}, silo=silo)
         if rejected:
             reasons = "; ".join(f"{silo}: {reason}" for silo, reason in sorted(rejected.items()))
             self.tracker.set_tags({f"fedsilo.rejected.round_{round_index}": reasons[:5000]})
         reports = [r for r in reports if r.silo not in rejected]
         missing = sorted(set(missing) | set(rejected))
-        self._check_quorum([r.silo for r in reports], step)
+        self._check_quorum([r.silo for r in reports], step, rejected)
         last = round_index == self.scenario.federation.rounds
         self._release(current)
         if not last:  # the last round's local models go on to the silo x silo matrix
             for report in reports:
-                self._release(report.update)
+                if report.update is not None:
+                    self._release(report.update)
         evaluations, unevaluated = self._evaluate(new, f"round-{round_index}")
         if unevaluated:  # the union metrics cover fewer silos this round: say which
             self.tracker.set_tags({f"fedsilo.unevaluated.round_{round_index}": ",".join(unevaluated)})
@@ -284,15 +307,67 @@ class Coordinator:
                 )
         extra = {
             "round_seconds": time.perf_counter() - started,
-            "bytes_exchanged": federation.update_bytes(reports),
+            "bytes_exchanged": federation.update_bytes(current, len(reports), sent),
             "silos_answered": len(reports),
-        }
-        model_id = self._record(round_index, new, evaluations, reports, extra, meta, missing)
+        } | self._privacy_spent(round_index, spent)
+        model_id = self._record(round_index, new, evaluations, reports, extra, meta, missing, spent)
         return new, reports, evaluations, model_id
+
+    def _secure_aggregate(
+        self, round_index: int, current: WeightRef, reports: list[FitReport], out_uri: str
+    ) -> tuple[WeightRef | None, dict[str, str], list[WeightRef]]:
+        """Secure aggregation's masking step, repeated without any silo that drops out of it, then
+        the unmasked sum. Returns the new model, the silos left out with why, and every vector
+        received (for the bytes count).
+
+        Masks cancel only in the sum over every silo that got the key list, so when one of them
+        does not answer, the vectors of that attempt are deleted unread and the silos left mask
+        again with fresh masks (the key derivation includes the attempt number).
+        """
+        peers = {r.silo: r.public_key for r in reports}
+        attempt, received = 0, []
+        while True:
+            step = f"round {round_index} masking, attempt {attempt}"
+            self._check_quorum(list(peers), step)
+            masked, _ = self._answers(self.silos.mask(self.scenario, round_index, attempt, peers), step)
+            masked = [m for m in masked if m.silo in peers and (m.round, m.attempt) == (round_index, attempt)]
+            for item in masked:
+                self._hold(item.vector)
+            received += [m.vector for m in masked]
+            dropped = sorted(set(peers) - {m.silo for m in masked})
+            for silo in dropped:  # it may still write its vector late: delete it at the end, unread
+                self._late.add(self.paths.masked_uri(round_index, attempt, silo))
+            if not dropped:
+                break
+            self.log.warning(
+                "%s: no masked update from %s; the others mask again without it", step, ", ".join(dropped)
+            )
+            for item in masked:
+                self._release(item.vector)
+            peers = {silo: key for silo, key in peers.items() if silo not in dropped}
+            attempt += 1
+        new, rejected = self.aggregate(self.strategy, current, masked, round_index, out_uri, self.rules)
+        for item in masked:
+            self._release(item.vector)
+        left_out = {r.silo: "dropped out of the masking step" for r in reports if r.silo not in peers}
+        return new, left_out | rejected, received
+
+    def _privacy_spent(self, round_index: int, spent: dict[str, float | None]) -> dict[str, float]:
+        """The job's privacy figures for a round: the worst silo's DP-SGD epsilon and the global
+        model's client-level epsilon under central DP."""
+        figures = {}
+        if spent:
+            figures["max_silo_epsilon"] = max(spent.values())
+        spec = self.scenario.privacy.central_dp
+        if spec is not None:
+            figures["central_epsilon"] = dp_epsilon(spec.noise_multiplier, 1.0, round_index, spec.delta)
+        return figures
 
     # -- recording -------------------------------------------------------------------------------
 
-    def _record(self, round_index, current, evaluations, reports, extra, meta, missing) -> str | None:
+    def _record(
+        self, round_index, current, evaluations, reports, extra, meta, missing, spent=None
+    ) -> str | None:
         """Log one round (global model with the strategy's state, metrics linked to it); report it."""
         union = federation.global_metrics(evaluations)
         job = {f"global_{k}": v for k, v in union.items()} | extra | {"silos_evaluated": len(evaluations)}
@@ -308,6 +383,8 @@ class Coordinator:
                 fit_seconds=report.seconds,
                 fit_steps=report.steps,
             )
+        for silo, value in (spent or {}).items():
+            per_silo.setdefault(silo, {})["epsilon"] = value
         if round_index > 0:
             for silo in self.scenario.silo_names():
                 per_silo.setdefault(silo, {})["answered"] = float(silo not in missing)
@@ -386,9 +463,10 @@ class Coordinator:
         """Every silo's final local model and the global model on every silo's test split; each
         personalized model on its own split."""
         models = {}
-        for report in reports:
-            models[f"{report.silo} (local)"], _ = self._evaluate(report.update, f"local-{report.silo}")
-            self._release(report.update)
+        for report in reports:  # under secure aggregation no local model ever left its silo
+            if report.update is not None:
+                models[f"{report.silo} (local)"], _ = self._evaluate(report.update, f"local-{report.silo}")
+                self._release(report.update)
         models["global"] = final
         if personalized:
             models["personalized"] = personalized
@@ -484,8 +562,8 @@ class Coordinator:
                 sound.append(evaluation)
         return sound, sorted(missing)
 
-    def _check_quorum(self, answered: list[str], step: str) -> None:
-        federation.check_quorum(self.scenario, answered, step)
+    def _check_quorum(self, answered: list[str], step: str, reasons: dict[str, str] | None = None) -> None:
+        federation.check_quorum(self.scenario, answered, step, reasons)
 
     def _notify(self, method: str, *args) -> None:
         for reporter in self.reporters:

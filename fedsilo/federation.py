@@ -11,10 +11,11 @@ import pandas as pd
 
 from fedsilo import artifacts
 from fedsilo.data import order_labels
-from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
 from fedsilo.metrics import union_metrics
-from fedsilo.scenario import Scenario
-from fedsilo.strategies import SiloUpdate, Strategy
+from fedsilo.privacy import central, secagg
+from fedsilo.scenario import CentralDPSpec, Scenario
+from fedsilo.strategies import SiloUpdate, Strategy, WeightedSum
 from fedsilo.validation import Layout, UpdateRejected, check_update
 from fedsilo.weights import ChecksumError, read_state, write_state
 
@@ -38,6 +39,9 @@ class JobPaths:
 
     def update_uri(self, round_index: int, silo: str) -> str:
         return f"{self.root}/round-{round_index:03d}/{silo}.safetensors"
+
+    def masked_uri(self, round_index: int, attempt: int, silo: str) -> str:
+        return f"{self.root}/round-{round_index:03d}/masked-{attempt}/{silo}.safetensors"
 
     def champion_uri(self) -> str:
         return f"{self.root}/champion.safetensors"
@@ -89,13 +93,17 @@ def exchange_root(scenario: Scenario, run_artifacts: Callable[[str], str]) -> st
     return os.environ.get("FEDSILO_WORKDIR", ".fedsilo/jobs")
 
 
-def check_quorum(scenario: Scenario, answered: list[str], step: str) -> None:
-    """Fail the step (e.g. "round 3"), naming the missing silos, when fewer than `min_silos` answered."""
+def check_quorum(
+    scenario: Scenario, answered: list[str], step: str, reasons: dict[str, str] | None = None
+) -> None:
+    """Fail the step (e.g. "round 3"), naming the missing silos and, where known, why they were
+    left out, when fewer than `min_silos` answered."""
     if len(answered) < scenario.min_silos:
         missing = sorted(set(scenario.silo_names()) - set(answered))
+        named = [f"{silo} ({reasons[silo]})" if reasons and silo in reasons else silo for silo in missing]
         raise FederationError(
             f"{step}: only {len(answered)} of {len(scenario.silos)} silos answered "
-            f"(min_silos is {scenario.min_silos}); missing: {', '.join(missing)}"
+            f"(min_silos is {scenario.min_silos}); missing: {', '.join(named)}"
         )
 
 
@@ -105,6 +113,27 @@ class UpdateRules:
 
     trained_on: dict[str, int]  # each silo's training count, from its data summary
     max_norm: float | None = None
+    central_dp: CentralDPSpec | None = None  # clip each update, noise the sum (client-level DP)
+    clipping_range: float | None = None  # secure aggregation's per-coordinate range; None: off
+
+    @classmethod
+    def of(cls, scenario: Scenario, summaries: list[DataSummary]) -> "UpdateRules":
+        privacy = scenario.privacy
+        return cls(
+            {s.silo: s.num_train for s in summaries},
+            scenario.federation.max_update_norm,
+            privacy.central_dp,
+            privacy.clipping_range if privacy.secure_aggregation else None,
+        )
+
+    def encoding(self) -> secagg.Encoding:
+        """Secure aggregation's fixed point: the weights of every silo that could answer bound the sum."""
+        bound = len(self.trained_on) if self.central_dp else sum(self.trained_on.values())
+        return secagg.Encoding(self.clipping_range, bound)
+
+    def weight_of(self, silos: list[str]) -> int:
+        """The most the given silos' weights can add up to (1 each under central DP)."""
+        return len(silos) if self.central_dp else sum(self.trained_on.get(s, 0) for s in silos)
 
 
 def aggregate(
@@ -149,8 +178,70 @@ def aggregate(
     first = next(stream, None)
     if first is None:
         return None, rejected
-    state = strategy.aggregate(global_state, itertools.chain([first], stream))
+    stream = itertools.chain([first], stream)
+    if rules.central_dp is not None:
+        state = _central_dp_mean(strategy, global_state, stream, rules.central_dp)
+    else:
+        state = strategy.aggregate(global_state, stream)
     return write_state(state, out_uri), rejected
+
+
+def _central_dp_mean(strategy: Strategy, current, updates, spec: CentralDPSpec):
+    """Each update clipped to `clipping_norm` and counted once; Gaussian noise on the mean."""
+    total = WeightedSum()
+    for update in updates:
+        clipped, _ = central.clip_to_norm(update.state, current, spec.clipping_norm)
+        total.add(clipped, 1)
+    mean = total.mean()
+    delta_sum = {
+        n: (mean[n].double() - current[n].double()) * total.count for n in secagg.float_names(current)
+    }
+    return _noised_step(strategy, current, mean, delta_sum, total.count, spec)
+
+
+def _noised_step(
+    strategy: Strategy, current, average, delta_sum, total_weight: int, spec: CentralDPSpec | None
+):
+    """The strategy's step from sum_k w_k delta_k: noised first under central DP, then divided by
+    the total weight. Integer tensors keep `average`'s values."""
+    if spec is not None:
+        std = spec.noise_multiplier * spec.clipping_norm
+        delta_sum = central.add_noise(delta_sum, std, central.noise_generator())
+    average = dict(average)
+    for name, value in delta_sum.items():
+        average[name] = (current[name].double() + value / total_weight).to(current[name].dtype)
+    return strategy.apply(current, average)
+
+
+def secure_aggregate(
+    strategy: Strategy, current: WeightRef, masked: list[MaskedUpdate], out_uri: str, rules: UpdateRules
+) -> tuple[WeightRef | None, dict[str, str]]:
+    """The next global model from one attempt's masked vectors: their sum, unmasked, decoded and
+    checked (the coordinator cannot check one silo's update, only the sum of them all).
+
+    A sum that fails (a vector unreadable or of the wrong length, weights or values no honest
+    silos could produce) leaves the whole round out: every silo in it is named with the reason.
+    """
+    silos = sorted(m.silo for m in masked)
+    global_state = read_state(current)
+    try:
+        vectors = [read_state(m.vector)["masked"].numpy().view("uint32") for m in masked]
+        if len({v.shape for v in vectors}) != 1:
+            raise secagg.SecAggError("the masked vectors differ in length")
+        delta_sum, total = secagg.decode_sum(
+            secagg.unmask_sum(vectors), global_state, rules.encoding(), rules.weight_of(silos)
+        )
+        if rules.max_norm is not None:
+            mean_norm = math.sqrt(sum(float(v.pow(2).sum()) for v in delta_sum.values())) / total
+            if mean_norm > rules.max_norm:
+                raise secagg.SecAggError(
+                    f"the mean update's norm {mean_norm:.4g} exceeds federation.max_update_norm"
+                )
+    except Exception as exc:  # unreadable vectors, a sum no honest silos could produce
+        reason = f"the secure sum of {', '.join(silos)} was refused: {exc}"
+        return None, dict.fromkeys(silos, reason)
+    state = _noised_step(strategy, global_state, global_state, delta_sum, total, rules.central_dp)
+    return write_state(state, out_uri), {}
 
 
 def own_replies(scenario: Scenario, replies: list, step: str) -> tuple[list, list[str]]:
@@ -184,9 +275,10 @@ def global_metrics(evaluations: list[Evaluation]) -> dict[str, float]:
     return union_metrics([e.confusion for e in evaluations], [e.loss for e in evaluations])
 
 
-def update_bytes(reports: list[FitReport]) -> int:
-    """Bytes that crossed silo boundaries in a round: the global model out, each update back."""
-    return 2 * sum(r.update.size for r in reports)
+def update_bytes(current: WeightRef, receivers: int, sent: list[WeightRef]) -> int:
+    """Bytes that crossed silo boundaries in a round: the global model out to each silo that
+    answered, and what they sent back (updates, or masked vectors under secure aggregation)."""
+    return receivers * current.size + sum(ref.size for ref in sent)
 
 
 def champion_verdict(

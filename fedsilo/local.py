@@ -7,7 +7,7 @@ The Prefect flow reaches silos through tasks or workers instead; the round loop 
 import logging
 
 from fedsilo.federation import JobPaths
-from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participant, summarize
 
@@ -21,9 +21,11 @@ class LocalSilos:
     def __init__(self, paths: JobPaths):
         self.paths = paths
 
-    def _each(self, scenario: Scenario, call) -> tuple[list, list[str]]:
+    def _each(self, scenario: Scenario, call, only=None) -> tuple[list, list[str]]:
         replies, missing = [], []
         for silo in scenario.silo_names():
+            if only is not None and silo not in only:
+                continue
             try:
                 replies.append(call(silo))
             except Exception as exc:
@@ -52,6 +54,18 @@ class LocalSilos:
         self, scenario: Scenario, weights: WeightRef, steps: int
     ) -> tuple[list[Evaluation], list[str]]:
         return self._each(scenario, lambda silo: participant(scenario, silo).personalize(weights, steps))
+
+    def mask(
+        self, scenario: Scenario, round_index: int, attempt: int, peers: dict[str, str]
+    ) -> tuple[list[MaskedUpdate], list[str]]:
+        def mask_one(silo: str) -> MaskedUpdate:
+            update, out = (
+                self.paths.update_uri(round_index, silo),
+                self.paths.masked_uri(round_index, attempt, silo),
+            )
+            return participant(scenario, silo).mask(update, round_index, attempt, peers, out)
+
+        return self._each(scenario, mask_one, only=peers)
 
 
 class NullTracker:

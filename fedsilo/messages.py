@@ -33,16 +33,35 @@ class Evaluation:
 
 @dataclass(frozen=True)
 class FitReport:
-    """What a silo sends back after local training: a weight reference, never the tensors."""
+    """What a silo sends back after local training: a weight reference, never the tensors.
+
+    Under secure aggregation `update` is None and `public_key` is the silo's key for the round's
+    masking step (its masked update follows as a `MaskedUpdate`). A silo that declines the round
+    (its privacy budget is spent) says why in `refused`, with no update.
+    """
 
     silo: str
     round: int
-    update: WeightRef
+    update: WeightRef | None
     num_examples: int
     train_loss: float
-    local: Evaluation
+    local: Evaluation | None
     seconds: float
     steps: int = 0  # optimizer steps taken this round
+    epsilon: float | None = None  # DP-SGD: the silo's epsilon spent so far in this job
+    public_key: str = ""  # secure aggregation: X25519 public key, hex
+    clipped: int = 0  # secure aggregation: coordinates of the update clipped to the range
+    refused: str = ""
+
+
+@dataclass(frozen=True)
+class MaskedUpdate:
+    """A silo's update under secure aggregation: a ring vector that only sums to something."""
+
+    silo: str
+    round: int
+    attempt: int
+    vector: WeightRef
 
 
 @dataclass(frozen=True)
@@ -60,10 +79,10 @@ class DataSummary:
         return sum(self.train_counts.values())
 
 
-Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation)
+Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation, MaskedUpdate)
 
 
-def dump_reply(reply: DataSummary | FitReport | Evaluation) -> bytes:
+def dump_reply(reply: DataSummary | FitReport | Evaluation | MaskedUpdate) -> bytes:
     """A silo's answer as JSON, for the shared store when the silo runs in another process."""
     return TypeAdapter(type(reply)).dump_json(reply)
 

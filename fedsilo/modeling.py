@@ -34,13 +34,14 @@ class EncodedSet:
         """Yield (inputs, labels) batches; shuffled when a generator is given."""
         order = torch.randperm(len(self), generator=generator) if generator else torch.arange(len(self))
         for start in range(0, len(self), batch_size):
-            rows = order[start : start + batch_size]
-            if "pixel_values" in self.features:
-                inputs = {"pixel_values": self.features["pixel_values"][rows]}
-            else:
-                ids = [self.features["input_ids"][i] for i in rows.tolist()]
-                inputs = dict(self.pad({"input_ids": ids}, return_tensors="pt"))
-            yield inputs, self.labels[rows]
+            yield self.take(order[start : start + batch_size])
+
+    def take(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The (inputs, labels) batch of the given row indices, text padded to its longest row."""
+        if "pixel_values" in self.features:
+            return {"pixel_values": self.features["pixel_values"][rows]}, self.labels[rows]
+        ids = [self.features["input_ids"][i] for i in rows.tolist()]
+        return dict(self.pad({"input_ids": ids}, return_tensors="pt")), self.labels[rows]
 
 
 def label_ids(examples: Examples, labels: list[str], silo: str) -> torch.Tensor:

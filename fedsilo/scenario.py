@@ -329,6 +329,51 @@ class TrackingSpec(Strict):
     log_models: bool = Field(True, description="log the global model of every round")
 
 
+class DPSpec(Strict):
+    """Record-level DP-SGD at every silo (Opacus): a noise multiplier, or the one that spends
+    `target_epsilon` over the job's rounds."""
+
+    target_epsilon: float | None = Field(
+        None, gt=0, description="privacy budget per silo for the whole job; a silo stops training at it"
+    )
+    delta: float = Field(1e-5, gt=0, lt=1, description="delta of (epsilon, delta)-DP; below 1/n_train")
+    max_grad_norm: float = Field(1.0, gt=0, description="each example's gradient is clipped to this L2 norm")
+    noise_multiplier: float | None = Field(
+        None, gt=0, description="noise std / max_grad_norm; null: derived from target_epsilon"
+    )
+
+    @model_validator(mode="after")
+    def _budget_or_noise(self) -> "DPSpec":
+        if self.target_epsilon is None and self.noise_multiplier is None:
+            raise ValueError("set target_epsilon, noise_multiplier or both")
+        return self
+
+
+class CentralDPSpec(Strict):
+    """Client-level DP of the released global model: clip each silo's update, noise the sum."""
+
+    noise_multiplier: float = Field(gt=0, description="noise std on the sum / clipping_norm")
+    clipping_norm: float = Field(gt=0, description="L2 bound of one silo's change to the global model")
+    delta: float = Field(1e-5, gt=0, lt=1, description="delta of the client-level guarantee")
+
+
+class PrivacySpec(Strict):
+    """What protects the exchanged parameters; see "Privacy" in the README."""
+
+    secure_aggregation: bool = Field(
+        False, description="pairwise-masked updates: the coordinator learns only their weighted sum"
+    )
+    clipping_range: float = Field(
+        1.0,
+        gt=0,
+        description="secure aggregation: each coordinate of a silo's change is clipped to +-this",
+    )
+    dp: DPSpec | None = Field(None, description="record-level DP-SGD at each silo; null: off")
+    central_dp: CentralDPSpec | None = Field(
+        None, description="client-level DP: clipping and Gaussian noise at the coordinator; null: off"
+    )
+
+
 class Scenario(Strict):
     """One federated fine-tuning job: who takes part, on what data, with which model."""
 
@@ -342,6 +387,7 @@ class Scenario(Strict):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     retraining: RetrainingSpec = Field(default_factory=RetrainingSpec)
+    privacy: PrivacySpec = Field(default_factory=PrivacySpec)
 
     @field_validator("silos")
     @classmethod
@@ -364,7 +410,37 @@ class Scenario(Strict):
             raise ValueError("model.kind 'cnn' needs image data (data.source.kind: npz)")
         if self.model.kind == "bert" and any(image_data):
             raise ValueError("model.kind 'bert' needs text data, not npz images")
+        self._privacy_fits()
         return self
+
+    def _privacy_fits(self) -> None:
+        """Privacy options that cannot hold together with the rest of the scenario, named."""
+        privacy, federation = self.privacy, self.federation
+        from fedsilo.strategies import STRATEGIES
+
+        if (privacy.secure_aggregation or privacy.central_dp) and STRATEGIES[
+            federation.strategy
+        ].needs_individual_updates:
+            option = "privacy.secure_aggregation" if privacy.secure_aggregation else "privacy.central_dp"
+            raise ValueError(
+                f"{option} hides or noises single updates, but federation.strategy {federation.strategy!r} "
+                "needs each one; use a mean-based strategy (fedavg, fedavgm, fedadam, ...)"
+            )
+        if privacy.secure_aggregation and self.min_silos < 2:
+            raise ValueError(
+                "privacy.secure_aggregation needs at least 2 silos in every round (a sum of one is that "
+                "silo's update); set federation.min_silos to 2 or more"
+            )
+        if privacy.dp and self.evaluation.personalize_steps:
+            raise ValueError(
+                "privacy.dp and evaluation.personalize_steps: personalized models would train outside "
+                "the privacy budget; set evaluation.personalize_steps to 0"
+            )
+        if privacy.dp and federation.strategy == "fedprox":
+            raise ValueError(
+                "privacy.dp with federation.strategy 'fedprox': the proximal term has no per-example "
+                "gradient for DP-SGD to clip; choose another strategy"
+            )
 
     def sources(self) -> list[Any]:
         """Every data source the scenario reads: the shared one if used, and per-silo ones."""

@@ -12,9 +12,11 @@ import torch
 
 from fedsilo.data import Examples, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
-from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
 from fedsilo.metrics import classification_metrics
 from fedsilo.modeling import build_model, encode, tokenizer_for
+from fedsilo.privacy import dp, pending, secagg
+from fedsilo.privacy.central import clip_to_norm
 from fedsilo.scenario import Scenario
 from fedsilo.training import FitSettings, Progress, fit, predict
 from fedsilo.weights import State, read_state, write_state
@@ -102,13 +104,34 @@ class SiloParticipant:
         config: dict[str, float] | None = None,
     ) -> FitReport:
         """Start from the global weights at `ref`, train locally with the strategy's `config`
-        (e.g. FedProx's proximal_mu), write the update to `update_uri`."""
+        (e.g. FedProx's proximal_mu), write the update to `update_uri`.
+
+        With DP-SGD the silo first checks its budget and declines the round when it is spent; with
+        secure aggregation it keeps its encoded update and answers a public key instead (`mask`
+        sends the update, masked, in the next step).
+        """
         started = time.perf_counter()
-        self._load(ref)
-        settings = self._settings(round_index, self.scenario.federation.local_steps, config or {})
-        train_loss = fit(self.model, self.train, settings, progress)
+        config = config or {}
+        settings = self._settings(round_index, self.scenario.federation.local_steps, config)
+        plan = self._dp_plan(settings)
+        spent = None
+        if plan is not None:
+            try:
+                spent = plan.check_budget(round_index)
+            except dp.PrivacyBudgetExhausted as exc:
+                return self._declined(round_index, str(exc), plan.epsilon_after(round_index - 1), started)
+        global_state = read_state(ref)
+        self.model.load_state_dict(global_state)
+        if plan is not None:
+            train_loss = dp.dp_fit(self.model, self.train, settings, plan, progress)
+        else:
+            train_loss = fit(self.model, self.train, settings, progress)
         local = self._evaluate_current()
-        update = write_state(self.model.state_dict(), update_uri)
+        update, public_key, clipped = None, "", 0
+        if self.scenario.privacy.secure_aggregation:
+            public_key, clipped = self._keep_for_masking(global_state, update_uri, config)
+        else:
+            update = write_state(self.model.state_dict(), update_uri)
         return FitReport(
             self.silo,
             round_index,
@@ -117,8 +140,60 @@ class SiloParticipant:
             train_loss,
             local,
             time.perf_counter() - started,
-            settings.total_steps(self.num_examples),
+            plan.steps_per_round if plan else settings.total_steps(self.num_examples),
+            epsilon=spent,
+            public_key=public_key,
+            clipped=clipped,
         )
+
+    def _dp_plan(self, settings: FitSettings) -> dp.DPPlan | None:
+        spec = self.scenario.privacy.dp
+        if spec is None:
+            return None
+        return dp.plan(spec, self.num_examples, settings, self.scenario.federation.rounds)
+
+    def _declined(self, round_index: int, reason: str, spent: float, started: float) -> FitReport:
+        elapsed = time.perf_counter() - started
+        nan = float("nan")
+        return FitReport(
+            self.silo, round_index, None, self.num_examples, nan, None, elapsed, 0, spent, refused=reason
+        )
+
+    def _keep_for_masking(self, global_state: State, update_uri: str, config: dict) -> tuple[str, int]:
+        """Check, clip and encode this silo's update and keep it, with a fresh key pair, on the
+        silo's own disk; returns the public key and how many coordinates were clipped."""
+        privacy, local = self.scenario.privacy, self.model.state_dict()
+        if not all(bool(t.isfinite().all()) for t in local.values() if t.is_floating_point()):
+            raise secagg.SecAggError(f"silo {self.silo}: local training produced NaN or infinite weights")
+        norm_bounds = [privacy.central_dp.clipping_norm] if privacy.central_dp else []
+        norm_bounds += (
+            [self.scenario.federation.max_update_norm] if self.scenario.federation.max_update_norm else []
+        )
+        if norm_bounds:
+            local, _ = clip_to_norm(local, global_state, min(norm_bounds))
+        weight = 1 if privacy.central_dp else self.num_examples
+        encoding = secagg.Encoding(privacy.clipping_range, int(config["secagg_weight_bound"]))
+        vector, clipped = secagg.encode(local, global_state, weight, encoding)
+        private = secagg.new_private_key()
+        pending.keep(self.silo, update_uri, vector, private)
+        return secagg.public_key(private), clipped
+
+    def mask(
+        self, update_uri: str, round_index: int, attempt: int, peers: dict[str, str], out_uri: str
+    ) -> MaskedUpdate:
+        """Add this silo's pairwise masks with `peers` (silo -> public key, this silo included) to
+        the update kept at fit and write the masked vector to `out_uri`."""
+        vector, private = pending.load(self.silo, update_uri)
+        if peers.get(self.silo) != secagg.public_key(private):
+            raise secagg.SecAggError(
+                f"silo {self.silo}: the key list does not hold this silo's key for the round"
+            )
+        if len(peers) < 2:
+            raise secagg.SecAggError(f"silo {self.silo}: will not send a masked update with no other silo")
+        context = f"round {round_index} attempt {attempt}".encode()
+        masked = secagg.mask(vector, secagg.pair_masks(private, self.silo, peers, context, len(vector)))
+        ref = write_state({"masked": torch.from_numpy(masked.view(np.int32))}, out_uri)
+        return MaskedUpdate(self.silo, round_index, attempt, ref)
 
     def personalize(self, ref: WeightRef, steps: int, progress: Progress | None = None) -> Evaluation:
         """Fine-tune the global weights at `ref` for `steps` steps on this silo's own training split

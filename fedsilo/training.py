@@ -35,12 +35,12 @@ class FitSettings:
         return self.steps or -(-num_examples // self.batch_size) * self.epochs
 
 
-def _logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     output = model(**inputs)
     return output if isinstance(output, torch.Tensor) else output.logits
 
 
-def _optimizer(model: torch.nn.Module, settings: FitSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, settings: FitSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=0.9)
     return torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
@@ -76,14 +76,14 @@ def fit(
     model.to(device).train()
     torch.manual_seed(settings.seed)
     shuffle = torch.Generator().manual_seed(settings.seed)
-    optimizer = _optimizer(model, settings)
+    optimizer = make_optimizer(model, settings)
     proximal = _Proximal(model, settings.proximal_mu) if settings.proximal_mu > 0 else None
     total, window = settings.total_steps(len(data)), -(-len(data) // settings.batch_size)
     losses: list[float] = []
     for step, (inputs, labels) in enumerate(_batches(data, settings, shuffle), start=1):
         inputs = {k: v.to(device) for k, v in inputs.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            loss = torch.nn.functional.cross_entropy(_logits(model, inputs).float(), labels.to(device))
+            loss = torch.nn.functional.cross_entropy(logits(model, inputs).float(), labels.to(device))
         losses.append(loss.item())  # the data term: what the model's fit to this silo's data is
         if proximal is not None:
             loss = loss + proximal()
@@ -104,5 +104,5 @@ def predict(model: torch.nn.Module, data: EncodedSet, batch_size: int) -> np.nda
     for inputs, _ in data.batches(batch_size):
         inputs = {k: v.to(device) for k, v in inputs.items()}
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            chunks.append(torch.softmax(_logits(model, inputs).double(), dim=-1).cpu())
+            chunks.append(torch.softmax(logits(model, inputs).double(), dim=-1).cpu())
     return torch.cat(chunks).numpy()

@@ -7,7 +7,8 @@ split. Weights come and go by URI with a sha256 checksum; the small reply is wri
 `reply_uri` in the same shared store. The silo's data location comes from this process's
 environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the coordinator.
 `personalize` fine-tunes the final global model on the silo's own data and reports its score on
-the silo's own test split.
+the silo's own test split. Under secure aggregation `fit` keeps the silo's update on the silo's
+own disk and `mask` sends it masked (see fedsilo.privacy.secagg).
 """
 
 import os
@@ -19,7 +20,7 @@ from fedsilo import artifacts
 from fedsilo.messages import WeightRef, dump_reply
 from fedsilo.scenario import Scenario
 from fedsilo.silo import with_local_data
-from pipelines.tasks import evaluate_silo, fit_with_limits, personalize_silo, prepare_silo
+from pipelines.tasks import evaluate_silo, fit_with_limits, mask_silo, personalize_silo, prepare_silo
 
 SILO_FLOW = "silo-round"
 DATA_ENV = "FEDSILO_SILO_DATA"
@@ -44,7 +45,7 @@ def local_view(scenario: Scenario, silo: str) -> Scenario:
 def silo_round(
     scenario: Scenario,
     silo: str,
-    action: Literal["prepare", "fit", "evaluate", "personalize"],
+    action: Literal["prepare", "fit", "mask", "evaluate", "personalize"],
     step: str,
     reply_uri: str,
     weights: WeightRef | None = None,
@@ -52,6 +53,9 @@ def silo_round(
     update_uri: str = "",
     config: dict[str, float] | None = None,
     steps: int = 0,
+    attempt: int = 0,
+    peers: dict[str, str] | None = None,
+    out_uri: str = "",
 ) -> str:
     """Run one step for `silo` and write its reply to `reply_uri`; returns that URI."""
     scenario = local_view(scenario, silo)
@@ -59,6 +63,8 @@ def silo_round(
         reply = prepare_silo(scenario, silo)
     elif action == "fit":
         reply = fit_with_limits(scenario)(scenario, silo, round_index, weights, update_uri, config)
+    elif action == "mask":
+        reply = mask_silo(scenario, silo, round_index, attempt, peers or {}, update_uri, out_uri)
     elif action == "personalize":
         reply = personalize_silo(scenario, silo, weights, steps)
     else:

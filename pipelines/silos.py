@@ -16,10 +16,10 @@ from prefect.states import Cancelled
 
 from fedsilo import artifacts
 from fedsilo.federation import JobPaths
-from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef, load_reply
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef, load_reply
 from fedsilo.scenario import Scenario
 from pipelines.silo_flow import SILO_FLOW
-from pipelines.tasks import evaluate_silo, fit_with_limits, personalize_silo, prepare_silo
+from pipelines.tasks import evaluate_silo, fit_with_limits, mask_silo, personalize_silo, prepare_silo
 
 POLL_SECONDS = 1.0
 
@@ -34,9 +34,11 @@ class EmbeddedSilos:
     def __init__(self, paths: JobPaths, job: str):
         self.paths, self.job = paths, job
 
-    def _each(self, scenario: Scenario, call, args_for) -> tuple[list, list[str]]:
+    def _each(self, scenario: Scenario, call, args_for, only=None) -> tuple[list, list[str]]:
         replies, missing = [], []
         for silo in scenario.silo_names():
+            if only is not None and silo not in only:
+                continue
             state = call(scenario, silo, *args_for(silo), return_state=True)
             if state.is_completed():
                 replies.append(state.result())
@@ -66,6 +68,15 @@ class EmbeddedSilos:
         self, scenario: Scenario, weights: WeightRef, steps: int
     ) -> tuple[list[Evaluation], list[str]]:
         return self._each(scenario, personalize_silo, lambda silo: (weights, steps))
+
+    def mask(
+        self, scenario: Scenario, round_index: int, attempt: int, peers: dict[str, str]
+    ) -> tuple[list[MaskedUpdate], list[str]]:
+        def args(silo: str) -> tuple:
+            uris = self.paths.update_uri(round_index, silo), self.paths.masked_uri(round_index, attempt, silo)
+            return (round_index, attempt, peers, *uris)
+
+        return self._each(scenario, mask_silo, args, only=peers)
 
 
 class DistributedSilos:
@@ -117,18 +128,19 @@ class DistributedSilos:
                     done[silo] = False
         return done
 
-    def _call(self, scenario: Scenario, kind: type, step: str, params_for, attempts: int = 1):
+    def _call(self, scenario: Scenario, kind: type, step: str, params_for, attempts: int = 1, only=None):
         federation = scenario.federation
         limit = federation.silo_timeout_seconds * attempts + federation.silo_pickup_seconds
+        silos = [s for s in scenario.silo_names() if only is None or s in only]
         runs = {}
-        for silo in scenario.silo_names():
+        for silo in silos:
             params = {"step": step, "reply_uri": self.paths.reply_uri(step, silo), **params_for(silo)}
             run = self._start(scenario, silo, params)
             if run is not None:
                 runs[silo] = run
         answered = self._wait(runs, limit)
         replies, missing = [], []
-        for silo in scenario.silo_names():
+        for silo in silos:
             reply = (
                 load_reply(kind, artifacts.read_bytes(self.paths.reply_uri(step, silo)))
                 if answered.get(silo)
@@ -191,6 +203,22 @@ class DistributedSilos:
         params = {"action": "personalize", "weights": asdict(weights), "steps": steps}
         attempts = scenario.federation.silo_retries + 1
         return self._call(scenario, Evaluation, "personalize", lambda silo: params, attempts)
+
+    def mask(
+        self, scenario: Scenario, round_index: int, attempt: int, peers: dict[str, str]
+    ) -> tuple[list[MaskedUpdate], list[str]]:
+        def params(silo: str) -> dict:
+            return {
+                "action": "mask",
+                "round_index": round_index,
+                "attempt": attempt,
+                "peers": peers,
+                "update_uri": self.paths.update_uri(round_index, silo),
+                "out_uri": self.paths.masked_uri(round_index, attempt, silo),
+            }
+
+        step = f"mask-round-{round_index}-attempt-{attempt}"
+        return self._call(scenario, MaskedUpdate, step, params, only=peers)
 
 
 def silos_for(scenario: Scenario, paths: JobPaths, job: str) -> EmbeddedSilos | DistributedSilos:

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo.coordinator import aggregate_round
-from fedsilo.messages import DataSummary, Evaluation, FitReport, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participant, summarize
 
@@ -75,6 +75,25 @@ def evaluate_silo(scenario: Scenario, silo: str, weights: WeightRef, step: str) 
 def personalize_silo(scenario: Scenario, silo: str, weights: WeightRef, steps: int) -> Evaluation:
     """The final global model fine-tuned on one silo's own data, scored on its own test split."""
     return participant(scenario, silo).personalize(weights, steps, _progress_logger(silo, "personalize"))
+
+
+@task(
+    name="mask-silo",
+    task_run_name="mask-{silo}-round-{round_index}-attempt-{attempt}",
+    cache_policy=NO_CACHE,
+    retries=1,
+)
+def mask_silo(
+    scenario: Scenario,
+    silo: str,
+    round_index: int,
+    attempt: int,
+    peers: dict[str, str],
+    update_uri: str,
+    out_uri: str,
+) -> MaskedUpdate:
+    """Secure aggregation: the silo's kept update plus its pairwise masks with `peers`."""
+    return participant(scenario, silo).mask(update_uri, round_index, attempt, peers, out_uri)
 
 
 # The engine's aggregation step as a task: the strategy's aggregate of the updates that arrived;

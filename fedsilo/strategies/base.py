@@ -32,6 +32,9 @@ class Strategy(ABC):
 
     name: ClassVar[str]
     fields: ClassVar[tuple[str, ...]] = ()
+    # True when aggregation needs each silo's update (median): secure aggregation and central DP,
+    # which reveal only a (noised) weighted mean, cannot serve such a strategy.
+    needs_individual_updates: ClassVar[bool] = False
 
     def configure_fit(self, round_index: int) -> dict[str, float]:
         """Settings every silo's local training receives this round (none by default)."""
@@ -43,6 +46,11 @@ class Strategy(ABC):
 
         `updates` may be a one-pass iterator that reads each silo's file as it is consumed.
         """
+
+    def apply(self, current: State, average: State) -> State:
+        """The next global model from the silos' weighted average alone: what secure aggregation
+        and central DP reveal. Mean-based strategies implement it; others cannot run with those."""
+        raise NotImplementedError(f"strategy {self.name!r} needs each silo's update, not their mean")
 
     def state_dict(self) -> State:
         """Tensors the strategy carries to the next round (empty when it keeps none)."""

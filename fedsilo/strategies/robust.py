@@ -34,6 +34,7 @@ class Median(Strategy):
     """The coordinate-wise median of the silos' weights (the mean of the two middle values for even K)."""
 
     name = "median"
+    needs_individual_updates = True
 
     def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
         def middle(ordered: torch.Tensor) -> torch.Tensor:
@@ -51,6 +52,7 @@ class TrimmedMean(Strategy):
 
     name = "trimmed_mean"
     fields = ("trim_fraction",)
+    needs_individual_updates = True
 
     def __init__(self, trim_fraction: float = 0.2) -> None:
         if not 0 <= trim_fraction < 0.5:

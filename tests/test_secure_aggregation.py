@@ -1,0 +1,141 @@
+"""Secure aggregation: the coordinator sees masked vectors only, and still gets FedAvg's model."""
+
+import numpy as np
+import pytest
+import torch
+
+from fedsilo.federation import FederationError, JobPaths
+from fedsilo.local import LocalSilos
+from fedsilo.privacy import secagg
+from fedsilo.scenario import ScenarioError, load_scenario
+from fedsilo.weights import read_state, write_state
+from tests.conftest import REPO
+from tests.test_coordinator import run
+
+THREE_SILOS = "silos=[{name: clinic-a}, {name: clinic-b}, {name: clinic-c}]"
+QUORUM_OF_TWO = "federation.min_silos=2"
+SECURE = "privacy.secure_aggregation=true"
+
+
+@pytest.fixture(autouse=True)
+def silo_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSILO_SILO_STATE", str(tmp_path / "silo-state"))
+
+
+class Capturing(LocalSilos):
+    """In-process silos that keep a copy of every update and masked vector the coordinator gets,
+    and can drop one silo from a round's first masking attempt (killed after masking)."""
+
+    def __init__(self, paths, drop=None):
+        super().__init__(paths)
+        self.updates, self.masked, self.fit_replies, self.drop = {}, {}, {}, drop
+        self.attempts = []
+
+    def fit(self, scenario, round_index, weights, config):
+        reports, missing = super().fit(scenario, round_index, weights, config)
+        self.fit_replies[round_index] = reports
+        for report in reports:
+            if report.update is not None:
+                self.updates[(round_index, report.silo)] = read_state(report.update)
+        if self.drop and self.drop[0] == round_index and not scenario.privacy.secure_aggregation:
+            kept = [r for r in reports if r.silo != self.drop[1]]
+            return kept, [*missing, self.drop[1]]
+        return reports, missing
+
+    def mask(self, scenario, round_index, attempt, peers):
+        replies, missing = super().mask(scenario, round_index, attempt, peers)
+        self.attempts.append((round_index, attempt, sorted(peers)))
+        for reply in replies:
+            self.masked[(round_index, attempt, reply.silo)] = read_state(reply.vector)["masked"]
+        if self.drop and (round_index, attempt) == (self.drop[0], 0):
+            return [r for r in replies if r.silo != self.drop[1]], [*missing, self.drop[1]]
+        return replies, missing
+
+
+def _max_difference(a, b) -> float:
+    return max(float((a[n].double() - b[n].double()).abs().max()) for n in a if a[n].is_floating_point())
+
+
+def _job(tmp_path, *overrides, drop=None):
+    silos = Capturing(JobPaths.under(tmp_path / "jobs", "job"), drop)
+    result, tracker = run(tmp_path, *overrides, silos=silos)
+    return silos, tracker
+
+
+def test_the_coordinator_receives_no_update_of_a_silo_and_still_gets_fedavg(tmp_path):
+    plain, plain_tracker = _job(tmp_path / "plain")
+    secure, secure_tracker = _job(tmp_path / "secure", SECURE)
+
+    assert not secure.updates  # no fit reply referenced an update
+    assert all(r.update is None and r.public_key for r in secure.fit_replies[1])
+    true_update = plain.updates[(1, "clinic-a")]
+    start = plain_tracker.models[0]
+    names = secagg.float_names(start)
+    true_delta = torch.cat([(true_update[n].double() - start[n].double()).flatten() for n in names])
+    received = secure.masked[(1, 0, "clinic-a")].numpy().view(np.uint32)[:-1].astype(np.float64)
+    assert received.shape == true_delta.shape
+    assert np.corrcoef(received, true_delta.numpy())[0, 1] == pytest.approx(0, abs=0.02)
+    assert not np.allclose(received / secagg.Encoding(1.0, 60).scale, true_delta.numpy(), atol=1e-3)
+    # ... yet the global model is FedAvg's to within fixed point and FedAvg's own float32 rounding
+    bound = secagg.rounding_bound(2, secagg.Encoding(1.0, 60), 60) + 1e-6
+    assert _max_difference(secure_tracker.models[1], plain_tracker.models[1]) <= bound
+    assert secure_tracker.rounds[2]["global_loss"] == pytest.approx(
+        plain_tracker.rounds[2]["global_loss"], abs=1e-5
+    )
+    # local models never left the silos, so the silo x silo matrix has no local rows
+    assert list(secure_tracker.matrix.index) == ["global"]
+    assert not list((tmp_path / "secure" / "jobs").rglob("*.safetensors"))
+
+
+def test_a_silo_lost_after_masking_leaves_fedavg_over_the_silos_that_answered(tmp_path):
+    dropped = (1, "clinic-b")
+    plain, plain_tracker = _job(tmp_path / "plain", THREE_SILOS, QUORUM_OF_TWO, drop=dropped)
+    secure, secure_tracker = _job(tmp_path / "secure", THREE_SILOS, QUORUM_OF_TWO, SECURE, drop=dropped)
+
+    assert secure.attempts[:2] == [
+        (1, 0, ["clinic-a", "clinic-b", "clinic-c"]),
+        (1, 1, ["clinic-a", "clinic-c"]),
+    ]
+    assert (1, 1, "clinic-b") not in secure.masked
+    bound = secagg.rounding_bound(2, secagg.Encoding(1.0, 90), 60) + 1e-6
+    assert _max_difference(secure_tracker.models[1], plain_tracker.models[1]) <= bound
+    assert secure_tracker.rounds[1]["silos_answered"] == 2
+    assert secure_tracker.silos["clinic-b"]["answered"] == {1: 0.0, 2: 1.0}
+    # the two attempts' vectors of one silo differ: fresh masks, nothing to subtract
+    first, second = secure.masked[(1, 0, "clinic-a")], secure.masked[(1, 1, "clinic-a")]
+    assert float((first != second).double().mean()) > 0.99
+
+
+def test_a_sum_no_honest_silos_could_send_is_refused_and_named(tmp_path):
+    class Forging(Capturing):
+        def mask(self, scenario, round_index, attempt, peers):
+            replies, missing = super().mask(scenario, round_index, attempt, peers)
+            forged = replies[0]
+            noise = torch.randint(-(2**31), 2**31 - 1, (read_state(forged.vector)["masked"].numel(),))
+            replies[0] = type(forged)(
+                forged.silo, round_index, attempt, write_state({"masked": noise.int()}, forged.vector.uri)
+            )
+            return replies, missing
+
+    silos = Forging(JobPaths.under(tmp_path / "jobs", "job"))
+    with pytest.raises(FederationError, match="secure sum of clinic-a, clinic-b was refused"):
+        run(tmp_path, SECURE, silos=silos)
+
+
+def test_masks_cancel_exactly_and_need_every_silo():
+    keys = {name: secagg.new_private_key() for name in ("a", "b", "c")}
+    public = {name: secagg.public_key(key) for name, key in keys.items()}
+    masks = [secagg.pair_masks(keys[n], n, public, b"round 1", 1000) for n in public]
+    assert not np.any(masks[0] + masks[1] + masks[2])  # uint32: exactly 0 modulo 2^32
+    assert np.any(masks[0] + masks[1])
+    with pytest.raises(secagg.SecAggError, match="unusable public key"):
+        secagg.pair_masks(keys["a"], "a", {"b": "00" * 31}, b"round 1", 10)
+
+
+def test_strategies_that_need_single_updates_are_refused_with_secure_aggregation():
+    path = REPO / "scenarios" / "smoke.yaml"
+    with pytest.raises(ScenarioError) as error:
+        load_scenario(path, [SECURE, "federation.strategy=median"])
+    assert "privacy.secure_aggregation" in str(error.value) and "federation.strategy" in str(error.value)
+    with pytest.raises(ScenarioError, match="federation.min_silos"):
+        load_scenario(path, [SECURE, "federation.min_silos=1"])
