@@ -149,6 +149,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         steps = scenario.evaluation.personalize_steps
         scores = ", ".join(f"{silo} {accuracy:.1%}" for silo, accuracy in result.personalized.items())
         print(f"Personalized ({steps} steps on each silo's own data, its own test split): {scores}.")
+    if result.privacy:
+        print(f"Privacy: {result.privacy}.")
     if result.registered_version:
         state = "now the champion" if result.champion else "champion unchanged"
         print(
@@ -179,6 +181,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.data:
         os.environ[DATA_ENV] = str(Path(args.data).resolve())
+    from fedsilo.privacy.pending import STATE_ENV
+
+    # secure aggregation keeps a silo's update between two of its flow runs, which the process
+    # worker starts in fresh folders: pin the silo's private folder to where the worker started
+    os.environ.setdefault(STATE_ENV, str(Path(".fedsilo/silo-state").resolve()))
     try:
         summary = summarize(local_view(scenario, args.silo), args.silo)
     except DataError as exc:

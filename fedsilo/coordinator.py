@@ -160,6 +160,7 @@ class Coordinator:
         self.history: list[RoundRecord] = list(resume.history) if resume else []
         self._held: dict[str, WeightRef] = {}  # weights this job wrote and has not deleted yet
         self._late: set[str] = set()  # where silos left out of a round may still have written
+        self.spent_by_round: dict[int, dict[str, float]] = {}  # DP-SGD epsilon per silo, by round
 
     # -- the job ---------------------------------------------------------------------------------
 
@@ -219,7 +220,10 @@ class Coordinator:
             final_accuracy=self.history[-1].global_accuracy,
             curve=[r.global_accuracy for r in self.history],
             personalized={e.silo: e.accuracy for e in personalized},
+            privacy=self._privacy_statement(),
         )
+        if result.privacy:
+            self.tracker.set_tags({"fedsilo.privacy": result.privacy})
         if model_id:
             self._register(result, model_id, current, evaluations)
         self._notify("finished", self._summary(result, origin), self.history, False)
@@ -262,6 +266,7 @@ class Coordinator:
         for silo in missing:  # it may have written its update before it was given up on
             self._late.add(self.paths.update_uri(round_index, silo))
         spent = {r.silo: r.epsilon for r in reports if r.epsilon is not None}  # DP-SGD budgets
+        self.spent_by_round[round_index] = spent
         declined = {r.silo: r.refused for r in reports if r.refused}
         reports = [r for r in reports if not r.refused]
         self._check_quorum([r.silo for r in reports], step, declined)
@@ -351,6 +356,25 @@ class Coordinator:
             self._release(item.vector)
         left_out = {r.silo: "dropped out of the masking step" for r in reports if r.silo not in peers}
         return new, left_out | rejected, received
+
+    def _privacy_statement(self) -> str:
+        """What the privacy options guaranteed over the rounds this job ran, in one line."""
+        privacy, parts = self.scenario.privacy, []
+        if privacy.secure_aggregation:
+            parts.append("secure aggregation (the coordinator saw only sums of masked updates)")
+        if privacy.dp:
+            worst = max((e for r in self.spent_by_round.values() for e in r.values()), default=0.0)
+            parts.append(
+                f"record-level DP-SGD at each silo, epsilon <= {worst:.3g} (delta {privacy.dp.delta:g})"
+            )
+        if privacy.central_dp:
+            rounds = self.scenario.federation.rounds
+            central = self._privacy_spent(rounds, {})["central_epsilon"]
+            delta = privacy.central_dp.delta
+            parts.append(
+                f"client-level central DP over {rounds} rounds, epsilon {central:.3g} (delta {delta:g})"
+            )
+        return "; ".join(parts)
 
     def _privacy_spent(self, round_index: int, spent: dict[str, float | None]) -> dict[str, float]:
         """The job's privacy figures for a round: the worst silo's DP-SGD epsilon and the global

@@ -46,3 +46,4 @@ class JobResult(BaseModel):
     registered_version: str | None = None  # MLflow version number, as a string
     champion: bool = False
     champion_reason: str = ""
+    privacy: str = ""  # the guarantees the job's privacy options gave, in words (empty: none)

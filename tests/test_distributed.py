@@ -5,6 +5,7 @@ Each silo's worker runs in a folder of its own with only its own data file; the 
 """
 
 import subprocess
+import threading
 import time
 from dataclasses import replace
 
@@ -248,3 +249,34 @@ def test_a_poisoned_update_from_a_distributed_silo_is_left_out(stack, silo_files
     version = client.get_model_version("smoke-global", result["registered_version"])
     weights = load_file(model_weights_path(version.source))
     assert all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())
+
+
+def test_secure_aggregation_runs_distributed_and_no_plain_update_reaches_the_store(
+    stack, silo_files, tmp_path
+):
+    """The masked vectors cross through the job's MLflow artifacts; a silo's plain update never does."""
+    seen: set[str] = set()
+    watching = threading.Event()
+
+    def watch() -> None:  # every weights file that appears in MLflow's artifact store, however briefly
+        while not watching.is_set():
+            seen.update(str(p) for p in (stack.root / "mlartifacts").rglob("*.safetensors"))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    workers = [stack.worker(silo, SMOKE, path) for silo, path in silo_files.items()]
+    try:
+        args = ["--mode=distributed", "--job-name=secure", "--set=privacy.secure_aggregation=true"]
+        code, out, err = finish(fedsilo(stack, "run", str(SMOKE), *args, "--rounds=1", cwd=tmp_path))
+    finally:
+        watching.set()
+        for worker in workers:
+            stop(worker)
+    assert code == 0, err[-4000:]
+    masked = [p for p in seen if "/exchange/secure/round-001/masked-0/" in p]
+    assert sorted(p.rsplit("/", 1)[1] for p in masked) == [f"{s}.safetensors" for s in sorted(silo_files)]
+    assert not [p for p in seen if "/exchange/secure/round-001/clinic-" in p]  # no plain update
+    for silo in silo_files:
+        log = (stack.root / "silos" / silo / "worker.log").read_text()
+        assert f"{silo}-mask-round-1-attempt-0" in log
