@@ -21,6 +21,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from bench.common import emit, save_plot, start  # noqa: E402
@@ -79,8 +80,13 @@ def budgeted(dataset_name: str, silos: int, rounds: int | None = None, seed: int
     return scenario
 
 
-def max_difference(a, b) -> float:
-    return max(float((a[n].double() - b[n].double()).abs().max()) for n in a if a[n].is_floating_point())
+def max_difference(a, b) -> tuple[float, float]:
+    """The largest absolute difference between two models' floating tensors, and float32's
+    spacing at the largest weight (one rounding step of the plain model's arithmetic)."""
+    floats = [n for n, t in a.items() if t.is_floating_point()]
+    error = max(float((a[n].double() - b[n].double()).abs().max()) for n in floats)
+    largest = max(float(b[n].abs().max()) for n in floats)
+    return error, float(np.spacing(np.float32(largest)))
 
 
 def secagg_cost(settings: list[tuple[str, int, int]], scratch: str) -> None:
@@ -107,12 +113,13 @@ def secagg_cost(settings: list[tuple[str, int, int]], scratch: str) -> None:
         total = sum(participant(scenario, n).num_examples for n in scenario.silo_names())
         release_participants()
         bound = secagg.rounding_bound(silos, secagg.Encoding(1.0, total), total)
-        error = max_difference(secure.first_round, plain.first_round)
+        error, spacing = max_difference(secure.first_round, plain.first_round)
         emit(
             f"{BENCH}-secagg",
             f"secagg_max_error_{tag}",
             error,
             "abs",
+            float32_spacing_at_largest_weight=spacing,
             rounding_bound=bound,
             job_seconds=secure_seconds,
         )
@@ -195,7 +202,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         if args.what == "secagg":
             start(f"{BENCH}-secagg")
-            secagg_cost([("pneumonia", 3, 2), ("pneumonia", 10, 2), ("sms-spam", 3, 1)], scratch)
+            secagg_cost(
+                [("pneumonia", 3, 2), ("pneumonia", 10, 2), ("sms-spam", 3, 1), ("sms-spam", 10, 1)], scratch
+            )
         elif args.what == "dp":
             start(f"{BENCH}-dp-{args.dataset}")
             curves = dp_accuracy(args.dataset, args.epsilons, scratch)

@@ -5,34 +5,20 @@ from dataclasses import replace
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from fedsilo.coordinator import Coordinator
 from fedsilo.federation import FederationError, JobPaths
-from fedsilo.local import LocalSilos, NullTracker
+from fedsilo.local import LocalSilos
 from fedsilo.scenario import load_scenario
 from fedsilo.silo import release_participants
 from fedsilo.strategies import STRATEGIES, FedAvg, register_strategy
-from fedsilo.weights import State, read_state, write_state
+from fedsilo.weights import read_state, write_state
 from tests.conftest import REPO
+from tests.engine import Recorder, run
 
 # global_loss by round of scenarios/smoke.yaml, recorded with the code before the engine held the
 # loop (commit 4e993df, CPU, torch 2.13.0): the refactor must not change a number.
 SMOKE_LOSS_BEFORE = [1.607823, 1.605265, 1.605421]
-
-
-class Recorder(NullTracker):
-    """Keeps every round's global weights and the reporters' view, instead of MLflow."""
-
-    def __init__(self):
-        super().__init__()
-        self.models: dict[int, State] = {}
-        self.extra: dict[int, list[str]] = {}
-
-    def log_global_model(self, round_index, weights_path, meta, extra_files):
-        self.models[round_index] = load_file(weights_path)
-        self.extra[round_index] = sorted(extra_files)
-        return f"m-{round_index}"
 
 
 class Events:
@@ -47,17 +33,6 @@ class Events:
 
     def finished(self, summary, history, failed):
         self.ending = (summary, failed)
-
-
-def run(tmp_path, *overrides, silos=None, reporters=()):
-    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", list(overrides))
-    paths = JobPaths.under(tmp_path / "jobs", "job")
-    tracker = Recorder()
-    try:
-        coordinator = Coordinator(scenario, "job", silos or LocalSilos(paths), tracker, paths, reporters)
-        return coordinator.run(), tracker
-    finally:
-        release_participants()
 
 
 def test_fedavg_gives_the_numbers_it_gave_before_the_loop_moved_into_the_engine(tmp_path):

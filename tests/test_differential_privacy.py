@@ -19,7 +19,7 @@ from fedsilo.training import FitSettings
 from fedsilo.weights import read_state
 from models import build_cnn
 from tests.conftest import REPO, shared_file
-from tests.test_coordinator import Recorder, run
+from tests.engine import Recorder, run
 from tests.test_training import toy_images
 
 SMOKE_TRAIN = 30  # rows each smoke silo trains on (40 generated, a quarter held out)

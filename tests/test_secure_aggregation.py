@@ -10,7 +10,7 @@ from fedsilo.privacy import secagg
 from fedsilo.scenario import ScenarioError, load_scenario
 from fedsilo.weights import read_state, write_state
 from tests.conftest import REPO
-from tests.test_coordinator import run
+from tests.engine import run
 
 THREE_SILOS = "silos=[{name: clinic-a}, {name: clinic-b}, {name: clinic-c}]"
 QUORUM_OF_TWO = "federation.min_silos=2"
