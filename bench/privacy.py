@@ -143,6 +143,7 @@ def dp_accuracy(dataset_name: str, epsilons: list[float], scratch: str) -> dict:
             curve[-1],
             "accuracy",
             epsilon_spent=spent,
+            f1_macro=tracker.rounds[rounds]["global_f1_macro"],
             seconds=seconds,
             rounds=rounds,
         )
@@ -170,6 +171,7 @@ def central_accuracy(dataset_name: str, noise: list[float], clipping_norm: float
             curve[-1],
             "accuracy",
             central_epsilon=tracker.rounds[rounds].get("central_epsilon"),
+            f1_macro=tracker.rounds[rounds]["global_f1_macro"],
             clipping_norm=clipping_norm,
             seconds=seconds,
         )

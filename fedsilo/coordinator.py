@@ -330,7 +330,7 @@ class Coordinator:
         again with fresh masks (the key derivation includes the attempt number).
         """
         peers = {r.silo: r.public_key for r in reports}
-        attempt, received = 0, []
+        attempt, received, refused = 0, [], {}
         while True:
             step = f"round {round_index} masking, attempt {attempt}"
             self._check_quorum(list(peers), step)
@@ -339,6 +339,12 @@ class Coordinator:
             for item in masked:
                 self._hold(item.vector)
             received += [m.vector for m in masked]
+            malformed = federation.masked_problems(masked, current)
+            refused |= malformed
+            for item in masked:
+                if item.silo in malformed:
+                    self._release(item.vector)
+            masked = [m for m in masked if m.silo not in malformed]
             dropped = sorted(set(peers) - {m.silo for m in masked})
             for silo in dropped:  # it may still write its vector late: delete it at the end, unread
                 self._late.add(self.paths.masked_uri(round_index, attempt, silo))
@@ -354,7 +360,11 @@ class Coordinator:
         new, rejected = self.aggregate(self.strategy, current, masked, round_index, out_uri, self.rules)
         for item in masked:
             self._release(item.vector)
-        left_out = {r.silo: "dropped out of the masking step" for r in reports if r.silo not in peers}
+        left_out = {
+            r.silo: refused.get(r.silo, "dropped out of the masking step")
+            for r in reports
+            if r.silo not in peers
+        }
         return new, left_out | rejected, received
 
     def _privacy_statement(self) -> str:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from fedsilo import artifacts
 from fedsilo.data import order_labels
@@ -211,6 +212,24 @@ def _noised_step(
     for name, value in delta_sum.items():
         average[name] = (current[name].double() + value / total_weight).to(current[name].dtype)
     return strategy.apply(current, average)
+
+
+def masked_problems(masked: list[MaskedUpdate], current: WeightRef) -> dict[str, str]:
+    """Masked vectors that cannot enter a sum, by silo, with why: unreadable, or not one int32
+    vector as long as the model's floating coordinates plus one. Their shape says nothing about an
+    update, so the coordinator checks it before summing; such a silo is treated as dropped."""
+    expected = 1 + sum(t.numel() for t in read_state(current).values() if t.is_floating_point())
+    problems = {}
+    for item in masked:
+        try:
+            tensors = read_state(item.vector)
+        except Exception as exc:  # checksum, not safetensors, store error
+            problems[item.silo] = f"unreadable masked update: {exc}"
+            continue
+        vector = tensors.get("masked")
+        if set(tensors) != {"masked"} or vector.dtype != torch.int32 or tuple(vector.shape) != (expected,):
+            problems[item.silo] = f"a masked update must be one int32 vector of {expected} values"
+    return problems
 
 
 def secure_aggregate(

@@ -122,6 +122,28 @@ def test_a_sum_no_honest_silos_could_send_is_refused_and_named(tmp_path):
         run(tmp_path, SECURE, silos=silos)
 
 
+def test_a_malformed_masked_update_is_left_out_and_the_others_mask_again(tmp_path):
+    class Truncating(Capturing):
+        def mask(self, scenario, round_index, attempt, peers):
+            replies, missing = super().mask(scenario, round_index, attempt, peers)
+            for k, reply in enumerate(replies):
+                if reply.silo == "clinic-c" and round_index == 1:
+                    short = torch.zeros(10, dtype=torch.int32)
+                    replies[k] = type(reply)(
+                        reply.silo, round_index, attempt, write_state({"masked": short}, reply.vector.uri)
+                    )
+            return replies, missing
+
+    silos = Truncating(JobPaths.under(tmp_path / "jobs", "job"))
+    _, tracker = run(tmp_path, THREE_SILOS, QUORUM_OF_TWO, SECURE, silos=silos)
+    assert silos.attempts[:2] == [
+        (1, 0, ["clinic-a", "clinic-b", "clinic-c"]),
+        (1, 1, ["clinic-a", "clinic-b"]),
+    ]
+    assert tracker.rounds[1]["silos_answered"] == 2
+    assert tracker.silos["clinic-c"]["answered"] == {1: 0.0, 2: 1.0}
+
+
 def test_masks_cancel_exactly_and_need_every_silo():
     keys = {name: secagg.new_private_key() for name in ("a", "b", "c")}
     public = {name: secagg.public_key(key) for name, key in keys.items()}
