@@ -21,6 +21,7 @@ import logging
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
@@ -29,7 +30,7 @@ from safetensors.torch import load_file
 from fedsilo import federation
 from fedsilo.artifacts import delete as delete_uri
 from fedsilo.federation import FederationError, JobPaths
-from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef
 from fedsilo.privacy.accounting import epsilon as dp_epsilon
 from fedsilo.records import JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
@@ -52,6 +53,12 @@ class Silos(Protocol):
     def evaluate(
         self, scenario: Scenario, weights: WeightRef, step: str
     ) -> tuple[list[Evaluation], list[str]]: ...
+
+    def evaluate_models(
+        self, scenario: Scenario, models: dict[str, WeightRef], step: str
+    ) -> tuple[list[Scores], list[str]]:
+        """Each silo scores every named model on its test split, in one step per silo."""
+        ...
 
     def personalize(
         self, scenario: Scenario, weights: WeightRef, steps: int
@@ -496,16 +503,16 @@ class Coordinator:
     ) -> None:
         """Every silo's final local model and the global model on every silo's test split; each
         personalized model on its own split."""
-        models = {}
+        local = {f"{r.silo} (local)": r.update for r in reports if r.update is not None}
+        models = self._scored_models(local, "silo-matrix") if local else {}
         for report in reports:  # under secure aggregation no local model ever left its silo
             if report.update is not None:
-                models[f"{report.silo} (local)"], _ = self._evaluate(report.update, f"local-{report.silo}")
                 self._release(report.update)
         models["global"] = final
         if personalized:
             models["personalized"] = personalized
         metric = self.scenario.evaluation.metric
-        self.tracker.log_silo_matrix(federation.silo_matrix(models, metric), metric)
+        self.tracker.log_silo_matrix(federation.silo_matrix(models, metric, self.scenario.silo_names()), metric)
 
     def _register(self, result: JobResult, model_id: str, candidate: WeightRef, final) -> None:
         promote, reason = self._champion_decision(candidate, final)
@@ -595,6 +602,30 @@ class Coordinator:
             else:
                 sound.append(evaluation)
         return sound, sorted(missing)
+
+    def _scored_models(self, models: dict[str, WeightRef], step: str) -> dict[str, list[Evaluation]]:
+        """Every model scored by every silo in one step per silo: model name -> evaluations. A
+        silo's score that does not fit the labels is left out of that model's row."""
+        replies, missing = self._answers(self.silos.evaluate_models(self.scenario, models, step), step)
+        if missing:
+            self.log.warning("%s: no scores from %s", step, ", ".join(missing))
+        rows: dict[str, list[Evaluation]] = {name: [] for name in models}
+        labels = len(self.scenario.data.labels or [])
+        for reply in replies:
+            for name, evaluation in reply.models.items():
+                evaluation = replace(evaluation, silo=reply.silo)  # a reply speaks only for its silo
+                problem = federation.evaluation_problem(evaluation, labels)
+                if name not in rows or problem:
+                    self.log.warning(
+                        "%s: score of %r by %s left out: %s",
+                        step,
+                        name,
+                        reply.silo,
+                        problem or "unknown model",
+                    )
+                    continue
+                rows[name].append(evaluation)
+        return rows
 
     def _check_quorum(self, answered: list[str], step: str, reasons: dict[str, str] | None = None) -> None:
         federation.check_quorum(self.scenario, answered, step, reasons)

@@ -323,11 +323,16 @@ def beats(candidate: float, champion: float | None) -> bool:
     return champion is None or math.isnan(champion) or candidate >= champion
 
 
-def silo_matrix(models: dict[str, list[Evaluation]], metric: str) -> pd.DataFrame:
-    """One row per model (each silo's local model, the global one), one column per silo's test split."""
+def silo_matrix(
+    models: dict[str, list[Evaluation]], metric: str, silos: list[str] | None = None
+) -> pd.DataFrame:
+    """One row per model (each silo's local model, the global one), one column per silo's test
+    split, in `silos` order when given (a silo that scored nothing keeps an empty column)."""
     table = pd.DataFrame(
         {model: {e.silo: getattr(e, metric) for e in evals} for model, evals in models.items()}
     )
     table = table.T
+    if silos is not None:
+        table = table.reindex(columns=silos)
     table.index.name = "model"
     return table

@@ -7,7 +7,7 @@ The Prefect flow reaches silos through tasks or workers instead; the round loop 
 import logging
 
 from fedsilo.federation import JobPaths
-from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participant, summarize
 
@@ -49,6 +49,11 @@ class LocalSilos:
         self, scenario: Scenario, weights: WeightRef, step: str
     ) -> tuple[list[Evaluation], list[str]]:
         return self._each(scenario, lambda silo: participant(scenario, silo).evaluate(weights))
+
+    def evaluate_models(
+        self, scenario: Scenario, models: dict[str, WeightRef], step: str
+    ) -> tuple[list[Scores], list[str]]:
+        return self._each(scenario, lambda silo: participant(scenario, silo).evaluate_models(models))
 
     def personalize(
         self, scenario: Scenario, weights: WeightRef, steps: int

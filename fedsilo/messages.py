@@ -32,6 +32,15 @@ class Evaluation:
 
 
 @dataclass(frozen=True)
+class Scores:
+    """One silo's evaluations of several models on its test split, by model name: its column of
+    the silo x silo matrix, in one step instead of one per model."""
+
+    silo: str
+    models: dict[str, Evaluation]
+
+
+@dataclass(frozen=True)
 class FitReport:
     """What a silo sends back after local training: a weight reference, never the tensors.
 
@@ -79,10 +88,10 @@ class DataSummary:
         return sum(self.train_counts.values())
 
 
-Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation, MaskedUpdate)
+Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation, MaskedUpdate, Scores)
 
 
-def dump_reply(reply: DataSummary | FitReport | Evaluation | MaskedUpdate) -> bytes:
+def dump_reply(reply: DataSummary | FitReport | Evaluation | MaskedUpdate | Scores) -> bytes:
     """A silo's answer as JSON, for the shared store when the silo runs in another process."""
     return TypeAdapter(type(reply)).dump_json(reply)
 

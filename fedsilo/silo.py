@@ -12,7 +12,7 @@ import torch
 
 from fedsilo.data import Examples, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
-from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef
 from fedsilo.metrics import classification_metrics
 from fedsilo.modeling import build_model, encode, tokenizer_for
 from fedsilo.privacy import dp, pending, secagg
@@ -77,6 +77,10 @@ class SiloParticipant:
         """Evaluate the weights at `ref` on this silo's test split."""
         self._load(ref)
         return self._evaluate_current()
+
+    def evaluate_models(self, models: dict[str, WeightRef]) -> Scores:
+        """Every named model on this silo's test split, in one step."""
+        return Scores(self.silo, {name: self.evaluate(ref) for name, ref in models.items()})
 
     def _evaluate_current(self) -> Evaluation:
         probs = predict(self.model, self.test, EVAL_BATCH_SIZE)

@@ -20,7 +20,14 @@ from fedsilo import artifacts
 from fedsilo.messages import WeightRef, dump_reply
 from fedsilo.scenario import Scenario
 from fedsilo.silo import with_local_data
-from pipelines.tasks import evaluate_silo, fit_with_limits, mask_silo, personalize_silo, prepare_silo
+from pipelines.tasks import (
+    evaluate_silo,
+    fit_with_limits,
+    mask_silo,
+    personalize_silo,
+    prepare_silo,
+    score_silo,
+)
 
 SILO_FLOW = "silo-round"
 DATA_ENV = "FEDSILO_SILO_DATA"
@@ -45,7 +52,7 @@ def local_view(scenario: Scenario, silo: str) -> Scenario:
 def silo_round(
     scenario: Scenario,
     silo: str,
-    action: Literal["prepare", "fit", "mask", "evaluate", "personalize"],
+    action: Literal["prepare", "fit", "mask", "evaluate", "score", "personalize"],
     step: str,
     reply_uri: str,
     weights: WeightRef | None = None,
@@ -56,6 +63,7 @@ def silo_round(
     attempt: int = 0,
     peers: dict[str, str] | None = None,
     out_uri: str = "",
+    models: dict[str, WeightRef] | None = None,
 ) -> str:
     """Run one step for `silo` and write its reply to `reply_uri`; returns that URI."""
     scenario = local_view(scenario, silo)
@@ -65,6 +73,8 @@ def silo_round(
         reply = fit_with_limits(scenario)(scenario, silo, round_index, weights, update_uri, config)
     elif action == "mask":
         reply = mask_silo(scenario, silo, round_index, attempt, peers or {}, update_uri, out_uri)
+    elif action == "score":
+        reply = score_silo(scenario, silo, models or {}, step)
     elif action == "personalize":
         reply = personalize_silo(scenario, silo, weights, steps)
     else:

@@ -16,10 +16,17 @@ from prefect.states import Cancelled
 
 from fedsilo import artifacts
 from fedsilo.federation import JobPaths
-from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef, load_reply
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef, load_reply
 from fedsilo.scenario import Scenario
 from pipelines.silo_flow import SILO_FLOW
-from pipelines.tasks import evaluate_silo, fit_with_limits, mask_silo, personalize_silo, prepare_silo
+from pipelines.tasks import (
+    evaluate_silo,
+    fit_with_limits,
+    mask_silo,
+    personalize_silo,
+    prepare_silo,
+    score_silo,
+)
 
 POLL_SECONDS = 1.0
 
@@ -63,6 +70,11 @@ class EmbeddedSilos:
         self, scenario: Scenario, weights: WeightRef, step: str
     ) -> tuple[list[Evaluation], list[str]]:
         return self._each(scenario, evaluate_silo, lambda silo: (weights, step))
+
+    def evaluate_models(
+        self, scenario: Scenario, models: dict[str, WeightRef], step: str
+    ) -> tuple[list[Scores], list[str]]:
+        return self._each(scenario, score_silo, lambda silo: (models, step))
 
     def personalize(
         self, scenario: Scenario, weights: WeightRef, steps: int
@@ -196,6 +208,12 @@ class DistributedSilos:
     ) -> tuple[list[Evaluation], list[str]]:
         params = {"action": "evaluate", "weights": asdict(weights)}
         return self._call(scenario, Evaluation, f"evaluate-{step}", lambda silo: params)
+
+    def evaluate_models(
+        self, scenario: Scenario, models: dict[str, WeightRef], step: str
+    ) -> tuple[list[Scores], list[str]]:
+        params = {"action": "score", "models": {name: asdict(ref) for name, ref in models.items()}}
+        return self._call(scenario, Scores, f"score-{step}", lambda silo: params)
 
     def personalize(
         self, scenario: Scenario, weights: WeightRef, steps: int

@@ -7,7 +7,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from fedsilo.coordinator import aggregate_round
-from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participant, summarize
 
@@ -69,6 +69,12 @@ def fit_with_limits(scenario: Scenario):
 def evaluate_silo(scenario: Scenario, silo: str, weights: WeightRef, step: str) -> Evaluation:
     """A model (global or champion) on one silo's test split."""
     return participant(scenario, silo).evaluate(weights)
+
+
+@task(name="score-silo", task_run_name="score-{silo}-{step}", cache_policy=NO_CACHE, retries=1)
+def score_silo(scenario: Scenario, silo: str, models: dict[str, WeightRef], step: str) -> Scores:
+    """Several models (each silo's local one) on one silo's test split, in one task."""
+    return participant(scenario, silo).evaluate_models(models)
 
 
 @task(name="personalize-silo", task_run_name="personalize-{silo}", cache_policy=NO_CACHE)

@@ -181,3 +181,39 @@ def test_replies_speak_once_and_only_for_known_silos(tmp_path):
     assert result.rounds == 1 and tracker.rounds[1]["silos_answered"] == 2
     assert tracker.rounds[1]["silos_evaluated"] == 1  # clinic-b's negative confusion matrix is left out
     assert "clinic-b" not in tracker.silos or 1 not in tracker.silos["clinic-b"].get("global_accuracy", {})
+
+
+class Counting(LocalSilos):
+    """Counts how many steps the coordinator asks of each silo, by kind."""
+
+    def __init__(self, paths):
+        super().__init__(paths)
+        self.steps = {"evaluate": 0, "evaluate_models": 0}
+
+    def evaluate(self, scenario, weights, step):
+        self.steps["evaluate"] += 1
+        return super().evaluate(scenario, weights, step)
+
+    def evaluate_models(self, scenario, models, step):
+        self.steps["evaluate_models"] += 1
+        replies, missing = super().evaluate_models(scenario, models, step)
+        replies = [
+            r if r.silo != "clinic-b" else replace(r, models={"(forged)": r.models["clinic-a (local)"]})
+            for r in replies
+        ]
+        return replies, missing
+
+
+def test_the_silo_matrix_is_one_step_per_silo_and_takes_only_known_models(tmp_path):
+    three = "silos=[{name: clinic-a}, {name: clinic-b}, {name: clinic-c}]"
+    silos = Counting(JobPaths.under(tmp_path / "jobs", "job"))
+    _, tracker = run(tmp_path, three, "federation.rounds=1", silos=silos)
+    assert silos.steps == {"evaluate": 2, "evaluate_models": 1}  # rounds 0 and 1, then one matrix step
+    matrix = tracker.matrix
+    assert list(matrix.index) == ["clinic-a (local)", "clinic-b (local)", "clinic-c (local)", "global"]
+    assert matrix.loc["clinic-a (local)"].notna().tolist() == [
+        True,
+        False,
+        True,
+    ]  # clinic-b forged its scores
+    assert matrix.loc["global"].notna().all()
