@@ -300,6 +300,8 @@ class Coordinator:
         missing = sorted(set(missing) | set(rejected))
         self._check_quorum([r.silo for r in reports], step, rejected)
         last = round_index == self.scenario.federation.rounds
+        if last:
+            reports = self._full_local_models(round_index, reports, current)
         self._release(current)
         if not last:  # the last round's local models go on to the silo x silo matrix
             for report in reports:
@@ -324,6 +326,22 @@ class Coordinator:
         } | self._privacy_spent(round_index, spent)
         model_id = self._record(round_index, new, evaluations, reports, extra, meta, missing, spent)
         return new, reports, evaluations, model_id
+
+    def _full_local_models(self, round_index: int, reports: list[FitReport], base: WeightRef):
+        """The reports with each 16-bit change rebuilt into full weights, for the silo x silo matrix."""
+        dtype = self.scenario.federation.transfer_dtype
+        if dtype == "float32":
+            return reports
+        rebuilt = []
+        for report in reports:
+            if report.update is None:
+                rebuilt.append(report)
+                continue
+            uri = self.paths.local_uri(round_index, report.silo)
+            full = self._hold(federation.materialize(report.update, base, dtype, uri))
+            self._release(report.update)
+            rebuilt.append(replace(report, update=full))
+        return rebuilt
 
     def _secure_aggregate(
         self, round_index: int, current: WeightRef, reports: list[FitReport], out_uri: str
@@ -512,7 +530,9 @@ class Coordinator:
         if personalized:
             models["personalized"] = personalized
         metric = self.scenario.evaluation.metric
-        self.tracker.log_silo_matrix(federation.silo_matrix(models, metric, self.scenario.silo_names()), metric)
+        self.tracker.log_silo_matrix(
+            federation.silo_matrix(models, metric, self.scenario.silo_names()), metric
+        )
 
     def _register(self, result: JobResult, model_id: str, candidate: WeightRef, final) -> None:
         promote, reason = self._champion_decision(candidate, final)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from fedsilo import artifacts
+from fedsilo import artifacts, transfer
 from fedsilo.data import order_labels
 from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, WeightRef
 from fedsilo.metrics import union_metrics
@@ -40,6 +40,10 @@ class JobPaths:
 
     def update_uri(self, round_index: int, silo: str) -> str:
         return f"{self.root}/round-{round_index:03d}/{silo}.safetensors"
+
+    def local_uri(self, round_index: int, silo: str) -> str:
+        """A silo's local weights rebuilt from the change it sent (for the silo x silo matrix)."""
+        return f"{self.root}/round-{round_index:03d}/{silo}-local.safetensors"
 
     def masked_uri(self, round_index: int, attempt: int, silo: str) -> str:
         return f"{self.root}/round-{round_index:03d}/masked-{attempt}/{silo}.safetensors"
@@ -116,6 +120,7 @@ class UpdateRules:
     max_norm: float | None = None
     central_dp: CentralDPSpec | None = None  # clip each update, noise the sum (client-level DP)
     clipping_range: float | None = None  # secure aggregation's per-coordinate range; None: off
+    transfer_dtype: str = "float32"  # 16 bits: updates arrive as changes from the global model
 
     @classmethod
     def of(cls, scenario: Scenario, summaries: list[DataSummary]) -> "UpdateRules":
@@ -125,6 +130,7 @@ class UpdateRules:
             scenario.federation.max_update_norm,
             privacy.central_dp,
             privacy.clipping_range if privacy.secure_aggregation else None,
+            scenario.federation.transfer_dtype,
         )
 
     def encoding(self) -> secagg.Encoding:
@@ -158,7 +164,7 @@ def aggregate(
                 )
                 continue
             try:
-                state = read_state(report.update)
+                state = transfer.from_wire(read_state(report.update), global_state, rules.transfer_dtype)
                 check_update(
                     state,
                     report.num_examples,
@@ -212,6 +218,11 @@ def _noised_step(
     for name, value in delta_sum.items():
         average[name] = (current[name].double() + value / total_weight).to(current[name].dtype)
     return strategy.apply(current, average)
+
+
+def materialize(sent: WeightRef, base: WeightRef, dtype: str, out_uri: str) -> WeightRef:
+    """A silo's full weights from what it sent (a 16-bit change from `base`), written to `out_uri`."""
+    return write_state(transfer.from_wire(read_state(sent), read_state(base), dtype), out_uri)
 
 
 def masked_problems(masked: list[MaskedUpdate], current: WeightRef) -> dict[str, str]:

@@ -196,6 +196,13 @@ class FederationSpec(Strict):
         lt=0.5,
         description="trimmed_mean: share of values dropped at each end, per coordinate; default 0.2",
     )
+    transfer_dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        "float32",
+        description=(
+            "how silos send updates: float32 weights, or their change from the global model in 16 bits "
+            "(half the bytes)"
+        ),
+    )
     max_update_norm: float | None = Field(
         None,
         gt=0,
@@ -425,6 +432,11 @@ class Scenario(Strict):
             raise ValueError(
                 f"{option} hides or noises single updates, but federation.strategy {federation.strategy!r} "
                 "needs each one; use a mean-based strategy (fedavg, fedavgm, fedadam, ...)"
+            )
+        if privacy.secure_aggregation and federation.transfer_dtype != "float32":
+            raise ValueError(
+                "federation.transfer_dtype has no effect with privacy.secure_aggregation (masked updates "
+                "are 32-bit integers); set it to float32"
             )
         if privacy.secure_aggregation and self.min_silos < 2:
             raise ValueError(

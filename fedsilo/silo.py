@@ -19,6 +19,7 @@ from fedsilo.privacy import dp, pending, secagg
 from fedsilo.privacy.central import clip_to_norm
 from fedsilo.scenario import Scenario
 from fedsilo.training import FitSettings, Progress, fit, predict
+from fedsilo.transfer import to_wire
 from fedsilo.weights import State, read_state, write_state
 
 EVAL_BATCH_SIZE = 64
@@ -135,7 +136,8 @@ class SiloParticipant:
         if self.scenario.privacy.secure_aggregation:
             public_key, clipped = self._keep_for_masking(global_state, update_uri, config)
         else:
-            update = write_state(self.model.state_dict(), update_uri)
+            wire = to_wire(self.model.state_dict(), global_state, self.scenario.federation.transfer_dtype)
+            update = write_state(wire, update_uri)
         return FitReport(
             self.silo,
             round_index,
