@@ -76,6 +76,16 @@ def delete_state(ref: WeightRef) -> None:
     artifacts.delete(ref.uri)
 
 
+def file_dtypes(ref: WeightRef) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Tensor names, safetensors dtypes ("F32", "I32") and shapes at `ref`, from the header alone
+    for a local file (a remote one is downloaded and verified first)."""
+    with tempfile.TemporaryDirectory() as scratch, safe_open(local_path(ref, scratch), "pt") as handle:
+        return {
+            name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
+            for name in handle.keys()  # noqa: SIM118 (not a dict)
+        }
+
+
 def file_layout(path: str | Path) -> dict[str, tuple[int, ...]]:
     """Tensor names and shapes of a safetensors file, read from its header alone."""
     with safe_open(str(path), "pt") as handle:

@@ -113,9 +113,11 @@ def encode(local: State, current: State, weight: int, encoding: Encoding) -> tup
     delta = torch.cat([(local[n].double() - current[n].double()).flatten() for n in names])
     bound = encoding.clipping_range
     clipped = int((delta.abs() > bound).sum())
-    fixed = torch.round(delta.clamp_(-bound, bound) * (weight * encoding.scale)).to(torch.int64)
-    vector = np.append(fixed.numpy(), weight).astype(np.int64)
-    return (vector % MODULUS).astype(np.uint32), clipped
+    fixed = torch.round(delta.clamp_(-bound, bound).mul_(weight * encoding.scale)).to(torch.int64)
+    vector = np.empty(fixed.numel() + 1, dtype=np.uint32)
+    vector[:-1] = fixed.numpy().astype(np.uint32)  # two's complement: exactly x modulo 2^32
+    vector[-1] = weight
+    return vector, clipped
 
 
 def mask(vector: np.ndarray, masks: np.ndarray) -> np.ndarray:
@@ -127,9 +129,7 @@ def unmask_sum(vectors: list[np.ndarray]) -> np.ndarray:
     total = np.zeros_like(vectors[0], dtype=np.uint32)
     for vector in vectors:
         total += vector
-    signed = total.astype(np.int64)
-    signed[signed >= MODULUS // 2] -= MODULUS
-    return signed
+    return total.view(np.int32)  # read modulo 2^32 as a value in [-2^31, 2^31)
 
 
 def decode_sum(signed: np.ndarray, current: State, encoding: Encoding, max_weight: int) -> tuple[State, int]:
@@ -141,7 +141,7 @@ def decode_sum(signed: np.ndarray, current: State, encoding: Encoding, max_weigh
     total_weight = int(signed[-1])
     if not 0 < total_weight <= max_weight:
         raise SecAggError(f"the unmasked total weight {total_weight} is outside (0, {max_weight}]")
-    values = torch.from_numpy(signed[:-1]).double() / encoding.scale
+    values = torch.from_numpy(signed[:-1]).double().div_(encoding.scale)
     if values.numel() and float(values.abs().max()) > encoding.clipping_range * total_weight * (1 + 1e-9):
         raise SecAggError("a coordinate of the unmasked sum lies outside the clipping range")
     sums, offset = {}, 0
