@@ -31,8 +31,9 @@ from fedsilo import federation
 from fedsilo.artifacts import delete as delete_uri
 from fedsilo.federation import FederationError, JobPaths
 from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef
+from fedsilo.modeling import full_state
 from fedsilo.privacy.accounting import epsilon as dp_epsilon
-from fedsilo.records import JobResult, ResumePoint, RoundRecord
+from fedsilo.records import ADAPTER, JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import initial_state, model_card
 from fedsilo.strategies import Strategy, make_strategy
@@ -94,7 +95,7 @@ class Tracker(Protocol):
 
     def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None: ...
 
-    def champion_weights(self) -> tuple[str, str] | None: ...
+    def champion_weights(self, adapter: bool = False) -> tuple[str, str] | None: ...
 
     def register(self, model_id: str, make_champion: bool, reason: str) -> str | None: ...
 
@@ -452,6 +453,9 @@ class Coordinator:
             with tempfile.TemporaryDirectory() as scratch:
                 extra_files = self._strategy_state_file(scratch)
                 weights = local_path(current, scratch)
+                if self.scenario.model.lora is not None:  # register the merged model, keep the adapters
+                    extra_files[ADAPTER] = weights
+                    weights = self._merged_file(weights, scratch, round_index)
                 model_id = self.tracker.log_global_model(round_index, weights, meta, extra_files)
         self.tracker.log_round(round_index, job, per_silo, model_id)
         record = RoundRecord(
@@ -466,6 +470,17 @@ class Coordinator:
         self.history.append(record)
         self._notify("round_done", record, self.history)
         return model_id
+
+    def _merged_file(self, adapter_path: str, scratch: str, round_index: int) -> str:
+        """Under LoRA, the plain model with the adapters at `adapter_path` merged in, as a file."""
+        shared = load_file(adapter_path)
+        labels = len(self.scenario.data.labels)
+        full = full_state(
+            self.scenario.model, labels, self.input_shape, self.scenario.federation.seed, shared
+        )
+        path = Path(scratch, f"merged-{round_index:03d}.safetensors")
+        path.write_bytes(to_bytes(full))
+        return str(path)
 
     def _strategy_state_file(self, scratch: str) -> dict[str, str]:
         """The strategy's state (momentum, moments) as a file logged with the round's model."""
@@ -564,7 +579,14 @@ class Coordinator:
         if champion is None:
             return True, f"first registered model ({metric} {federation.global_metrics(final)[metric]:.4f})"
         version, path = champion
-        if not same_layout(path, candidate):
+        with tempfile.TemporaryDirectory() as scratch:
+            if self.scenario.model.lora is not None:  # the champion is a merged, plain model
+                merged = self._merged_file(
+                    local_path(candidate, scratch), scratch, self.scenario.federation.rounds
+                )
+                candidate = WeightRef(Path(merged).as_uri(), "", 0)
+            comparable = same_layout(path, candidate)
+        if not comparable:
             if self.scenario.retraining.replace_incompatible_champion:
                 return True, f"champion v{version} has another architecture or label set; replaced"
             return False, (
@@ -583,8 +605,8 @@ class Coordinator:
         pretrained = self._hold(write_state(initial_state(self.scenario, self.input_shape), uri))
         if not self.scenario.retraining.warm_start:
             return pretrained, "pretrained model"
-        try:
-            champion = self.tracker.champion_weights()
+        try:  # a LoRA job starts from the champion's adapters, on the same pretrained encoder
+            champion = self.tracker.champion_weights(adapter=self.scenario.model.lora is not None)
         except Exception as exc:  # registry or artifact store unreachable
             return pretrained, f"pretrained model ({exc})"
         if champion is None:

@@ -101,7 +101,7 @@ class NullTracker:
     def set_tags(self, tags: dict[str, str], silo: str | None = None) -> None:
         pass
 
-    def champion_weights(self) -> None:
+    def champion_weights(self, adapter: bool = False) -> None:
         return None
 
     def register(self, model_id: str, make_champion: bool, reason: str) -> None:

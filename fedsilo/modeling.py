@@ -13,6 +13,7 @@ from fedsilo.scenario import ModelSpec
 from fedsilo.weights import State
 from models import build_bert, build_cnn, load_matching_weights, load_tokenizer
 from models.bert import resolve_source
+from models.lora import adapter_state, is_lora, load_adapter, merged, with_lora
 
 
 class ModelSourceError(Exception):
@@ -96,16 +97,51 @@ def _cnn_checkpoint(source: str) -> State:
 
 
 def build_model(spec: ModelSpec, num_labels: int, input_shape: tuple[int, ...], seed: int) -> torch.nn.Module:
-    """The shared model at its pretrained starting point; the same seed gives the same weights."""
+    """The shared model at its pretrained starting point; the same seed gives the same weights
+    (and the same fresh adapters under `model.lora`)."""
     if spec.kind == "bert":
         try:
-            return build_bert(spec.source, num_labels, seed)
+            model = build_bert(spec.source, num_labels, seed)
         except OSError as exc:
             raise ModelSourceError(
                 f"model.source {resolve_source(spec.source)!r} could not be loaded ({exc})"
             ) from None
+        if spec.lora is None:
+            return model
+        lora = spec.lora
+        return with_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed)
     channels, size = input_shape[0], input_shape[-1]
     model = build_cnn(channels, size, num_labels, seed)
     if spec.source != "random":
         load_matching_weights(model, _cnn_checkpoint(spec.source))
     return model
+
+
+def shared_state(model: torch.nn.Module) -> State:
+    """What a silo trains and exchanges: the whole state, or the adapters and head under LoRA."""
+    return adapter_state(model) if is_lora(model) else model.state_dict()
+
+
+def load_shared(model: torch.nn.Module, state: State) -> None:
+    """Put what `shared_state` gives back into the model (strict: every tensor, nothing else)."""
+    if is_lora(model):
+        load_adapter(model, state)
+    else:
+        model.load_state_dict(state)
+
+
+def plain_spec(spec: ModelSpec) -> ModelSpec:
+    """The spec of the model a LoRA model merges into (the same spec without adapters)."""
+    return spec.model_copy(update={"lora": None})
+
+
+def full_state(
+    spec: ModelSpec, num_labels: int, input_shape: tuple[int, ...], seed: int, shared: State
+) -> State:
+    """The weights of the plain model: `shared` itself, or under LoRA the pretrained model with the
+    adapters in `shared` merged in (what is registered and served)."""
+    if spec.lora is None:
+        return shared
+    model = build_model(spec, num_labels, input_shape, seed)
+    load_adapter(model, shared)
+    return merged(model).state_dict()

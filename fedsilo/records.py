@@ -4,6 +4,8 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+ADAPTER = "lora_adapter.safetensors"  # logged with a LoRA job's merged model: what silos exchange
+
 
 @dataclass
 class RoundRecord:

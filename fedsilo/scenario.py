@@ -21,6 +21,19 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf or .nan is never a setting
 
 
+class LoraSpec(Strict):
+    """LoRA adapters (peft) on a BERT-family encoder: silos train and exchange only these."""
+
+    r: int = Field(8, ge=1, le=256, description="rank of each adapter")
+    alpha: int = Field(16, ge=1, description="scaling numerator: the adapter output is scaled by alpha / r")
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapters' input")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["query", "value"],
+        min_length=1,
+        description="names of the Linear layers that get adapters (BERT: query, key, value, dense)",
+    )
+
+
 class ModelSpec(Strict):
     """The shared model every silo fine-tunes."""
 
@@ -35,14 +48,23 @@ class ModelSpec(Strict):
         ),
     )
     max_length: int = Field(128, ge=8, le=512, description="bert: tokens kept per text")
-    lora: bool = Field(False, description="LoRA adapters (not available yet: keep false)")
+    lora: LoraSpec | None = Field(
+        None, description="bert: train and exchange LoRA adapters and the head only; null: the whole model"
+    )
 
-    @field_validator("lora")
+    @field_validator("lora", mode="before")
     @classmethod
-    def _lora_not_yet(cls, value: bool) -> bool:
-        if value:
-            raise ValueError("LoRA is not available yet; set model.lora to false")
-        return value
+    def _lora_switch(cls, value: Any) -> Any:
+        """`lora: true` takes the defaults and `lora: false` turns it off, as in older scenarios."""
+        if value is True:
+            return {}
+        return None if value is False else value
+
+    @model_validator(mode="after")
+    def _lora_needs_bert(self) -> "ModelSpec":
+        if self.lora is not None and self.kind != "bert":
+            raise ValueError("model.lora applies to model.kind 'bert'; remove it for the CNN")
+        return self
 
 
 class GeneratedSource(Strict):

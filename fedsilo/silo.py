@@ -14,7 +14,15 @@ from fedsilo.data import Examples, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
 from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef
 from fedsilo.metrics import classification_metrics
-from fedsilo.modeling import build_model, encode, tokenizer_for
+from fedsilo.modeling import (
+    build_model,
+    encode,
+    is_lora,
+    load_shared,
+    plain_spec,
+    shared_state,
+    tokenizer_for,
+)
 from fedsilo.privacy import dp, pending, secagg
 from fedsilo.privacy.central import clip_to_norm
 from fedsilo.scenario import Scenario
@@ -65,26 +73,43 @@ class SiloParticipant:
         tokenizer = tokenizer_for(scenario.model)
         self.train = encode(data.train, self.labels, scenario.model, silo, tokenizer)
         self.test = encode(data.test, self.labels, scenario.model, silo, tokenizer)
-        self.model = pretrained_model(scenario, len(self.labels), data.train.input_shape)
+        self.input_shape = data.train.input_shape
+        self.model = pretrained_model(scenario, len(self.labels), self.input_shape)
+        self._plain: torch.nn.Module | None = None  # under LoRA, for full weights (a champion)
 
     @property
     def num_examples(self) -> int:
         return len(self.train)
 
     def _load(self, ref: WeightRef) -> None:
-        self.model.load_state_dict(read_state(ref))
+        load_shared(self.model, read_state(ref))
 
     def evaluate(self, ref: WeightRef) -> Evaluation:
-        """Evaluate the weights at `ref` on this silo's test split."""
-        self._load(ref)
+        """Evaluate the weights at `ref` on this silo's test split: what silos exchange, or under
+        LoRA also a plain model's full weights (a registered champion, merged)."""
+        state = read_state(ref)
+        if is_lora(self.model) and not any("lora_" in name for name in state):
+            plain = self._plain_model()
+            plain.load_state_dict(state)
+            return self._evaluate_with(plain)
+        load_shared(self.model, state)
         return self._evaluate_current()
+
+    def _plain_model(self) -> torch.nn.Module:
+        if self._plain is None:
+            spec, seed = plain_spec(self.scenario.model), self.scenario.federation.seed
+            self._plain = build_model(spec, len(self.labels), self.input_shape, seed)
+        return self._plain
 
     def evaluate_models(self, models: dict[str, WeightRef]) -> Scores:
         """Every named model on this silo's test split, in one step."""
         return Scores(self.silo, {name: self.evaluate(ref) for name, ref in models.items()})
 
     def _evaluate_current(self) -> Evaluation:
-        probs = predict(self.model, self.test, EVAL_BATCH_SIZE)
+        return self._evaluate_with(self.model)
+
+    def _evaluate_with(self, model: torch.nn.Module) -> Evaluation:
+        probs = predict(model, self.test, EVAL_BATCH_SIZE)
         return Evaluation(self.silo, **classification_metrics(self.test.labels.numpy(), probs))
 
     def _settings(self, seed_key: int, steps: int | None, config: dict[str, float]) -> FitSettings:
@@ -126,7 +151,7 @@ class SiloParticipant:
             except dp.PrivacyBudgetExhausted as exc:
                 return self._declined(round_index, str(exc), plan.epsilon_after(round_index - 1), started)
         global_state = read_state(ref)
-        self.model.load_state_dict(global_state)
+        load_shared(self.model, global_state)
         if plan is not None:
             train_loss = dp.dp_fit(self.model, self.train, settings, plan, progress)
         else:
@@ -136,7 +161,7 @@ class SiloParticipant:
         if self.scenario.privacy.secure_aggregation:
             public_key, clipped = self._keep_for_masking(global_state, update_uri, config)
         else:
-            wire = to_wire(self.model.state_dict(), global_state, self.scenario.federation.transfer_dtype)
+            wire = to_wire(shared_state(self.model), global_state, self.scenario.federation.transfer_dtype)
             update = write_state(wire, update_uri)
         return FitReport(
             self.silo,
@@ -168,7 +193,7 @@ class SiloParticipant:
     def _keep_for_masking(self, global_state: State, update_uri: str, config: dict) -> tuple[str, int]:
         """Check, clip and encode this silo's update and keep it, with a fresh key pair, on the
         silo's own disk; returns the public key and how many coordinates were clipped."""
-        privacy, local = self.scenario.privacy, self.model.state_dict()
+        privacy, local = self.scenario.privacy, shared_state(self.model)
         if not all(bool(t.isfinite().all()) for t in local.values() if t.is_floating_point()):
             raise secagg.SecAggError(f"silo {self.silo}: local training produced NaN or infinite weights")
         norm_bounds = [privacy.central_dp.clipping_norm] if privacy.central_dp else []
@@ -234,8 +259,10 @@ def model_card(scenario: Scenario, input_shape: tuple[int, ...]) -> dict:
 
     `scenario` has its labels resolved (see federation.with_labels); no silo data is read.
     """
+    spec = scenario.model
     return {
-        "model": scenario.model.model_dump(),
+        "model": plain_spec(spec).model_dump(),  # what is logged is a plain model, adapters merged
+        "lora": spec.lora.model_dump() if spec.lora else None,
         "labels": list(scenario.data.labels),
         "input_shape": list(input_shape),
     }
@@ -248,4 +275,4 @@ def pretrained_model(scenario: Scenario, num_labels: int, input_shape: tuple[int
 
 def initial_state(scenario: Scenario, input_shape: tuple[int, ...]) -> State:
     """The global model before round 1, built by the coordinator from the model spec alone."""
-    return pretrained_model(scenario, len(scenario.data.labels), input_shape).state_dict()
+    return shared_state(pretrained_model(scenario, len(scenario.data.labels), input_shape))

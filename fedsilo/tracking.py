@@ -30,7 +30,7 @@ from mlflow.exceptions import MlflowException
 from fedsilo.artifacts import download_model
 from fedsilo.messages import DataSummary
 from fedsilo.plots import accuracy_by_round, silo_matrix_heatmap
-from fedsilo.records import ResumePoint, RoundRecord
+from fedsilo.records import ADAPTER, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario, flatten
 
 ROLE, SILO = "fedsilo.role", "fedsilo.silo"
@@ -38,6 +38,7 @@ CHAMPION = "champion"
 MATRIX_TABLE = "silo_matrix.json"
 SCENARIO_FILE = "scenario.yaml"
 STRATEGY_STATE = "strategy_state.safetensors"
+
 # Model training, not GenAI: the MLflow UI then opens the experiment on its runs table.
 KIND_TAG = "mlflow.experimentKind"
 KIND = {KIND_TAG: "custom_model_development"}
@@ -148,7 +149,8 @@ class FederationTracker:
                 "(it needs tracking.log_models: true)"
             )
         last = completed[-1]
-        weights, state = logged_model_files(f"models:/{by_round[last]}")
+        weights, state, adapter = logged_model_files(f"models:/{by_round[last]}")
+        weights = adapter or weights  # a LoRA job goes on from its adapters, not the merged model
         history = self._history_until(last)
         for run_id in [self.parent_id, *self.silo_runs.values()]:
             self.client.update_run(run_id, status="RUNNING")
@@ -313,14 +315,17 @@ class FederationTracker:
             ) from exc
         return version.version, version.source
 
-    def champion_weights(self) -> tuple[str, str] | None:
-        """(version, local weights file) of the champion, or None; raises when it cannot be read."""
+    def champion_weights(self, adapter: bool = False) -> tuple[str, str] | None:
+        """(version, local weights file) of the champion, or None; raises when it cannot be read.
+        With `adapter`, the LoRA adapters logged with it when it has them (what a LoRA job starts
+        from), else its weights."""
         registered = self.champion()
         if registered is None:
             return None
         version, model_uri = registered
         try:
-            return version, model_weights_path(model_uri)
+            weights, _, adapters = logged_model_files(model_uri)
+            return version, (adapters or weights) if adapter else weights
         except Exception as exc:  # artifact store unreachable, files missing
             raise LookupError(f"champion v{version} could not be read ({exc})") from exc
 
@@ -437,15 +442,16 @@ def _version(package: str) -> str:
     return version(package)
 
 
-def logged_model_files(model_uri: str) -> tuple[str, str | None]:
-    """Local paths of a logged global model's weights and of the strategy state saved with it
-    (None when the strategy keeps none); model URI: models:/<model_id>."""
+def logged_model_files(model_uri: str) -> tuple[str, str | None, str | None]:
+    """Local paths of a logged global model's weights, of the strategy state saved with it and of
+    its LoRA adapters (None when there are none); model URI: models:/<model_id>."""
     files = sorted(Path(download_model(model_uri)).rglob("*.safetensors"))
-    weights = [f for f in files if f.name != STRATEGY_STATE]
+    weights = [f for f in files if f.name not in (STRATEGY_STATE, ADAPTER)]
     if not weights:
         raise LookupError(f"{model_uri} holds no weights file")
-    state = next((f for f in files if f.name == STRATEGY_STATE), None)
-    return str(weights[0]), str(state) if state else None
+    state = next((str(f) for f in files if f.name == STRATEGY_STATE), None)
+    adapter = next((str(f) for f in files if f.name == ADAPTER), None)
+    return str(weights[0]), state, adapter
 
 
 def model_weights_path(model_uri: str) -> str:

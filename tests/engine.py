@@ -19,10 +19,14 @@ class Recorder(NullTracker):
         super().__init__()
         self.models: dict[int, State] = {}
         self.extra: dict[int, list[str]] = {}
+        self.extra_tensors: dict[int, dict[str, State]] = {}
+        self.meta: dict = {}
 
     def log_global_model(self, round_index, weights_path, meta, extra_files):
         self.models[round_index] = load_file(weights_path)
         self.extra[round_index] = sorted(extra_files)
+        self.extra_tensors[round_index] = {name: load_file(path) for name, path in extra_files.items()}
+        self.meta = meta
         return f"m-{round_index}"
 
 

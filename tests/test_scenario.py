@@ -60,8 +60,14 @@ def test_cross_field_rules():
         validate_scenario({**MINIMAL, "federation": {"min_silos": 3}})
     with pytest.raises(ScenarioError, match="unique"):
         validate_scenario({**MINIMAL, "silos": [{"name": "a"}, {"name": "a"}]})
-    with pytest.raises(ScenarioError, match="LoRA is not available"):
-        validate_scenario({**MINIMAL, "model": {"kind": "bert", "lora": True}})
+    assert validate_scenario({**MINIMAL, "model": {"kind": "bert", "lora": True}}).model.lora.r == 8
+    assert validate_scenario({**MINIMAL, "model": {"kind": "bert", "lora": False}}).model.lora is None
+    with pytest.raises(ScenarioError, match="model.lora applies to model.kind 'bert'"):
+        validate_scenario({**MINIMAL, "model": {"kind": "cnn", "lora": {"r": 4}}})
+    with pytest.raises(ScenarioError, match="retraining.warm_start"):
+        validate_scenario(
+            {**MINIMAL, "model": {"kind": "bert", "lora": {}}, "retraining": {"warm_start": True}}
+        )
     with pytest.raises(ScenarioError, match="needs image data"):
         validate_scenario({**MINIMAL, "model": {"kind": "cnn"}})
 
