@@ -7,7 +7,8 @@ SCENARIO ?= scenarios/medical.yaml
 MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup run test lint format ui clean system-deps image bench bench-quality-full
+.PHONY: setup run test lint format ui clean system-deps image bench bench-quality-full bench-privacy \
+	bench-efficiency
 
 setup: $(STAMP)
 
@@ -51,6 +52,17 @@ bench-quality-full: setup
 		--strategies fedavg fedavgm fedprox
 	$(PY) -m bench.quality --dataset sms-spam --partitions iid 0.5 --silos 3 \
 		--strategies fedavg fedavgm fedprox
+
+# BENCHMARKS.md section 6: secure aggregation's cost, accuracy against epsilon (about 40 minutes).
+bench-privacy: setup
+	$(PY) -m bench.privacy secagg
+	$(PY) -m bench.privacy dp --dataset pneumonia
+	$(PY) -m bench.privacy dp --dataset sms-spam
+	$(PY) -m bench.privacy central --dataset pneumonia --noise 0.01 0.03 0.1 0.3 1.0
+
+# LoRA adapters and bf16 updates against full float32 updates (about 30 minutes).
+bench-efficiency: setup
+	$(PY) -m bench.efficiency
 
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
