@@ -28,7 +28,6 @@ from typing import Protocol
 from safetensors.torch import load_file
 
 from fedsilo import federation
-from fedsilo.artifacts import delete as delete_uri
 from fedsilo.federation import FederationError, JobPaths
 from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef
 from fedsilo.modeling import full_state
@@ -37,7 +36,15 @@ from fedsilo.records import ADAPTER, JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import initial_state, model_card
 from fedsilo.strategies import Strategy, make_strategy
-from fedsilo.weights import copy_file, delete_state, local_path, same_layout, to_bytes, write_state
+from fedsilo.weights import (
+    copy_file,
+    delete_state,
+    delete_uri,
+    local_path,
+    same_layout,
+    to_bytes,
+    write_state,
+)
 
 Answers = tuple[list, list[str]]  # the replies that came, the names of the silos that did not answer
 

@@ -87,14 +87,15 @@ def input_shape(summaries: list[DataSummary]) -> tuple[int, ...]:
 
 
 def exchange_root(scenario: Scenario, run_artifacts: Callable[[str], str]) -> str:
-    """Where a job's weights cross: the scenario's store, else a local folder (embedded) or the
-    job's MLflow run artifacts (distributed; `run_artifacts(folder)` gives their URI)."""
+    """Where a job's weights cross: the scenario's store, else the job's MLflow run artifacts
+    (distributed; `run_artifacts(folder)` gives their URI) or, embedded, this process's memory
+    (FEDSILO_WORKDIR names a folder instead)."""
     chosen = scenario.federation.exchange or os.environ.get("FEDSILO_EXCHANGE")
     if chosen:
         return chosen
     if scenario.federation.mode == "distributed":
         return run_artifacts("exchange")
-    return os.environ.get("FEDSILO_WORKDIR", ".fedsilo/jobs")
+    return os.environ.get("FEDSILO_WORKDIR") or "memory://fedsilo/jobs"
 
 
 def check_quorum(

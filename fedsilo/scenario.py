@@ -263,6 +263,11 @@ class FederationSpec(Strict):
     def _settings_fit_the_strategy(self) -> "FederationSpec":
         if self.local_epochs is not None and self.local_steps is not None:
             raise ValueError("set local_epochs or local_steps, not both")
+        if self.mode == "distributed" and (self.exchange or "").startswith("memory://"):
+            raise ValueError(
+                "exchange memory:// lives in one process; distributed silos need a store they all reach "
+                "(a shared folder, s3://...) or no exchange (the job's MLflow artifacts)"
+            )
         from fedsilo.strategies import STRATEGIES
 
         used = STRATEGIES[self.strategy].fields

@@ -1,7 +1,11 @@
 """Weights as safetensors bytes at a URI, with a sha256 checksum the receiver verifies.
 
 Tasks exchange WeightRef records (URI + checksum), never tensors, so the same code works when
-the store is a local folder (embedded) or a shared artifact store (distributed).
+the store is a local folder, a shared artifact store (distributed) or this process's memory.
+
+`memory://` URIs (embedded mode's default exchange) hold a snapshot of the tensors in this
+process: no serialisation, no hashing, no file. Nothing crosses a process boundary there, so a
+checksum would verify nothing; what MLflow logs is still written as a file.
 """
 
 import hashlib
@@ -18,6 +22,24 @@ from fedsilo import artifacts
 from fedsilo.messages import WeightRef
 
 State = dict[str, torch.Tensor]
+MEMORY = "memory://"
+_in_memory: dict[str, State] = {}  # memory:// URI -> snapshot; readers must not modify it
+_SAFETENSORS_DTYPES = {
+    torch.float64: "F64",
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.int64: "I64",
+    torch.int32: "I32",
+    torch.int16: "I16",
+    torch.int8: "I8",
+    torch.uint8: "U8",
+    torch.bool: "BOOL",
+}
+
+
+def in_memory(uri: str) -> bool:
+    return uri.startswith(MEMORY)
 
 
 class ChecksumError(Exception):
@@ -35,17 +57,29 @@ def _publish(payload: bytes, uri: str) -> WeightRef:
 
 
 def write_state(state: State, uri: str) -> WeightRef:
-    """Write weights to the shared store (a folder, s3://, mlflow-artifacts:/) and return their reference."""
+    """Write weights to the shared store (a folder, s3://, mlflow-artifacts:/, memory://) and
+    return their reference."""
+    if in_memory(uri):
+        snapshot = {name: t.detach().to("cpu", copy=True) for name, t in state.items()}
+        _in_memory[uri] = snapshot
+        return WeightRef(uri, "", sum(t.numel() * t.element_size() for t in snapshot.values()))
     return _publish(to_bytes(state), uri)
 
 
 def copy_file(path: str | Path, uri: str) -> WeightRef:
     """Publish a safetensors file (e.g. a registered model's weights) at `uri` in the shared store."""
+    if in_memory(uri):
+        return write_state(load_bytes(Path(path).read_bytes()), uri)
     return _publish(Path(path).read_bytes(), uri)
 
 
 def local_path(ref: WeightRef, scratch: str | Path | None = None) -> str:
-    """A filesystem path holding the weights: the file itself when local, else a verified download."""
+    """A filesystem path holding the weights: the file itself when local, else a verified download
+    (weights in memory are written out)."""
+    if in_memory(ref.uri):
+        target = Path(scratch or tempfile.mkdtemp(prefix="fedsilo-")) / Path(ref.uri).name
+        target.write_bytes(to_bytes(read_state(ref)))
+        return str(target)
     if not ref.uri.startswith(artifacts.MLFLOW_SCHEMES):
         fs, path = fsspec.core.url_to_fs(ref.uri)
         if "file" in fs.protocol:
@@ -68,17 +102,32 @@ def _verified(ref: WeightRef) -> bytes:
 
 def read_state(ref: WeightRef) -> State:
     """Read weights and verify their checksum; a mismatch raises ChecksumError naming the URI."""
+    if in_memory(ref.uri):
+        try:
+            return dict(_in_memory[ref.uri])
+        except KeyError:
+            raise FileNotFoundError(f"no weights at {ref.uri} in this process") from None
     return load_bytes(_verified(ref))
 
 
 def delete_state(ref: WeightRef) -> None:
     """Remove weights that are no longer needed (a consumed silo update, an old global)."""
-    artifacts.delete(ref.uri)
+    delete_uri(ref.uri)
+
+
+def delete_uri(uri: str) -> None:
+    """Remove whatever is at `uri`, if anything (in memory or in the store)."""
+    if in_memory(uri):
+        _in_memory.pop(uri, None)
+    else:
+        artifacts.delete(uri)
 
 
 def file_dtypes(ref: WeightRef) -> dict[str, tuple[str, tuple[int, ...]]]:
     """Tensor names, safetensors dtypes ("F32", "I32") and shapes at `ref`, from the header alone
     for a local file (a remote one is downloaded and verified first)."""
+    if in_memory(ref.uri):
+        return {n: (_SAFETENSORS_DTYPES[t.dtype], tuple(t.shape)) for n, t in read_state(ref).items()}
     with tempfile.TemporaryDirectory() as scratch, safe_open(local_path(ref, scratch), "pt") as handle:
         return {
             name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
@@ -94,5 +143,7 @@ def file_layout(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 def same_layout(path: str | Path, ref: WeightRef) -> bool:
     """Whether the weights file at `path` fits the model whose weights `ref` holds (same names, shapes)."""
+    if in_memory(ref.uri):
+        return file_layout(path) == {n: tuple(t.shape) for n, t in read_state(ref).items()}
     with tempfile.TemporaryDirectory() as scratch:  # only used when `ref` is not a local file
         return file_layout(path) == file_layout(local_path(ref, scratch))

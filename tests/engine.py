@@ -30,9 +30,11 @@ class Recorder(NullTracker):
         return f"m-{round_index}"
 
 
-def run(tmp_path, *overrides, silos=None, reporters=()):
+def run(tmp_path, *overrides, silos=None, reporters=(), exchange=None):
+    """The smoke scenario with `overrides`, through the engine; weights cross through a folder
+    under `tmp_path` unless `exchange` names another store (memory://...)."""
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", list(overrides))
-    paths = JobPaths.under(tmp_path / "jobs", "job")
+    paths = JobPaths.under(exchange or tmp_path / "jobs", "job")
     tracker = Recorder()
     try:
         coordinator = Coordinator(scenario, "job", silos or LocalSilos(paths), tracker, paths, reporters)

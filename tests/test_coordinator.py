@@ -217,3 +217,15 @@ def test_the_silo_matrix_is_one_step_per_silo_and_takes_only_known_models(tmp_pa
         True,
     ]  # clinic-b forged its scores
     assert matrix.loc["global"].notna().all()
+
+
+def test_weights_in_memory_give_the_same_job_as_files_and_leave_nothing_behind(tmp_path):
+    from fedsilo import weights
+
+    _, on_disk = run(tmp_path / "files")
+    _, in_memory = run(tmp_path / "memory", exchange="memory://tests")
+    for round_index, model in on_disk.models.items():
+        for name, tensor in model.items():
+            assert torch.equal(in_memory.models[round_index][name], tensor), (round_index, name)
+    assert in_memory.matrix.equals(on_disk.matrix)
+    assert not [uri for uri in weights._in_memory if uri.startswith("memory://tests/")]
