@@ -38,6 +38,10 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+_RECENTLY_WRITTEN = 2  # weights this process wrote to a remote store, kept to read back locally
+_written: dict[str, tuple[str, bytes]] = {}  # uri -> (sha256, payload), oldest first
+
+
 def in_memory(uri: str) -> bool:
     return uri.startswith(MEMORY)
 
@@ -53,7 +57,13 @@ def to_bytes(state: State) -> bytes:
 
 def _publish(payload: bytes, uri: str) -> WeightRef:
     artifacts.write_bytes(uri, payload)
-    return WeightRef(uri, hashlib.sha256(payload).hexdigest(), len(payload))
+    ref = WeightRef(uri, hashlib.sha256(payload).hexdigest(), len(payload))
+    if artifacts.is_url(uri) and not uri.startswith("file:"):  # the coordinator reads its own
+        _written.pop(uri, None)  # uploads back (the next round's global): keep the last few here
+        _written[uri] = (ref.sha256, payload)
+        while len(_written) > _RECENTLY_WRITTEN:
+            _written.pop(next(iter(_written)))
+    return ref
 
 
 def write_state(state: State, uri: str) -> WeightRef:
@@ -90,6 +100,9 @@ def local_path(ref: WeightRef, scratch: str | Path | None = None) -> str:
 
 
 def _verified(ref: WeightRef) -> bytes:
+    kept = _written.get(ref.uri)
+    if kept is not None and kept[0] == ref.sha256:  # written by this process, not downloaded again
+        return kept[1]
     payload = artifacts.read_bytes(ref.uri)
     digest = hashlib.sha256(payload).hexdigest()
     if digest != ref.sha256:
@@ -120,6 +133,7 @@ def delete_uri(uri: str) -> None:
     if in_memory(uri):
         _in_memory.pop(uri, None)
     else:
+        _written.pop(uri, None)
         artifacts.delete(uri)
 
 

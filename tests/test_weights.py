@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from fedsilo.messages import WeightRef
 from fedsilo.weights import ChecksumError, copy_file, delete_state, local_path, read_state, write_state
 
 
@@ -37,3 +38,20 @@ def test_a_ref_knows_its_size_and_a_published_copy_has_the_same_checksum(tmp_pat
     copy = copy_file(path, (tmp_path / "shared" / "c.safetensors").as_uri())
     assert (copy.sha256, copy.size) == (ref.sha256, ref.size)
     assert local_path(ref) == str(path)
+
+
+def test_weights_this_process_uploaded_are_read_back_without_a_download(tmp_path, monkeypatch):
+    from fedsilo import artifacts
+
+    state = {"w": torch.arange(4.0)}
+    uri = "memory-store://bucket/global-001.safetensors"  # any remote URL scheme fsspec knows
+    stored = {}
+    monkeypatch.setattr(artifacts, "write_bytes", lambda u, payload: stored.__setitem__(u, payload))
+    monkeypatch.setattr(
+        artifacts, "read_bytes", lambda u: (_ for _ in ()).throw(AssertionError("downloaded"))
+    )
+    ref = write_state(state, uri)
+    assert torch.equal(read_state(ref)["w"], state["w"])
+    other = WeightRef(uri, "0" * 64, ref.size)  # a reference to other bytes at that URI is not served
+    with pytest.raises(AssertionError, match="downloaded"):
+        read_state(other)
