@@ -591,7 +591,7 @@ class Coordinator:
                 merged = self._merged_file(
                     local_path(candidate, scratch), scratch, self.scenario.federation.rounds
                 )
-                candidate = WeightRef(Path(merged).as_uri(), "", 0)
+                candidate = WeightRef(Path(merged).as_uri(), "", Path(merged).stat().st_size)
             comparable = same_layout(path, candidate)
         if not comparable:
             if self.scenario.retraining.replace_incompatible_champion:

@@ -9,6 +9,7 @@ checksum would verify nothing; what MLflow logs is still written as a file.
 """
 
 import hashlib
+import json
 import tempfile
 from pathlib import Path
 
@@ -138,15 +139,29 @@ def delete_uri(uri: str) -> None:
 
 
 def file_dtypes(ref: WeightRef) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Tensor names, safetensors dtypes ("F32", "I32") and shapes at `ref`, from the header alone
-    for a local file (a remote one is downloaded and verified first)."""
+    """Tensor names, safetensors dtypes ("F32", "I32") and shapes at `ref`, from the safetensors
+    header alone: 8 bytes of length and a JSON header, read with two ranged reads where the store
+    has them (a folder, s3://, gs://). MLflow's artifact store serves whole files only."""
     if in_memory(ref.uri):
         return {n: (_SAFETENSORS_DTYPES[t.dtype], tuple(t.shape)) for n, t in read_state(ref).items()}
-    with tempfile.TemporaryDirectory() as scratch, safe_open(local_path(ref, scratch), "pt") as handle:
-        return {
-            name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
-            for name in handle.keys()  # noqa: SIM118 (not a dict)
-        }
+    if ref.uri.startswith(artifacts.MLFLOW_SCHEMES) or ref.uri in _written:
+        header = _header_of(_verified(ref))
+    else:
+        with fsspec.open(ref.uri, "rb") as handle:
+            length = int.from_bytes(handle.read(8), "little")
+            if length > ref.size:  # not a safetensors file; reading on would fetch anything
+                raise ValueError(f"{ref.uri} is not a safetensors file")
+            header = json.loads(handle.read(length))
+    return {
+        name: (entry["dtype"], tuple(entry["shape"]))
+        for name, entry in header.items()
+        if name != "__metadata__"
+    }
+
+
+def _header_of(payload: bytes) -> dict:
+    length = int.from_bytes(payload[:8], "little")
+    return json.loads(payload[8 : 8 + length])
 
 
 def file_layout(path: str | Path) -> dict[str, tuple[int, ...]]:
@@ -156,8 +171,6 @@ def file_layout(path: str | Path) -> dict[str, tuple[int, ...]]:
 
 
 def same_layout(path: str | Path, ref: WeightRef) -> bool:
-    """Whether the weights file at `path` fits the model whose weights `ref` holds (same names, shapes)."""
-    if in_memory(ref.uri):
-        return file_layout(path) == {n: tuple(t.shape) for n, t in read_state(ref).items()}
-    with tempfile.TemporaryDirectory() as scratch:  # only used when `ref` is not a local file
-        return file_layout(path) == file_layout(local_path(ref, scratch))
+    """Whether the weights file at `path` fits the model whose weights `ref` holds (same names,
+    shapes), from both headers."""
+    return file_layout(path) == {name: shape for name, (_, shape) in file_dtypes(ref).items()}
