@@ -100,7 +100,7 @@ def main() -> None:
         "--datasets", nargs="+", default=["sms-spam", "twitter-finance"], choices=sorted(DATASETS)
     )
     parser.add_argument("--partitions", nargs="+", default=["iid", "0.5"])
-    parser.add_argument("--lora-learning-rate", type=float, default=1e-3)
+    parser.add_argument("--lora-learning-rate", type=float, default=3e-3)
     args = parser.parse_args()
     logging.getLogger("fedsilo").setLevel(logging.WARNING)
     start(BENCH)
