@@ -3,8 +3,9 @@
 It is given three small things and owns everything else (the shape of Flower's
 `Strategy.start(grid)`):
 
-- `Silos` answers prepare / fit / evaluate / personalize with the silos' replies and the names of
-  those that did not answer: in this process (`fedsilo.local.LocalSilos`), as Prefect tasks, or as
+- `Silos` answers prepare / fit / mask (secure aggregation) / evaluate / evaluate_models (the silo
+  x silo matrix, one step per silo) / personalize with the silos' replies and the names of those
+  that did not answer: in this process (`fedsilo.local.LocalSilos`), as Prefect tasks, or as
   flow runs on the silos' own workers (`pipelines/silos.py`);
 - `Tracker` records the job (MLflow in `fedsilo.tracking`, nothing in `fedsilo.local.NullTracker`) and holds
   the registry the champion decision reads;
