@@ -245,7 +245,7 @@ class FederationSpec(Strict):
         None,
         description=(
             "where weights cross: a folder or fsspec URL (s3://...) every participant can reach. "
-            "Default: .fedsilo/jobs (embedded), the job's MLflow run artifacts (distributed)"
+            "Default: this process's memory (embedded), the job's MLflow run artifacts (distributed)"
         ),
     )
     silo_pickup_seconds: float = Field(
