@@ -33,6 +33,27 @@ from fedsilo.plots import accuracy_by_round, silo_matrix_heatmap
 from fedsilo.records import ADAPTER, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario, flatten
 
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # fedsilo/ and models/ ship inside each logged model
+# What loading a logged model imports, pinned to this environment's versions: fedsilo itself is
+# not on any package index, so its code travels with the model (code_paths) instead.
+_SERVING_PACKAGES = (
+    "torch",
+    "transformers",
+    "tokenizers",
+    "safetensors",
+    "pydantic",
+    "pyyaml",
+    "pandas",
+    "numpy",
+    "fsspec",
+    "scikit-learn",
+)
+
+
+def serving_requirements() -> list[str]:
+    return [f"{name}=={_version(name)}" for name in _SERVING_PACKAGES]
+
+
 ROLE, SILO = "fedsilo.role", "fedsilo.silo"
 CHAMPION = "champion"
 MATRIX_TABLE = "silo_matrix.json"
@@ -249,11 +270,8 @@ class FederationTracker:
                     local,
                     python_model=str(Path(__file__).with_name("mlflow_model.py")),
                     artifacts={"weights": weights_path, "meta": str(meta_path)},
-                    pip_requirements=[
-                        "fedsilo",
-                        f"torch=={_version('torch')}",
-                        f"transformers=={_version('transformers')}",
-                    ],
+                    pip_requirements=serving_requirements(),
+                    code_paths=[str(PACKAGE_ROOT / "fedsilo"), str(PACKAGE_ROOT / "models")],
                     mlflow_model=mlflow.models.Model(model_id=model.model_id, run_id=self.parent_id),
                 )
             for name, path in (extra_files or {}).items():

@@ -73,3 +73,35 @@ def test_no_champion_only_when_the_registry_says_so(mlflow_store, monkeypatch):
     tracker.client = MlflowClient("http://127.0.0.1:9")  # nothing listens there
     with pytest.raises(LookupError, match="could not say"):
         tracker.champion()
+
+
+HIDE_FEDSILO = """
+import sys
+sys.meta_path = [f for f in sys.meta_path if not type(f).__module__.startswith("__editable__")]
+sys.path = [p for p in sys.path if p not in ("", {repo!r})]
+try:
+    import fedsilo  # noqa: F401
+except ImportError:
+    pass
+else:
+    raise SystemExit("fedsilo is still importable: the test would prove nothing")
+import mlflow
+model = mlflow.pyfunc.load_model({uri!r})
+print("PREDICTED", model.predict(["Pt 40M c/o palpitations, elevated troponin."]))
+"""
+
+
+def test_the_registered_model_loads_and_predicts_without_fedsilo_installed(mlflow_store, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = job(tmp_path, "served")
+    version = MlflowClient(mlflow_store).get_model_version("smoke-global", result.registered_version)
+    script = HIDE_FEDSILO.format(repo=str(REPO), uri=version.source)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    env = os.environ | {"MLFLOW_TRACKING_URI": mlflow_store, "PYTHONPATH": ""}
+    run = subprocess.run([sys.executable, "-c", script], cwd=outside, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "PREDICTED ['" in run.stdout
