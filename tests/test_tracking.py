@@ -77,8 +77,10 @@ def test_no_champion_only_when_the_registry_says_so(mlflow_store, monkeypatch):
 
 HIDE_FEDSILO = """
 import sys
-sys.meta_path = [f for f in sys.meta_path if not type(f).__module__.startswith("__editable__")]
-sys.path = [p for p in sys.path if p not in ("", {repo!r})]
+sys.meta_path = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+sys.path_hooks = [h for h in sys.path_hooks if "__editable__" not in repr(h)]
+sys.path = [p for p in sys.path if p not in ("", {repo!r}) and "__editable__" not in p]
+sys.path_importer_cache.clear()
 try:
     import fedsilo  # noqa: F401
 except ImportError:

@@ -9,14 +9,16 @@ which is exactly the history Opacus's own accountant keeps.
 import warnings
 from functools import lru_cache
 
-from opacus.accountants import RDPAccountant
-from opacus.accountants.utils import get_noise_multiplier
+# Opacus is imported where it is used: importing it costs about 3 s, which a job without DP
+# should not pay.
 
 
 def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: float) -> float:
     """epsilon of `steps` Gaussian steps at `sample_rate` with `noise_multiplier`, at `delta`."""
     if steps <= 0:
         return 0.0
+    from opacus.accountants import RDPAccountant
+
     accountant = RDPAccountant()
     accountant.history = [(noise_multiplier, sample_rate, steps)]
     with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound holds, looser
@@ -27,6 +29,8 @@ def epsilon(noise_multiplier: float, sample_rate: float, steps: int, delta: floa
 @lru_cache(maxsize=64)
 def noise_for(target_epsilon: float, delta: float, sample_rate: float, steps: int) -> float:
     """The smallest noise multiplier whose epsilon after `steps` stays within `target_epsilon`."""
+    from opacus.accountants.utils import get_noise_multiplier
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return float(

@@ -23,9 +23,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
-from opacus.validators import ModuleValidator
 
 from fedsilo.modeling import EncodedSet
 from fedsilo.privacy.accounting import epsilon, noise_for
@@ -76,6 +73,8 @@ def plan(dp, num_examples: int, settings: FitSettings, rounds: int) -> DPPlan:
 
 def freeze_unsupported(model: torch.nn.Module) -> list[str]:
     """Freeze the embedding tables (see the module docstring); returns the frozen names."""
+    from opacus.validators import ModuleValidator
+
     frozen = []
     for name, parameter in model.named_parameters():
         if FROZEN_MARK in name and parameter.requires_grad:
@@ -95,6 +94,9 @@ def dp_fit(
     progress: Progress | None = None,
 ) -> float:
     """Train in place with DP-SGD for `dp.steps_per_round` steps; the mean loss of the steps."""
+    from opacus import GradSampleModule  # about 3 s to import: only DP jobs pay it
+    from opacus.optimizers import DPOptimizer
+
     device = pick_device()
     model.to(device).train()
     frozen = freeze_unsupported(model)
