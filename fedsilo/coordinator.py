@@ -19,6 +19,7 @@ decision and registration; weights the job wrote are deleted whatever happens.
 """
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -281,13 +282,21 @@ class Coordinator:
                 self._hold(report.update)
         for silo in missing:  # it may have written its update before it was given up on
             self._late.add(self.paths.update_uri(round_index, silo))
-        spent = {r.silo: r.epsilon for r in reports if r.epsilon is not None}  # DP-SGD budgets
+        secure = self.rules.clipping_range is not None
+        declined = {r.silo: p for r in reports if (p := federation.fit_reply_problem(r, secure))}
+        for report in reports:
+            if report.silo in declined and report.update is not None:
+                self._release(report.update)
+        spent = {  # DP-SGD budgets, also of silos that declined because theirs ran out
+            r.silo: r.epsilon
+            for r in reports
+            if r.epsilon is not None and math.isfinite(r.epsilon) and r.epsilon >= 0
+        }
         self.spent_by_round[round_index] = spent
-        declined = {r.silo: r.refused for r in reports if r.refused}
-        reports = [r for r in reports if not r.refused]
+        reports = [r for r in reports if r.silo not in declined]
         self._check_quorum([r.silo for r in reports], step, declined)
         out_uri = self.paths.global_uri(round_index)
-        if self.rules.clipping_range is not None:
+        if secure:
             new, rejected, sent = self._secure_aggregate(round_index, current, reports, out_uri)
         else:
             new, rejected = self.aggregate(self.strategy, current, reports, round_index, out_uri, self.rules)

@@ -225,6 +225,23 @@ def materialize(sent: WeightRef, base: WeightRef, dtype: str, out_uri: str) -> W
     return write_state(transfer.from_wire(read_state(sent), read_state(base), dtype), out_uri)
 
 
+def fit_reply_problem(report: FitReport, secure: bool) -> str | None:
+    """Why a silo's fit reply cannot take part in the round, or None: it declined (its privacy
+    budget), it does not fit the round's mode (an update where only a key belongs, or none at all),
+    or it claims an epsilon no accountant gives."""
+    if report.refused:
+        return report.refused
+    if secure and report.update is not None:
+        return "sent a plain update under secure aggregation"
+    if secure:
+        return secagg.public_key_problem(report.public_key)
+    if report.update is None:
+        return "sent no update"
+    if report.epsilon is not None and not (math.isfinite(report.epsilon) and report.epsilon >= 0):
+        return f"reported epsilon {report.epsilon!r}"
+    return None
+
+
 def masked_problems(masked: list[MaskedUpdate], current: WeightRef) -> dict[str, str]:
     """Masked vectors that cannot enter a sum, by silo, with why: unreadable, or not one int32
     vector as long as the model's floating coordinates plus one. Their shape says nothing about an

@@ -1,5 +1,7 @@
 """Secure aggregation: the coordinator sees masked vectors only, and still gets FedAvg's model."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -161,3 +163,22 @@ def test_strategies_that_need_single_updates_are_refused_with_secure_aggregation
     assert "privacy.secure_aggregation" in str(error.value) and "federation.strategy" in str(error.value)
     with pytest.raises(ScenarioError, match="federation.min_silos"):
         load_scenario(path, [SECURE, "federation.min_silos=1"])
+
+
+class BadReplies(LocalSilos):
+    """clinic-c's fit reply is broken the way the round's mode makes worst: under secure
+    aggregation an unusable public key (which would fail every other silo's masking), otherwise
+    no update at all."""
+
+    def fit(self, scenario, round_index, weights, config):
+        replies, missing = super().fit(scenario, round_index, weights, config)
+        broken = {"public_key": "00" * 32} if scenario.privacy.secure_aggregation else {"update": None}
+        return [replace(r, **broken) if r.silo == "clinic-c" else r for r in replies], missing
+
+
+@pytest.mark.parametrize("mode", [(), (SECURE,)])
+def test_a_fit_reply_that_does_not_fit_the_round_is_left_out_by_name(tmp_path, mode):
+    silos = BadReplies(JobPaths.under(tmp_path / "jobs", "job"))
+    _, tracker = run(tmp_path, THREE_SILOS, QUORUM_OF_TWO, *mode, "federation.rounds=1", silos=silos)
+    assert tracker.rounds[1]["silos_answered"] == 2
+    assert tracker.silos["clinic-c"]["answered"] == {1: 0.0}

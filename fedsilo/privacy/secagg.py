@@ -54,6 +54,17 @@ def public_key(private: bytes) -> str:
     return key.public_bytes(_RAW, serialization.PublicFormat.Raw).hex()
 
 
+def public_key_problem(peer_public: str) -> str | None:
+    """Why a silo's public key cannot be used, or None. Checked by the coordinator before the key
+    list goes out: one unusable key would otherwise fail every other silo's masking step."""
+    try:
+        peer = X25519PublicKey.from_public_bytes(bytes.fromhex(peer_public))
+        X25519PrivateKey.generate().exchange(peer)  # refuses low-order points
+    except (ValueError, TypeError) as exc:
+        return f"unusable public key for secure aggregation: {exc}"
+    return None
+
+
 def _pair_key(private: bytes, peer_public: str, context: bytes) -> bytes:
     try:
         peer = X25519PublicKey.from_public_bytes(bytes.fromhex(peer_public))
