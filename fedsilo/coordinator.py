@@ -460,6 +460,8 @@ class Coordinator:
                 fit_seconds=report.seconds,
                 fit_steps=report.steps,
             )
+            if report.public_key:  # secure aggregation: coordinates the silo clipped to the range
+                per_silo[report.silo]["clipped_coordinates"] = report.clipped
         for silo, value in (spent or {}).items():
             per_silo.setdefault(silo, {})["epsilon"] = value
         if round_index > 0:

@@ -86,6 +86,9 @@ def test_the_coordinator_receives_no_update_of_a_silo_and_still_gets_fedavg(tmp_
     )
     # local models never left the silos, so the silo x silo matrix has no local rows
     assert list(secure_tracker.matrix.index) == ["global"]
+    assert (
+        secure_tracker.silos["clinic-a"]["clipped_coordinates"][1] == 0
+    )  # 1.0 is far above a round's change
     assert not list((tmp_path / "secure" / "jobs").rglob("*.safetensors"))
 
 
@@ -182,3 +185,13 @@ def test_a_fit_reply_that_does_not_fit_the_round_is_left_out_by_name(tmp_path, m
     _, tracker = run(tmp_path, THREE_SILOS, QUORUM_OF_TWO, *mode, "federation.rounds=1", silos=silos)
     assert tracker.rounds[1]["silos_answered"] == 2
     assert tracker.silos["clinic-c"]["answered"] == {1: 0.0}
+
+
+def test_encoding_clips_to_the_range_and_counts_what_it_clipped():
+    current = {"w": torch.zeros(4), "steps": torch.tensor([1])}
+    local = {"w": torch.tensor([0.5, -3.0, 2.0, 0.0]), "steps": torch.tensor([2])}
+    encoding = secagg.Encoding(clipping_range=1.0, weight_bound=10)
+    vector, clipped = secagg.encode(local, current, 4, encoding)
+    assert clipped == 2 and vector[-1] == 4  # the weight travels last, exactly
+    sums, total = secagg.decode_sum(secagg.unmask_sum([vector]), current, encoding, max_weight=10)
+    assert total == 4 and torch.allclose(sums["w"] / 4, torch.tensor([0.5, -1.0, 1.0, 0.0]).double())
