@@ -28,8 +28,8 @@ class FederationError(Exception):
 class JobPaths:
     """Where one job's exchanged files live in the shared store (a folder URL or MLflow artifacts).
 
-    `<root>/global-003.safetensors`, `<root>/round-003/<silo>.safetensors`, and the silos' replies
-    `<root>/replies/<step>/<silo>.json` when silos run in other processes.
+    `<root>/global-003.safetensors`, `<root>/round-003/<silo>.safetensors`, and under secure
+    aggregation `<root>/round-003/masked-<attempt>/<silo>.safetensors`.
     """
 
     root: str
@@ -49,9 +49,6 @@ class JobPaths:
 
     def champion_uri(self) -> str:
         return f"{self.root}/champion.safetensors"
-
-    def reply_uri(self, step: str, silo: str) -> str:
-        return f"{self.root}/replies/{step}/{silo}.json"
 
     @classmethod
     def under(cls, folder: str | Path, job_id: str) -> "JobPaths":

@@ -235,6 +235,7 @@ class SiloParticipant:
 
 
 _participants: dict[tuple[str, str], SiloParticipant] = {}
+_built = [0]  # participants built by this process, for the logs of a silo's job run
 
 
 def participant(scenario: Scenario, silo: str) -> SiloParticipant:
@@ -246,7 +247,13 @@ def participant(scenario: Scenario, silo: str) -> SiloParticipant:
     key = (scenario.model_dump_json(exclude={"data": {"labels"}}), silo)
     if key not in _participants:
         _participants[key] = SiloParticipant(scenario, silo)
+        _built[0] += 1
     return _participants[key]
+
+
+def participants_built() -> int:
+    """How many participants this process has built so far (each one loads data and a model)."""
+    return _built[0]
 
 
 def release_participants() -> None:

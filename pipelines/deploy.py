@@ -1,4 +1,4 @@
-"""Deployments: each silo's pool and `silo-round/<silo>`, and each scenario's `federated-training/<name>`.
+"""Deployments: each silo's pool and `silo-job/<silo>`, and each scenario's `federated-training/<name>`.
 
 `fedsilo worker` registers its silo before starting the worker; `fedsilo serve` serves every
 scenario's deployment; prefect.yaml declares the same deployments for `prefect deploy`.
@@ -15,7 +15,7 @@ from prefect.workers.process import ProcessWorker
 
 from fedsilo.scenario import load_scenario
 from pipelines.flows import federated_training
-from pipelines.silo_flow import SILO_FLOW, pool_name, silo_round
+from pipelines.silo_flow import SILO_FLOW, pool_name, silo_job
 
 
 def ensure_pool(name: str, description: str) -> None:
@@ -39,10 +39,10 @@ def ensure_pool(name: str, description: str) -> None:
 
 
 def register_silo(silo: str) -> str:
-    """Make the silo's pool and its `silo-round/<silo>` deployment; return the deployment name."""
+    """Make the silo's pool and its `silo-job/<silo>` deployment; return the deployment name."""
     pool = pool_name(silo)
     ensure_pool(pool, f"fedsilo silo {silo}: runs only this silo's steps, next to its data")
-    deployment = silo_round.to_deployment(
+    deployment = silo_job.to_deployment(
         name=silo,
         work_pool_name=pool,
         entrypoint_type=EntrypointType.MODULE_PATH,  # the installed package, no source checkout

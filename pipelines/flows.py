@@ -43,10 +43,11 @@ def federated_training(scenario: Scenario, job_name: str = "", resume_job: str =
     except LookupError as exc:
         return Failed(message=f"cannot resume: {exc}")
     paths = JobPaths.under(exchange_root(scenario, tracker.artifact_uri), job)
+    silos = silos_for(scenario, paths, job)
     coordinator = Coordinator(
         scenario,
         job,
-        silos_for(scenario, paths, job),
+        silos,
         tracker,
         paths,
         reporters=[PrefectReporter(scenario, job)],
@@ -58,6 +59,8 @@ def federated_training(scenario: Scenario, job_name: str = "", resume_job: str =
         return coordinator.run()
     except FederationError as exc:  # an expected outcome: fail with its message, no traceback
         return Failed(message=str(exc))
+    finally:
+        silos.close()
 
 
 __all__ = ["JobResult", "federated_training"]

@@ -1,25 +1,34 @@
-"""The flow `silo-round`: one step of one silo, run by that silo's own worker in distributed mode.
+"""The flow `silo-job`: one silo's part of one federated job, run by that silo's own worker.
 
-The coordinator starts one flow run per silo per step through the silo's deployment
-(`silo-round/<silo>` on work pool `fedsilo-<silo>`): `prepare` describes the silo's data, `fit`
-trains from the global weights and writes the update, `evaluate` scores weights on the silo's test
-split. Weights come and go by URI with a sha256 checksum; the small reply is written as JSON to
-`reply_uri` in the same shared store. The silo's data location comes from this process's
-environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the coordinator.
-`personalize` fine-tunes the final global model on the silo's own data and reports its score on
-the silo's own test split. Under secure aggregation `fit` keeps the silo's update on the silo's
-own disk and `mask` sends it masked (see fedsilo.privacy.secagg).
+In distributed mode the coordinator starts one run of the silo's deployment (`silo-job/<silo>` on
+work pool `fedsilo-<silo>`) per job and sends it the job's steps in turn as run inputs (see
+pipelines/steps.py). The run builds the silo's participant (data, tokenizer, model) once and keeps
+it for every step; each step is a task of the run, visible in the Prefect UI:
+
+- `prepare` describes the silo's data; `fit` trains from the global weights and writes the update;
+  under secure aggregation `fit` keeps the update on the silo's own disk and `mask` sends it masked;
+- `evaluate` scores weights on the silo's test split, `score` several models at once (the matrix);
+- `personalize` fine-tunes the final model on the silo's own data and reports its own score.
+
+Weights come and go by URI with a sha256 checksum. The silo's data location comes from this
+process's environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the
+coordinator. The run ends on `stop`, or by itself once the coordinator's run has ended.
 """
 
 import os
-from typing import Literal
+import time
+from dataclasses import asdict
+from uuid import UUID
 
 from prefect import flow, get_run_logger
+from prefect.client.orchestration import SyncPrefectClient, get_client
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
 
-from fedsilo import artifacts
 from fedsilo.messages import WeightRef, dump_reply
 from fedsilo.scenario import Scenario
-from fedsilo.silo import with_local_data
+from fedsilo.silo import participants_built, release_participants, with_local_data
+from pipelines.steps import Backoff, StepReply, StepRequest, send_reply, take_new
 from pipelines.tasks import (
     evaluate_silo,
     fit_with_limits,
@@ -29,8 +38,9 @@ from pipelines.tasks import (
     score_silo,
 )
 
-SILO_FLOW = "silo-round"
+SILO_FLOW = "silo-job"
 DATA_ENV = "FEDSILO_SILO_DATA"
+COORDINATOR_CHECK_SECONDS = 5.0
 
 
 def pool_name(silo: str) -> str:
@@ -44,41 +54,94 @@ def local_view(scenario: Scenario, silo: str) -> Scenario:
     return with_local_data(scenario, silo, path) if path else scenario
 
 
+def _weights(raw: dict | None) -> WeightRef | None:
+    return WeightRef(**raw) if raw else None
+
+
+def run_step(scenario: Scenario, silo: str, request: StepRequest):
+    """Do one requested step as a task of this run and return the silo's reply record."""
+    args, step = request.arguments, request.step
+    if request.action == "prepare":
+        return prepare_silo(scenario, silo)
+    if request.action == "fit":
+        fit = fit_with_limits(scenario)
+        weights = _weights(args["weights"])
+        return fit(scenario, silo, args["round_index"], weights, args["update_uri"], args.get("config"))
+    if request.action == "mask":
+        arguments = (args["round_index"], args["attempt"], args["peers"], args["update_uri"], args["out_uri"])
+        return mask_silo(scenario, silo, *arguments)
+    if request.action == "score":
+        models = {name: WeightRef(**ref) for name, ref in args["models"].items()}
+        return score_silo(scenario, silo, models, step)
+    if request.action == "personalize":
+        return personalize_silo(scenario, silo, _weights(args["weights"]), args["steps"])
+    return evaluate_silo(scenario, silo, _weights(args["weights"]), step)
+
+
+def answer(base: Scenario, silo: str, request: StepRequest) -> StepReply:
+    """The reply to one request: the step's record, or the error that stopped it (the run goes on)."""
+    scenario = local_view(Scenario.model_validate(request.scenario), silo) if request.scenario else base
+    try:
+        record = run_step(scenario, silo, request)
+    except Exception as exc:  # reported to the coordinator, which leaves this silo out of the step
+        get_run_logger().warning("%s %s failed: %s", silo, request.step, exc)
+        return StepReply(request=request.request, silo=silo, error=f"{type(exc).__name__}: {exc}")
+    return StepReply(request=request.request, silo=silo, body=dump_reply(record).decode())
+
+
+def _coordinator_gone(client: SyncPrefectClient, coordinator: UUID) -> bool:
+    try:
+        state = client.read_flow_run(coordinator).state
+    except ObjectNotFound:
+        return True
+    return state is not None and state.is_final()
+
+
+def _requests(client: SyncPrefectClient, coordinator: UUID):
+    """This run's step requests in the order they come, until `stop` or the coordinator ends."""
+    own, seen, backoff = UUID(str(flow_run.id)), set(), Backoff()
+    checked = time.monotonic()
+    while True:
+        for request in take_new(client, own, "step-", seen, StepRequest):
+            if request.action == "stop":
+                return
+            yield request
+            backoff.reset()
+        if time.monotonic() - checked > COORDINATOR_CHECK_SECONDS:
+            if _coordinator_gone(client, coordinator):
+                get_run_logger().warning("the coordinator's run has ended; this silo's run ends too")
+                return
+            checked = time.monotonic()
+        backoff.wait()
+
+
 @flow(
-    name=SILO_FLOW,  # the coordinator names each run `<job>:<silo>-<step>`
-    description="One silo's step of a federated job (prepare, fit, evaluate, personalize), by its data.",
+    name=SILO_FLOW,  # the coordinator names each run `<job>:<silo>`
+    description="One silo's part of a federated job: its steps (prepare, fit, evaluate...) as tasks.",
     log_prints=True,
 )
-def silo_round(
-    scenario: Scenario,
-    silo: str,
-    action: Literal["prepare", "fit", "mask", "evaluate", "score", "personalize"],
-    step: str,
-    reply_uri: str,
-    weights: WeightRef | None = None,
-    round_index: int = 0,
-    update_uri: str = "",
-    config: dict[str, float] | None = None,
-    steps: int = 0,
-    attempt: int = 0,
-    peers: dict[str, str] | None = None,
-    out_uri: str = "",
-    models: dict[str, WeightRef] | None = None,
-) -> str:
-    """Run one step for `silo` and write its reply to `reply_uri`; returns that URI."""
-    scenario = local_view(scenario, silo)
-    if action == "prepare":
-        reply = prepare_silo(scenario, silo)
-    elif action == "fit":
-        reply = fit_with_limits(scenario)(scenario, silo, round_index, weights, update_uri, config)
-    elif action == "mask":
-        reply = mask_silo(scenario, silo, round_index, attempt, peers or {}, update_uri, out_uri)
-    elif action == "score":
-        reply = score_silo(scenario, silo, models or {}, step)
-    elif action == "personalize":
-        reply = personalize_silo(scenario, silo, weights, steps)
-    else:
-        reply = evaluate_silo(scenario, silo, weights, step)
-    artifacts.write_bytes(reply_uri, dump_reply(reply))
-    get_run_logger().info("%s %s: reply written to %s", silo, step, reply_uri)
-    return reply_uri
+def silo_job(scenario: Scenario, silo: str, coordinator_run: str) -> int:
+    """Serve the steps the coordinator's run `coordinator_run` sends to `silo`; returns how many."""
+    logger, base = get_run_logger(), local_view(scenario, silo)
+    coordinator, served, built = UUID(coordinator_run), 0, participants_built()
+    try:
+        with get_client(sync_client=True) as client:
+            for request in _requests(client, coordinator):
+                reply = answer(base, silo, request)
+                send_reply(client, coordinator, reply)
+                served += 1
+                logger.info("%s %s: %s", silo, request.step, "answered" if not reply.error else "failed")
+    finally:
+        release_participants()
+    logger.info(
+        "%s served %d steps; its data and model were built %d time(s)",
+        silo,
+        served,
+        participants_built() - built,
+    )
+    return served
+
+
+def request_arguments(**arguments) -> dict:
+    """Step arguments as JSON-ready values (WeightRefs as dicts)."""
+    return {k: asdict(v) if isinstance(v, WeightRef) else v for k, v in arguments.items()}

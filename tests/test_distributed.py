@@ -14,7 +14,13 @@ import torch
 from mlflow import MlflowClient
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterName
+from prefect.client.schemas.filters import (
+    FlowRunFilter,
+    FlowRunFilterId,
+    FlowRunFilterName,
+    TaskRunFilter,
+    TaskRunFilterName,
+)
 from prefect.events.worker import EventsWorker
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from safetensors.torch import load_file
@@ -36,6 +42,7 @@ FAST_FAULTS = [
     "--set=federation.silo_retries=0",
     "--set=federation.silo_pickup_seconds=15",
 ]
+SLOW_FIT = "--set=federation.local_steps=150"  # a fit that lasts seconds, long enough to be killed in
 
 
 def fedsilo(stack: Stack, *args: str, cwd) -> subprocess.Popen:
@@ -65,15 +72,38 @@ def final_weights(client: MlflowClient, job: str) -> dict[str, torch.Tensor]:
     return load_file(model_weights_path(f"models:/{last.model_id}"))
 
 
-def wait_until_running(stack: Stack, name: str, seconds: float = 180) -> None:
+def wait_until_running(stack: Stack, job_run: str, task: str, seconds: float = 180) -> None:
+    """Wait until the task `task` of the silo's job run `job_run` (`<job>:<silo>`) is running."""
     deadline = time.monotonic() + seconds
+    runs = FlowRunFilter(name=FlowRunFilterName(any_=[job_run]))
+    tasks = TaskRunFilter(name=TaskRunFilterName(any_=[task]))
     with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
         while time.monotonic() < deadline:
-            runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[name])))
-            if runs and runs[0].state and runs[0].state.is_running():
+            found = client.read_task_runs(flow_run_filter=runs, task_run_filter=tasks)
+            if found and found[0].state and found[0].state.is_running():
                 return
             time.sleep(0.5)
-    raise TimeoutError(f"flow run {name} never ran")
+    raise TimeoutError(f"task {task} of {job_run} never ran")
+
+
+def silo_job_runs(stack: Stack, job: str, silo: str) -> list:
+    """The silo's job runs of `job`, with the names of the tasks each ran."""
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(name=FlowRunFilterName(any_=[f"{job}:{silo}"]))
+        )
+        return [
+            (
+                run,
+                {
+                    t.name
+                    for t in client.read_task_runs(
+                        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id]))
+                    )
+                },
+            )
+            for run in runs
+        ]
 
 
 def test_distributed_job_equals_the_embedded_one(stack, silo_files, tmp_path, monkeypatch):
@@ -106,11 +136,14 @@ def test_distributed_job_equals_the_embedded_one(stack, silo_files, tmp_path, mo
     run = job_run(client, "distributed")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "global_accuracy")] == [0, 1, 2]
     exchange = [a.path for a in client.list_artifacts(run.info.run_id, "exchange/distributed")]
-    assert "exchange/distributed/replies" in exchange
     assert not [p for p in exchange if p.endswith(".safetensors")]  # weights are cleaned up
-    for silo in silo_files:
+    for silo in silo_files:  # one run per silo for the whole job, its data and model built once
+        ((job_run_of_silo, tasks),) = silo_job_runs(stack, "distributed", silo)
+        assert job_run_of_silo.state.is_completed()
+        assert {f"prepare-{silo}", f"fit-{silo}-round-1", f"fit-{silo}-round-2"} <= tasks
+        assert len([t for t in tasks if t.startswith(f"evaluate-{silo}-")]) >= 3  # rounds 0, 1, 2
         log = (stack.root / "silos" / silo / "worker.log").read_text()
-        assert f"{silo}-fit-round-2" in log and "Completed" in log
+        assert f"{silo} served {len(tasks)} steps; its data and model were built 1 time(s)" in log
 
 
 def _round_model(client: MlflowClient, job: str, round_index: int) -> str:
@@ -128,9 +161,9 @@ def test_a_killed_silo_is_left_out_and_below_min_silos_the_job_fails(stack, silo
     try:
         job = fedsilo(
             stack, "run", str(SMOKE), "--mode=distributed", "--job-name=survives",
-            "--set=federation.min_silos=1", *FAST_FAULTS, cwd=tmp_path,
+            "--set=federation.min_silos=1", *FAST_FAULTS, SLOW_FIT, cwd=tmp_path,
         )  # fmt: skip
-        wait_until_running(stack, "survives:clinic-b-fit-round-1")
+        wait_until_running(stack, "survives:clinic-b", "fit-clinic-b-round-1")
         kill_tree(doomed.pid)
         code, out, err = finish(job)
         assert code == 0, err[-4000:]
@@ -156,9 +189,10 @@ def test_a_killed_silo_is_left_out_and_below_min_silos_the_job_fails(stack, silo
             "--mode=distributed",
             "--job-name=needs-both",
             *FAST_FAULTS,
+            SLOW_FIT,
             cwd=tmp_path,
         )
-        wait_until_running(stack, "needs-both:clinic-b-fit-round-2")
+        wait_until_running(stack, "needs-both:clinic-b", "fit-clinic-b-round-2")
         kill_tree(doomed.pid)
         code, out, err = finish(job)
         assert code == 1
@@ -197,9 +231,9 @@ def test_prefect_yaml_registers_the_deployment_of_every_shipped_silo(stack, tmp_
         assert deploy.returncode == 0, deploy.stdout[-3000:]
         with get_client(sync_client=True) as client:
             for silo in silos:
-                deployment = client.read_deployment_by_name(f"silo-round/{silo}")
+                deployment = client.read_deployment_by_name(f"silo-job/{silo}")
                 assert deployment.work_pool_name == pool_name(silo)
-                assert deployment.entrypoint == "pipelines/silo_flow.py:silo_round"
+                assert deployment.entrypoint == "pipelines/silo_flow.py:silo_job"
 
 
 class PoisonedSilos(DistributedSilos):
@@ -279,4 +313,4 @@ def test_secure_aggregation_runs_distributed_and_no_plain_update_reaches_the_sto
     assert not [p for p in seen if "/exchange/secure/round-001/clinic-" in p]  # no plain update
     for silo in silo_files:
         log = (stack.root / "silos" / silo / "worker.log").read_text()
-        assert f"{silo}-mask-round-1-attempt-0" in log
+        assert f"{silo} mask-round-1-attempt-0: answered" in log

@@ -9,6 +9,7 @@ from pathlib import Path
 import mlflow
 import pytest
 from mlflow import MlflowClient
+from prefect import flow
 
 from fedsilo.pretrain import pretrain_cnn
 from fedsilo.scenario import load_scenario
@@ -181,24 +182,18 @@ def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, ml
     from fedsilo import federation
     from fedsilo.silo import initial_state, summarize
     from fedsilo.weights import write_state
-    from pipelines.silo_flow import silo_round
+    from pipelines.silo_flow import answer, request_arguments
+    from pipelines.steps import StepRequest
 
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     scenario = federation.with_labels(scenario, [summarize(scenario, "clinic-a")])
     good = write_state(initial_state(scenario, ()), str(tmp_path / "global.safetensors"))
-    state = silo_round(
-        scenario,
-        "clinic-a",
-        "evaluate",
-        "round-0",
-        str(tmp_path / "reply.json"),
-        weights=replace(good, sha256="0" * 64),
-        return_state=True,
-    )
+    tampered = request_arguments(weights=replace(good, sha256="0" * 64))
+    request = StepRequest(request="r1", action="evaluate", step="round-0", arguments=tampered)
+    reply = flow(name="one-silo-step")(answer)(scenario, "clinic-a", request)  # as in the silo's job run
     release_participants()
-    assert state.is_failed()
-    assert "sha256" in state.message and "global.safetensors" in state.message
-    assert not (tmp_path / "reply.json").exists()
+    assert reply.silo == "clinic-a" and reply.body == ""  # no score for weights it cannot trust
+    assert "sha256" in reply.error and "global.safetensors" in reply.error
 
 
 @pytest.mark.slow

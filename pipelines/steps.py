@@ -1,0 +1,82 @@
+"""The wire between the coordinator and a silo's `silo-job` flow run, through Prefect's API.
+
+A step request is a flow run input of the silo's run (key `step-<request>`); the silo answers with
+a flow run input of the coordinator's run (key `reply-<request>-<nonce>`). Prefect's own run-input
+store carries them, so no shared folder is polled and the API's auth covers them. Weights never
+travel here: requests and replies hold WeightRefs and small records.
+"""
+
+import time
+import uuid
+from typing import Any, Literal
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient
+from pydantic import BaseModel, ValidationError
+
+Action = Literal["prepare", "fit", "mask", "evaluate", "score", "personalize", "stop"]
+FIRST_POLL_SECONDS = 0.05
+MAX_POLL_SECONDS = 0.5  # bounds what waiting adds to a step: see BENCHMARKS.md section 7
+
+
+class StepRequest(BaseModel):
+    """One step for a silo: what to do, with which scenario, and where to answer."""
+
+    request: str
+    action: Action
+    step: str = ""
+    scenario: dict[str, Any] | None = None  # the coordinator's current view (labels resolved)
+    arguments: dict[str, Any] = {}
+
+
+class StepReply(BaseModel):
+    """A silo's answer to one request: its reply record as JSON, or why it could not give one."""
+
+    request: str
+    silo: str
+    body: str = ""
+    error: str = ""
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def send_request(client: SyncPrefectClient, session: UUID, request: StepRequest) -> None:
+    client.create_flow_run_input(session, f"step-{request.request}", request.model_dump_json())
+
+
+def send_reply(client: SyncPrefectClient, coordinator: UUID, reply: StepReply) -> None:
+    key = f"reply-{reply.request}-{uuid.uuid4().hex[:8]}"
+    client.create_flow_run_input(coordinator, key, reply.model_dump_json(), sender=reply.silo)
+
+
+def _parsed(kind: type[BaseModel], value: str) -> BaseModel | None:
+    try:
+        return kind.model_validate_json(value)
+    except ValidationError:
+        return None
+
+
+def take_new(
+    client: SyncPrefectClient, run: UUID, prefix: str, seen: set[str], kind: type[BaseModel]
+) -> list[BaseModel]:
+    """Inputs of `run` under `prefix` not seen before, parsed as `kind`; unreadable ones dropped."""
+    found = client.filter_flow_run_input(run, prefix, limit=200, exclude_keys=seen)
+    seen.update(item.key for item in found)
+    parsed = [_parsed(kind, item.value) for item in found]
+    return [item for item in parsed if item is not None]
+
+
+class Backoff:
+    """Poll fast right after activity, then slower, never slower than MAX_POLL_SECONDS."""
+
+    def __init__(self) -> None:
+        self.delay = FIRST_POLL_SECONDS
+
+    def wait(self) -> None:
+        time.sleep(self.delay)
+        self.delay = min(self.delay * 1.5, MAX_POLL_SECONDS)
+
+    def reset(self) -> None:
+        self.delay = FIRST_POLL_SECONDS
