@@ -78,7 +78,7 @@ def test_silos_as_containers_complete_the_smoke_scenario(image, stack, silo_file
         assert "Done: global accuracy" in coordinator.stdout
         for name, silo in zip(names, silo_files):
             logs = podman("logs", name).stdout + podman("logs", name).stderr
-            assert f"containers:{silo}-fit-round-2" in logs and "/data/notes.csv" in logs
+            assert f"{silo} fit-round-2: answered" in logs and "/data/notes.csv" in logs
     finally:
         for name in names:
             podman("kill", "--signal=INT", name, check=False)
