@@ -36,7 +36,7 @@ COPY fedsilo ./fedsilo
 COPY pipelines ./pipelines
 COPY scenarios ./scenarios
 COPY prefect.yaml ./
-COPY docker/*.sh ./docker/
+COPY docker/*.sh docker/*.py ./docker/
 # /mlartifacts: the MLflow server's artifact volume in docker/compose.yaml, owned by the user.
 RUN pip install --quiet --no-deps . \
  && useradd --create-home --uid 10001 fedsilo \
@@ -45,5 +45,6 @@ RUN pip install --quiet --no-deps . \
  && chown -R fedsilo /app /mlartifacts /home/fedsilo
 
 USER fedsilo
-ENTRYPOINT ["fedsilo"]
+# wait-for.sh waits for the servers named in FEDSILO_WAIT_FOR (compose), then runs fedsilo.
+ENTRYPOINT ["/app/docker/wait-for.sh", "fedsilo"]
 CMD ["--help"]

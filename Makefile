@@ -8,7 +8,7 @@ MLFLOW_TRACKING_URI ?= sqlite:///$(CURDIR)/mlflow.db
 export MLFLOW_TRACKING_URI
 
 .PHONY: setup run test lint format ui clean system-deps image bench bench-quality-full bench-privacy \
-	bench-efficiency
+	bench-efficiency bench-distributed stack-up stack-down
 
 setup: $(STAMP)
 
@@ -64,6 +64,10 @@ bench-privacy: setup
 bench-efficiency: setup
 	$(PY) -m bench.efficiency
 
+# BENCHMARKS.md section 7: distributed against embedded on real servers (about 10 minutes).
+bench-distributed: setup
+	$(PY) -m bench.distributed
+
 ui: setup
 	$(VENV)/bin/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --port 5000
 
@@ -77,6 +81,21 @@ system-deps:
 image:
 	docker/podman.sh base
 	docker/podman.sh build
+
+# docker/compose.yaml with podman-compose where no Docker engine runs (README "The stack"):
+# images built locally, secrets from docker/.env (copy docker/env.example). PROFILE=medical|smoke.
+PROFILE ?= medical
+COMPOSE = CONTAINERS_CONF=docker/containers.conf FEDSILO_IMAGE=localhost/fedsilo:dev \
+	FEDSILO_POSTGRES_IMAGE=localhost/fedsilo-postgres:dev \
+	$(VENV)/bin/podman-compose -f docker/compose.yaml --env-file docker/.env --profile $(PROFILE)
+
+stack-up: setup
+	test -f docker/.env || { echo "copy docker/env.example to docker/.env and set its values"; exit 2; }
+	docker/podman.sh base && docker/podman.sh build && docker/podman.sh postgres
+	$(COMPOSE) up -d --no-build
+
+stack-down: setup
+	$(COMPOSE) down
 
 clean:
 	rm -rf .fedsilo mlartifacts mlruns mlflow.db .pytest_cache

@@ -3,12 +3,14 @@
 # Debian's podman with runc, no default ulimits, host networking for builds.
 #   docker/podman.sh base            make the local base image (debootstrap, Debian's Python 3.11)
 #   docker/podman.sh build           build the fedsilo image from the Dockerfile on that base
+#   docker/podman.sh postgres        build the stack's PostgreSQL image (Debian's package) on it
 #   docker/podman.sh <podman args>   run podman with this configuration
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 REPO="$(dirname "$HERE")"
 BASE_IMAGE="${FEDSILO_BASE_IMAGE:-localhost/fedsilo-base:bookworm}"
 IMAGE="${FEDSILO_IMAGE:-localhost/fedsilo:dev}"
+POSTGRES_IMAGE="${FEDSILO_POSTGRES_IMAGE:-localhost/fedsilo-postgres:dev}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 export CONTAINERS_CONF="$HERE/containers.conf"
 
@@ -44,6 +46,10 @@ case "${1:-}" in
   build)
     # shellcheck disable=SC2046
     podman_ build --network=host --build-arg BASE="$BASE_IMAGE" $(pip_mounts) -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO"
+    ;;
+  postgres)
+    podman_ build --network=host --build-arg BASE="$BASE_IMAGE" -t "$POSTGRES_IMAGE" \
+      -f "$HERE/postgres.Dockerfile" "$REPO"
     ;;
   *)
     podman_ "$@"

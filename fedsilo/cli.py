@@ -208,6 +208,36 @@ def cmd_worker(args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)  # the worker takes over this process, signals included
 
 
+def cmd_pool(args: argparse.Namespace) -> int:
+    """Give a silo a Docker or Kubernetes work pool and register its deployment on it."""
+    scenario = load_scenario(args.scenario)
+    if args.silo not in scenario.silo_names():
+        print(f"fedsilo pool: silo {args.silo!r} is not in {args.scenario}", file=sys.stderr)
+        return EXIT_INVALID
+    mlflow_uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not os.environ.get("PREFECT_API_URL") or not mlflow_uri.startswith("http"):
+        print(
+            "fedsilo pool: set PREFECT_API_URL and an http(s) MLFLOW_TRACKING_URI (or --mlflow-uri): "
+            "the servers every silo reaches",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID
+    from pipelines.deploy import register_silo
+    from pipelines.pools import ensure_container_pool, silo_template
+
+    template = silo_template(args.type, args.image, args.data, args.data_file, mlflow_uri)
+    try:
+        pool = ensure_container_pool(args.silo, args.type, template)
+    except ValueError as exc:
+        print(f"fedsilo pool: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    deployment = register_silo(args.silo)
+    print(f"{args.type} work pool {pool} with deployment {deployment}; on the silo's host run:")
+    print(f"  pip install {'prefect-docker' if args.type == 'docker' else 'prefect-kubernetes'}")
+    print(f"  prefect worker start --pool {pool} --type {args.type}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve one `federated-training/<scenario>` deployment per scenario file until Ctrl-C."""
     if not os.environ.get("PREFECT_API_URL"):
@@ -218,13 +248,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return EXIT_INVALID
     files = args.scenarios or sorted(str(p) for p in Path("scenarios").glob("*.yaml"))
-    scenarios = [load_scenario(file) for file in files]  # every file is checked before serving
+    overrides = args.set + ([f"federation.mode={args.mode}"] if args.mode else [])
+    scenarios = [load_scenario(file, overrides) for file in files]  # every file is checked first
     for file, scenario in zip(files, scenarios):
         when = scenario.retraining.schedule or "on demand"
         print(f"serving federated-training/{scenario.name} from {file} ({when})", flush=True)
     from pipelines.deploy import serve_scenarios
 
-    serve_scenarios([Path(f) for f in files])
+    serve_scenarios(scenarios, files)
     return 0
 
 
@@ -304,10 +335,32 @@ def parser() -> argparse.ArgumentParser:
     validate.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     validate.set_defaults(handler=cmd_validate)
 
+    pool = commands.add_parser(
+        "pool", help="give a silo a Docker or Kubernetes work pool: each job in its own container or pod"
+    )
+    pool.add_argument("--silo", required=True, help="the silo's name in the scenario")
+    pool.add_argument("--scenario", required=True, help="scenario YAML file the silo takes part in")
+    pool.add_argument("--type", required=True, choices=["docker", "kubernetes"])
+    pool.add_argument("--image", required=True, help="the fedsilo image the silo's hosts can pull")
+    pool.add_argument(
+        "--data", required=True, help="docker: host folder of the silo's data; kubernetes: its PVC name"
+    )
+    pool.add_argument("--data-file", default="notes.csv", help="the silo's file in that folder or claim")
+    pool.add_argument(
+        "--mlflow-uri", help="tracking server the silo's runs reach (default: MLFLOW_TRACKING_URI)"
+    )
+    pool.set_defaults(handler=cmd_pool)
+
     serve = commands.add_parser(
         "serve", help="serve a deployment per scenario (run them from the Prefect UI)"
     )
     serve.add_argument("scenarios", nargs="*", help="scenario files (default: scenarios/*.yaml)")
+    serve.add_argument(
+        "--mode", choices=["embedded", "distributed"], help="override federation.mode of every scenario"
+    )
+    serve.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a field of every scenario"
+    )
     serve.set_defaults(handler=cmd_serve)
 
     compare = commands.add_parser("compare", help="per-silo table of the latest jobs, from MLflow")

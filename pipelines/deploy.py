@@ -13,7 +13,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
 from prefect.workers.process import ProcessWorker
 
-from fedsilo.scenario import load_scenario
+from fedsilo.scenario import Scenario
 from pipelines.flows import federated_training
 from pipelines.silo_flow import SILO_FLOW, pool_name, silo_job
 
@@ -53,26 +53,26 @@ def register_silo(silo: str) -> str:
     return f"{SILO_FLOW}/{silo}"
 
 
-def scenario_deployment(path: Path) -> RunnerDeployment:
-    """The `federated-training/<scenario>` deployment of one scenario file.
+def scenario_deployment(scenario: Scenario, source: str) -> RunnerDeployment:
+    """The `federated-training/<scenario>` deployment of one scenario (read from file `source`).
 
     Its `scenario` parameter defaults to the file's content, so the Prefect UI's run form shows
     every setting (rounds, strategy, data, retraining) with the schema's descriptions; the file's
     `retraining.schedule` becomes the deployment's cron schedule.
     """
-    scenario = load_scenario(path)
     retraining = scenario.retraining
     schedules = [Cron(retraining.schedule, timezone=retraining.timezone)] if retraining.schedule else None
     return federated_training.to_deployment(
         name=scenario.name,
         parameters={"scenario": scenario.model_dump(mode="json")},
         schedules=schedules,
-        description=f"{scenario.description or scenario.name} (from {path.name})",
+        description=f"{scenario.description or scenario.name} (from {Path(source).name})",
         tags=["fedsilo", f"scenario:{scenario.name}", f"domain:{scenario.domain}"],
         entrypoint_type=EntrypointType.MODULE_PATH,
     )
 
 
-def serve_scenarios(paths: list[Path]) -> None:
-    """Serve one deployment per scenario from this process until interrupted (embedded runs)."""
-    serve(*[scenario_deployment(path) for path in paths])
+def serve_scenarios(scenarios: list[Scenario], sources: list[str]) -> None:
+    """Serve one deployment per scenario from this process until interrupted; each run is the
+    coordinator of its job (its silos run as tasks, or on their workers in distributed mode)."""
+    serve(*[scenario_deployment(scenario, source) for scenario, source in zip(scenarios, sources)])

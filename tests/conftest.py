@@ -1,6 +1,7 @@
 """Shared fixtures: a temporary MLflow store per test, one Prefect server per session."""
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -58,3 +59,29 @@ def silo_files(tmp_path_factory) -> dict[str, Path]:
 
     smoke = load_scenario(REPO / "scenarios" / "smoke.yaml")
     return export_silo_files(smoke, tmp_path_factory.mktemp("hospital-data"))
+
+
+@pytest.fixture(scope="session")
+def fedsilo_image() -> str:
+    """The fedsilo image, built once per session with podman on a debootstrap base (or skipped)."""
+    from tests.containers import build_fedsilo_image
+
+    return build_fedsilo_image()
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+# Flags that keep Chromium from reaching out to the internet, which this machine refuses.
+QUIET = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+         "--disable-background-networking", "--disable-component-update"]  # fmt: skip
+
+
+@pytest.fixture
+def page(tmp_path):
+    """A page of Debian's chromium, headless, driven by Playwright (which downloads no browser)."""
+    if not shutil.which("chromium"):
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=QUIET)
+        yield browser.new_page(viewport={"width": 1400, "height": 1000})
+        browser.close()

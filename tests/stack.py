@@ -91,13 +91,15 @@ class Stack:
         wait_http(f"{self.prefect_api}/health", self.processes[0], root / "prefect-server.log")
         wait_http(f"{self.mlflow_uri}/health", self.processes[1], root / "mlflow-server.log")
 
-    def worker(self, silo: str, scenario: Path, data: Path | None = None) -> subprocess.Popen:
+    def worker(
+        self, silo: str, scenario: Path, data: Path | None = None, extra_env: dict | None = None
+    ) -> subprocess.Popen:
         """`fedsilo worker` for one silo, in a folder of its own (its data is all it can see)."""
         home = self.root / "silos" / silo
         home.mkdir(parents=True, exist_ok=True)
         command = [str(BIN / "fedsilo"), "worker", "--silo", silo, "--scenario", str(scenario)]
         command += ["--data", str(data)] if data else []
-        env = self.env | {"PREFECT_WORKER_QUERY_SECONDS": "1"}
+        env = self.env | {"PREFECT_WORKER_QUERY_SECONDS": "1"} | (extra_env or {})
         process = start(command, home / "worker.log", env, cwd=home)
         self.processes.append(process)
         return process

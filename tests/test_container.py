@@ -5,39 +5,17 @@ where podman cannot run containers, the test says so and skips. The base image i
 with debootstrap because no registry can be pulled from here (see docker/podman.sh).
 """
 
-import os
-import shutil
-import subprocess
-
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO
+from tests.containers import podman
 
 pytestmark = pytest.mark.slow
-PODMAN = [str(REPO / "docker" / "podman.sh")]
-IMAGE = "localhost/fedsilo:test"
-
-
-def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    env = os.environ | {"FEDSILO_IMAGE": IMAGE}
-    run = subprocess.run([*PODMAN, *args], capture_output=True, text=True, timeout=timeout, env=env)
-    if check and run.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)} failed ({run.returncode}):\n{run.stderr[-4000:]}")
-    return run
 
 
 @pytest.fixture(scope="module")
-def image():
-    missing = [tool for tool in ("podman", "runc", "debootstrap") if shutil.which(tool) is None]
-    if missing:
-        pytest.skip(f"{', '.join(missing)} not installed; `make system-deps` (as root) installs them")
-    probe = podman("run", "--rm", "--help", check=False, timeout=60)
-    if probe.returncode != 0:
-        pytest.skip(f"podman cannot run here: {probe.stderr.strip()[-500:]}")
-    podman("base", timeout=900)
-    podman("build", timeout=1800)
-    return IMAGE
+def image(fedsilo_image):
+    return fedsilo_image
 
 
 def client_env(stack) -> list[str]:

@@ -314,3 +314,42 @@ def test_secure_aggregation_runs_distributed_and_no_plain_update_reaches_the_sto
     for silo in silo_files:
         log = (stack.root / "silos" / silo / "worker.log").read_text()
         assert f"{silo} mask-round-1-attempt-0: answered" in log
+
+
+def test_container_work_pools_and_their_templates_are_accepted_by_the_server(stack, tmp_path):
+    """`fedsilo pool` gives a silo a Docker or Kubernetes pool; the server validates the templates."""
+    medical = str(REPO / "scenarios" / "medical.yaml")
+    env = stack.env | {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
+    common = ["--scenario", medical, "--image", "registry.example/fedsilo:1.0"]
+    for silo, kind, data in (
+        ("hospital-a", "docker", "/srv/hospital-a"),
+        ("hospital-b", "kubernetes", "notes-pvc"),
+    ):
+        made = subprocess.run(
+            [str(BIN / "fedsilo"), "pool", "--silo", silo, "--type", kind, "--data", data, *common],
+            env=env, cwd=tmp_path, capture_output=True, text=True,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr[-3000:]
+        assert f"prefect worker start --pool fedsilo-{silo} --type {kind}" in made.stdout
+
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+        docker = client.read_work_pool("fedsilo-hospital-a")
+        variables = docker.base_job_template["variables"]["properties"]
+        assert docker.type == "docker" and variables["volumes"]["default"] == ["/srv/hospital-a:/data:ro"]
+        assert variables["image"]["default"] == "registry.example/fedsilo:1.0"
+        assert variables["env"]["default"]["FEDSILO_SILO_DATA"] == "/data/notes.csv"
+        kubernetes = client.read_work_pool("fedsilo-hospital-b")
+        pod = kubernetes.base_job_template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+        assert pod["volumes"][0]["persistentVolumeClaim"] == {"claimName": "notes-pvc", "readOnly": True}
+        for silo in ("hospital-a", "hospital-b"):
+            assert client.read_deployment_by_name(f"silo-job/{silo}").work_pool_name == f"fedsilo-{silo}"
+
+    wrong = subprocess.run(
+        [str(BIN / "fedsilo"), "pool", "--silo", "hospital-a", "--type", "kubernetes", "--data=x", *common],
+        env=env, cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert (
+        wrong.returncode == 2
+        and "exists with type 'docker'" in wrong.stderr
+        and "Traceback" not in wrong.stderr
+    )

@@ -7,7 +7,6 @@ Needs Debian's chromium (`apt-get install chromium`; .ci/run installs it when it
 """
 
 import re
-import shutil
 import time
 
 import pytest
@@ -31,21 +30,6 @@ def wait_for_submitted(client, job_name: str, seconds: float = 60):
 
 
 pytestmark = pytest.mark.slow
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Flags that keep Chromium from reaching out to the internet, which this machine refuses.
-QUIET = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-         "--disable-background-networking", "--disable-component-update"]  # fmt: skip
-
-
-@pytest.fixture
-def page(tmp_path):
-    if not shutil.which("chromium"):
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
-    playwright = pytest.importorskip("playwright.sync_api")
-    with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=QUIET)
-        yield browser.new_page(viewport={"width": 1400, "height": 1000})
-        browser.close()
 
 
 def field(page, label: str):

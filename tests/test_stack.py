@@ -1,0 +1,237 @@
+"""docker/compose.yaml brought up for real with podman-compose: PostgreSQL, Prefect and MLflow
+behind auth, `fedsilo serve` as the coordinator, a worker container per silo of the smoke
+scenario with only its own data volume. One stack for the module; torn down at the end.
+
+Needs podman, runc and debootstrap (`make system-deps`); skips, saying why, without them.
+"""
+
+import os
+import re
+import secrets
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.conftest import REPO
+from tests.containers import POSTGRES_IMAGE, build_postgres_image, podman
+from tests.stack import BIN, free_port
+
+pytestmark = pytest.mark.slow
+COMPOSE = REPO / "docker" / "compose.yaml"
+PROJECT = "fedsilo-stack-test"
+SILOS = ("clinic-a", "clinic-b")
+PROBE = """
+import socket, sys
+for host in sys.argv[1:]:
+    try:
+        socket.create_connection((host, 5432), timeout=3)
+        print("reached", host)
+    except OSError as exc:
+        print("refused", host, exc)
+"""
+
+
+class ComposeStack:
+    """The compose project with fresh secrets, host ports and each silo's data folder."""
+
+    def __init__(self, folder, image: str, silo_files: dict):
+        self.prefect_port, self.mlflow_port = free_port(), free_port()
+        self.secrets = {
+            "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
+            "PREFECT_AUTH": f"admin:{secrets.token_urlsafe(16)}",
+            "MLFLOW_USER": "admin",
+            "MLFLOW_PASSWORD": secrets.token_urlsafe(16),
+            "MLFLOW_SECRET_KEY": secrets.token_urlsafe(32),
+            **{
+                f"MLFLOW_PASSWORD_{silo.upper().replace('-', '_')}": secrets.token_urlsafe(16)
+                for silo in SILOS
+            },
+            "MLFLOW_PASSWORD_HOSPITAL_A": secrets.token_urlsafe(16),
+        }
+        settings = {
+            **self.secrets,
+            "FEDSILO_IMAGE": image,
+            "FEDSILO_POSTGRES_IMAGE": POSTGRES_IMAGE,
+            "PREFECT_PORT": str(self.prefect_port),
+            "MLFLOW_PORT": str(self.mlflow_port),
+        }
+        for silo, path in silo_files.items():
+            path.parent.chmod(0o755)  # readable by the image's unprivileged user
+            path.chmod(0o644)
+            prefix = silo.upper().replace("-", "_")
+            settings |= {f"{prefix}_VOLUME": str(path.parent), f"{prefix}_DATA": f"/data/{path.name}"}
+        self.env_file = folder / "stack.env"
+        self.env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        self.prefect_api = f"http://127.0.0.1:{self.prefect_port}/api"
+        self.mlflow_uri = f"http://127.0.0.1:{self.mlflow_port}"
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        command = [str(BIN / "podman-compose"), "-p", PROJECT, "-f", str(COMPOSE)]
+        command += ["--env-file", str(self.env_file), "--profile", "smoke", *args]
+        env = os.environ | {"CONTAINERS_CONF": str(REPO / "docker" / "containers.conf")}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        assert done.returncode == 0, (
+            f"podman-compose {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+        return done
+
+    def container(self, service: str) -> str:
+        return f"{PROJECT}_{service}_1"
+
+    def client_env(self) -> dict[str, str]:
+        """What a user's machine needs to talk to the stack: its API URLs and credentials."""
+        return {
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_API_AUTH_STRING": self.secrets["PREFECT_AUTH"],
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": self.secrets["MLFLOW_PASSWORD"],
+        }
+
+
+def status(url: str, credentials: str | None = None, method: str = "GET", body: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    if credentials is not None:
+        request.add_header("Authorization", f"Basic {b64encode(credentials.encode()).decode()}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_for(check, what: str, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"the stack never got {what} within {seconds:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def compose_stack(fedsilo_image, silo_files, tmp_path_factory):
+    build_postgres_image()
+    stack = ComposeStack(tmp_path_factory.mktemp("compose"), fedsilo_image, silo_files)
+    stack.compose("down", "--volumes", timeout=300)  # whatever an interrupted run left
+    began = time.monotonic()
+    stack.compose("up", "-d", timeout=900)
+    auth = stack.secrets["PREFECT_AUTH"]
+    try:
+        wait_for(lambda: status(f"{stack.prefect_api}/health", auth) == 200, "a Prefect API")
+        wait_for(lambda: status(f"{stack.mlflow_uri}/health") == 200, "an MLflow server")
+        yield stack
+    finally:
+        logs = {s: podman("logs", stack.container(s), check=False) for s in ("serve", *SILOS, "mlflow-users")}
+        stack.compose("down", "--volumes", timeout=300)
+        print(f"stack up and down in {time.monotonic() - began:.0f}s")
+        for service, log in logs.items():
+            print(f"--- {service}\n{(log.stdout + log.stderr)[-2000:]}")
+    left = podman("ps", "--all", "--quiet", "--filter", f"label=io.podman.compose.project={PROJECT}")
+    assert left.stdout.strip() == "", "compose down left containers behind"
+
+
+def test_servers_refuse_requests_without_the_right_credentials(compose_stack):
+    stack, search = compose_stack, b'{"max_results": 1}'
+    runs = f"{stack.prefect_api}/flow_runs/filter"
+    assert status(runs, method="POST", body=b"{}") == 401
+    assert status(runs, "admin:wrong", method="POST", body=b"{}") == 401
+    assert status(runs, stack.secrets["PREFECT_AUTH"], method="POST", body=b"{}") == 200
+
+    experiments = f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/search"
+    admin = f"admin:{stack.secrets['MLFLOW_PASSWORD']}"
+    assert status(experiments, method="POST", body=search) == 401
+    assert status(experiments, "admin:wrong", method="POST", body=search) == 401
+    assert status(experiments, admin, method="POST", body=search) == 200
+
+
+def test_a_silo_container_holds_no_server_secret_and_cannot_reach_postgres(compose_stack):
+    stack = compose_stack
+    environment = podman("exec", stack.container("clinic-a"), "env").stdout
+    for name in ("POSTGRES_PASSWORD", "MLFLOW_PASSWORD", "MLFLOW_SECRET_KEY", "MLFLOW_PASSWORD_CLINIC_B"):
+        assert stack.secrets[name] not in environment, f"{name}'s value is inside clinic-a's container"
+    assert stack.secrets["MLFLOW_PASSWORD_CLINIC_A"] in environment  # its own, and only its own
+
+    address = podman(
+        "inspect",
+        stack.container("postgres"),
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}} {{end}}",
+    ).stdout.split()
+    probe = PROBE
+    reached = podman(
+        "exec", stack.container("clinic-a"), "python", "-c", probe, "postgres", *address, check=False
+    ).stdout
+    assert "reached" not in reached and "refused postgres" in reached, reached
+    server = podman("exec", stack.container("mlflow"), "python", "-c", probe, "postgres", check=False).stdout
+    assert "reached postgres" in server  # the servers do reach it: the probe itself works
+
+
+def test_the_served_scenarios_have_their_schedules_and_a_run_completes_through_the_silos(
+    compose_stack, monkeypatch
+):
+    from prefect.client.orchestration import get_client
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    stack = compose_stack
+    settings = {PREFECT_API_URL: stack.prefect_api, PREFECT_API_AUTH_STRING: stack.secrets["PREFECT_AUTH"]}
+    with temporary_settings(settings), get_client(sync_client=True) as client:
+
+        def registered() -> bool:
+            return {"smoke", "medical", *SILOS} <= {d.name for d in client.read_deployments()}
+
+        wait_for(registered, "the scenario and silo deployments")
+        medical = client.read_deployment_by_name("federated-training/medical")
+        assert [s.schedule.cron for s in medical.schedules] == ["0 6 * * 1"]
+        smoke = client.read_deployment_by_name("federated-training/smoke")
+        assert smoke.parameters["scenario"]["federation"]["mode"] == "distributed"
+
+        run = run_deployment("federated-training/smoke", parameters={}, timeout=600)
+        assert run.state.is_completed(), run.state.message
+
+    for key, value in stack.client_env().items():
+        monkeypatch.setenv(key, value)
+    client = MlflowClient(stack.mlflow_uri)
+    experiment = client.get_experiment_by_name("smoke").experiment_id
+    (job,) = client.search_runs([experiment], "tags.`fedsilo.role` = 'federation'")
+    assert job.info.status == "FINISHED"
+    children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{job.info.run_id}'")
+    assert sorted(child.data.tags["fedsilo.silo"] for child in children) == list(SILOS)
+    assert [m.step for m in client.get_metric_history(job.info.run_id, "global_accuracy")] == [0, 1, 2]
+    for silo in SILOS:  # each silo read only its own file
+        log = podman("logs", stack.container(silo)).stdout
+        assert "/data/notes.csv" in log and f"{silo} fit-round-2: answered" in log
+
+
+def test_a_silo_user_sees_only_its_own_scenarios_experiments(compose_stack):
+    stack = compose_stack
+    search = f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name="
+    clinic = f"clinic-a:{stack.secrets['MLFLOW_PASSWORD_CLINIC_A']}"
+    wait_for(lambda: status(search + "smoke", clinic) == 200, "clinic-a's MLflow user")
+    assert status(search + "medical", clinic) == 403  # hospital-a's scenario, not clinic-a's
+
+
+def test_the_stack_ui_asks_for_the_auth_string_then_lists_the_scheduled_scenarios(
+    compose_stack, page, tmp_path
+):
+    stack = compose_stack
+    ui = stack.prefect_api.removesuffix("/api")
+    page.goto(f"{ui}/deployments")
+    page.get_by_role("textbox").first.fill(stack.secrets["PREFECT_AUTH"])  # the UI's login form
+    page.keyboard.press("Enter")
+    page.get_by_text("medical", exact=True).first.wait_for(timeout=60_000)
+    page.screenshot(path=tmp_path / "stack-deployments.png", full_page=True)
+    text = page.inner_text("body")
+    assert "smoke" in text and "clinic-a" in text
+    assert re.search(r"06:00|6:00", text), "the medical scenario's Monday 06:00 schedule is not shown"
