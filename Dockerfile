@@ -45,6 +45,9 @@ RUN pip install --quiet --no-deps . \
  && chown -R fedsilo /app /mlartifacts /home/fedsilo
 
 USER fedsilo
+# The Prefect server writes its UI (with the API URL filled in) here; site-packages is read-only
+# to the user, and without a writable folder the server runs with no UI.
+ENV PREFECT_UI_STATIC_DIRECTORY=/home/fedsilo/.prefect/ui
 # wait-for.sh waits for the servers named in FEDSILO_WAIT_FOR (compose), then runs fedsilo.
 ENTRYPOINT ["/app/docker/wait-for.sh", "fedsilo"]
 CMD ["--help"]

@@ -50,7 +50,8 @@ def grant_edit(auth, silo: str, experiment: str) -> None:
 
 def main() -> int:
     uri = os.environ["MLFLOW_TRACKING_URI"]
-    auth, client, passwords = get_app_client("basic-auth", tracking_uri=uri), MlflowClient(uri), silo_passwords()
+    auth, client = get_app_client("basic-auth", tracking_uri=uri), MlflowClient(uri)
+    passwords = silo_passwords()
     for silo, password in passwords.items():
         ensure_user(auth, silo, password)
     for path in sorted(SCENARIOS.glob("*.yaml")):
