@@ -86,6 +86,7 @@ def plot(per_round: dict[int, float], half: float | None) -> Path:
         title="Round time at fixed total data (embedded, CNN)",
     )
     axes.set_xticks(counts, [str(c) for c in counts])
+    axes.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())  # only the silo counts
     axes.grid(alpha=0.3)
     axes.legend()
     return save_plot(figure, "scale")
