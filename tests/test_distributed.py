@@ -4,6 +4,7 @@ Each silo's worker runs in a folder of its own with only its own data file; the 
 `fedsilo run --mode distributed` in yet another folder and never sees the silos' data.
 """
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -22,6 +23,7 @@ from prefect.client.schemas.filters import (
     TaskRunFilterName,
 )
 from prefect.events.worker import EventsWorker
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from safetensors.torch import load_file
 
@@ -321,6 +323,10 @@ def test_container_work_pools_and_their_templates_are_accepted_by_the_server(sta
     medical = str(REPO / "scenarios" / "medical.yaml")
     env = stack.env | {"MLFLOW_TRACKING_URI": "http://mlflow.example:5000"}
     common = ["--scenario", medical, "--image", "registry.example/fedsilo:1.0"]
+    with temporary_settings({PREFECT_API_URL: stack.prefect_api}), get_client(sync_client=True) as client:
+        for silo in ("hospital-a", "hospital-b"):  # the prefect.yaml test made them process pools
+            with contextlib.suppress(ObjectNotFound):
+                client.delete_work_pool(f"fedsilo-{silo}")
     for silo, kind, data in (
         ("hospital-a", "docker", "/srv/hospital-a"),
         ("hospital-b", "kubernetes", "notes-pvc"),

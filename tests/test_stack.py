@@ -101,7 +101,7 @@ def status(url: str, credentials: str | None = None, method: str = "GET", body: 
     if credentials is not None:
         request.add_header("Authorization", f"Basic {b64encode(credentials.encode()).decode()}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:  # 2 cores, a stack starting
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -130,6 +130,9 @@ def compose_stack(fedsilo_image, silo_files, tmp_path_factory):
     try:
         wait_for(lambda: status(f"{stack.prefect_api}/health", auth) == 200, "a Prefect API")
         wait_for(lambda: status(f"{stack.mlflow_uri}/health") == 200, "an MLflow server")
+        clinic = f"clinic-a:{stack.secrets['MLFLOW_PASSWORD_CLINIC_A']}"
+        smoke = f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke"
+        wait_for(lambda: status(smoke, clinic) == 200, "the silos' MLflow users (mlflow-users)")
         yield stack
     finally:
         services = ("postgres", "prefect", "mlflow", "mlflow-users", "serve", *SILOS)
@@ -220,7 +223,7 @@ def test_a_silo_user_sees_only_its_own_scenarios_experiments(compose_stack):
     stack = compose_stack
     search = f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name="
     clinic = f"clinic-a:{stack.secrets['MLFLOW_PASSWORD_CLINIC_A']}"
-    wait_for(lambda: status(search + "smoke", clinic) == 200, "clinic-a's MLflow user")
+    assert status(search + "smoke", clinic) == 200
     assert status(search + "medical", clinic) == 403  # hospital-a's scenario, not clinic-a's
 
 
