@@ -212,7 +212,11 @@ def cmd_pool(args: argparse.Namespace) -> int:
     """Give a silo a Docker or Kubernetes work pool and register its deployment on it."""
     scenario = load_scenario(args.scenario)
     if args.silo not in scenario.silo_names():
-        print(f"fedsilo pool: silo {args.silo!r} is not in {args.scenario}", file=sys.stderr)
+        known = ", ".join(scenario.silo_names())
+        print(
+            f"fedsilo pool: silo {args.silo!r} is not in {args.scenario} (its silos: {known})",
+            file=sys.stderr,
+        )
         return EXIT_INVALID
     mlflow_uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not os.environ.get("PREFECT_API_URL") or not mlflow_uri.startswith("http"):
