@@ -160,18 +160,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _takes_part(scenario, args: argparse.Namespace, command: str) -> bool:
+    """Whether `--silo` is one of the scenario's silos; if not, say so, naming those it has."""
+    if args.silo in scenario.silo_names():
+        return True
+    known = ", ".join(scenario.silo_names())
+    print(
+        f"fedsilo {command}: silo {args.silo!r} is not in {args.scenario} (its silos: {known})",
+        file=sys.stderr,
+    )
+    return False
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Register the silo's pool and deployment, check its data here, then become its Prefect worker."""
     from fedsilo.data import DataError
     from fedsilo.silo import summarize
 
     scenario = load_scenario(args.scenario)
-    if args.silo not in scenario.silo_names():
-        known = ", ".join(scenario.silo_names())
-        print(
-            f"fedsilo worker: silo {args.silo!r} is not in {args.scenario} (its silos: {known})",
-            file=sys.stderr,
-        )
+    if not _takes_part(scenario, args, "worker"):
         return EXIT_INVALID
     if not os.environ.get("PREFECT_API_URL"):
         print("fedsilo worker: set PREFECT_API_URL to the coordinator's Prefect server", file=sys.stderr)
@@ -211,12 +218,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_pool(args: argparse.Namespace) -> int:
     """Give a silo a Docker or Kubernetes work pool and register its deployment on it."""
     scenario = load_scenario(args.scenario)
-    if args.silo not in scenario.silo_names():
-        known = ", ".join(scenario.silo_names())
-        print(
-            f"fedsilo pool: silo {args.silo!r} is not in {args.scenario} (its silos: {known})",
-            file=sys.stderr,
-        )
+    if not _takes_part(scenario, args, "pool"):
         return EXIT_INVALID
     mlflow_uri = args.mlflow_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if not os.environ.get("PREFECT_API_URL") or not mlflow_uri.startswith("http"):
