@@ -19,7 +19,6 @@ decision and registration; weights the job wrote are deleted whatever happens.
 """
 
 import logging
-import math
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -290,7 +289,7 @@ class Coordinator:
         spent = {  # DP-SGD budgets, also of silos that declined because theirs ran out
             r.silo: r.epsilon
             for r in reports
-            if r.epsilon is not None and math.isfinite(r.epsilon) and r.epsilon >= 0
+            if r.epsilon is not None and federation.plausible_epsilon(r.epsilon)
         }
         self.spent_by_round[round_index] = spent
         reports = [r for r in reports if r.silo not in declined]

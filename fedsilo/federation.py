@@ -234,9 +234,14 @@ def fit_reply_problem(report: FitReport, secure: bool) -> str | None:
         return secagg.public_key_problem(report.public_key)
     if report.update is None:
         return "sent no update"
-    if report.epsilon is not None and not (math.isfinite(report.epsilon) and report.epsilon >= 0):
+    if report.epsilon is not None and not plausible_epsilon(report.epsilon):
         return f"reported epsilon {report.epsilon!r}"
     return None
+
+
+def plausible_epsilon(epsilon: float) -> bool:
+    """An epsilon an accountant can give: finite and not negative (a silo's report is untrusted)."""
+    return math.isfinite(epsilon) and epsilon >= 0
 
 
 def masked_problems(masked: list[MaskedUpdate], current: WeightRef) -> dict[str, str]:

@@ -17,7 +17,6 @@ coordinator. The run ends on `stop`, or by itself once the coordinator's run has
 
 import os
 import time
-from dataclasses import asdict
 from uuid import UUID
 
 from prefect import flow, get_run_logger
@@ -78,9 +77,8 @@ def run_step(scenario: Scenario, silo: str, request: StepRequest):
     return evaluate_silo(scenario, silo, _weights(args["weights"]), step)
 
 
-def answer(base: Scenario, silo: str, request: StepRequest) -> StepReply:
+def answer(scenario: Scenario, silo: str, request: StepRequest) -> StepReply:
     """The reply to one request: the step's record, or the error that stopped it (the run goes on)."""
-    scenario = local_view(Scenario.model_validate(request.scenario), silo) if request.scenario else base
     try:
         record = run_step(scenario, silo, request)
     except Exception as exc:  # reported to the coordinator, which leaves this silo out of the step
@@ -122,12 +120,14 @@ def _requests(client: SyncPrefectClient, coordinator: UUID):
 )
 def silo_job(scenario: Scenario, silo: str, coordinator_run: str) -> int:
     """Serve the steps the coordinator's run `coordinator_run` sends to `silo`; returns how many."""
-    logger, base = get_run_logger(), local_view(scenario, silo)
+    logger, current = get_run_logger(), local_view(scenario, silo)
     coordinator, served, built = UUID(coordinator_run), 0, participants_built()
     try:
         with get_client(sync_client=True) as client:
             for request in _requests(client, coordinator):
-                reply = answer(base, silo, request)
+                if request.scenario is not None:  # sent only when it changed (labels after prepare)
+                    current = local_view(Scenario.model_validate(request.scenario), silo)
+                reply = answer(current, silo, request)
                 send_reply(client, coordinator, reply)
                 served += 1
                 logger.info("%s %s: %s", silo, request.step, "answered" if not reply.error else "failed")
@@ -140,8 +140,3 @@ def silo_job(scenario: Scenario, silo: str, coordinator_run: str) -> int:
         participants_built() - built,
     )
     return served
-
-
-def request_arguments(**arguments) -> dict:
-    """Step arguments as JSON-ready values (WeightRefs as dicts)."""
-    return {k: asdict(v) if isinstance(v, WeightRef) else v for k, v in arguments.items()}

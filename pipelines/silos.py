@@ -22,8 +22,16 @@ from fedsilo.federation import JobPaths
 from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef, load_reply
 from fedsilo.scenario import Scenario
 from fedsilo.silo import release_participants
-from pipelines.silo_flow import SILO_FLOW, request_arguments
-from pipelines.steps import Backoff, StepReply, StepRequest, new_request_id, send_request, take_new
+from pipelines.silo_flow import SILO_FLOW
+from pipelines.steps import (
+    Backoff,
+    StepReply,
+    StepRequest,
+    new_request_id,
+    request_arguments,
+    send_request,
+    take_new,
+)
 from pipelines.tasks import (
     evaluate_silo,
     fit_with_limits,
@@ -113,6 +121,7 @@ class DistributedSilos:
     def __init__(self, paths: JobPaths, job: str):
         self.paths, self.job = paths, job
         self.sessions: dict[str, UUID] = {}
+        self.told: dict[str, dict] = {}  # the scenario each silo's run holds, to send only changes
 
     @staticmethod
     def _coordinator() -> UUID:
@@ -145,6 +154,7 @@ class DistributedSilos:
                 )
                 return None
             self.sessions[silo] = run.id
+            self.told[silo] = parameters["scenario"]
         return self.sessions[silo]
 
     def _ended(self, client, waiting: dict[str, UUID]) -> dict[str, str]:
@@ -201,9 +211,11 @@ class DistributedSilos:
                 if session is None:
                     continue
                 arguments = request_arguments(**arguments_for(silo))
+                changed = shared if self.told.get(silo) != shared else None
                 message = StepRequest(
-                    request=request, action=action, step=step, scenario=shared, arguments=arguments
+                    request=request, action=action, step=step, scenario=changed, arguments=arguments
                 )
+                self.told[silo] = shared
                 send_request(client, session, message)
                 waiting[silo] = session
             bodies = self._collect(client, request, waiting, limit)

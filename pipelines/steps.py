@@ -8,11 +8,14 @@ travel here: requests and replies hold WeightRefs and small records.
 
 import time
 import uuid
+from dataclasses import asdict
 from typing import Any, Literal
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
 from pydantic import BaseModel, ValidationError
+
+from fedsilo.messages import WeightRef
 
 Action = Literal["prepare", "fit", "mask", "evaluate", "score", "personalize", "stop"]
 FIRST_POLL_SECONDS = 0.05
@@ -25,7 +28,7 @@ class StepRequest(BaseModel):
     request: str
     action: Action
     step: str = ""
-    scenario: dict[str, Any] | None = None  # the coordinator's current view (labels resolved)
+    scenario: dict[str, Any] | None = None  # the coordinator's view, sent only when it changed
     arguments: dict[str, Any] = {}
 
 
@@ -36,6 +39,11 @@ class StepReply(BaseModel):
     silo: str
     body: str = ""
     error: str = ""
+
+
+def request_arguments(**arguments) -> dict:
+    """Step arguments as JSON-ready values (WeightRefs as dicts)."""
+    return {k: asdict(v) if isinstance(v, WeightRef) else v for k, v in arguments.items()}
 
 
 def new_request_id() -> str:

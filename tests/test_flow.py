@@ -182,8 +182,8 @@ def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, ml
     from fedsilo import federation
     from fedsilo.silo import initial_state, summarize
     from fedsilo.weights import write_state
-    from pipelines.silo_flow import answer, request_arguments
-    from pipelines.steps import StepRequest
+    from pipelines.silo_flow import answer
+    from pipelines.steps import StepRequest, request_arguments
 
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     scenario = federation.with_labels(scenario, [summarize(scenario, "clinic-a")])
