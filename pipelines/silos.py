@@ -181,8 +181,8 @@ class DistributedSilos:
                 if reply.silo not in waiting:
                     continue
                 del waiting[reply.silo]
-                if reply.error:
-                    logger.warning("silo %s: %s", reply.silo, reply.error)
+                if reply.error:  # a silo's words: logged, never trusted, and kept short
+                    logger.warning("silo %s: %s", reply.silo, reply.error[:500])
                 else:
                     bodies[reply.silo] = reply.body
             if waiting and time.monotonic() - checked > STATE_CHECK_SECONDS:
