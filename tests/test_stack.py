@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from base64 import b64encode
+from functools import partial
 
 import pytest
 from mlflow import MlflowClient
@@ -83,6 +84,18 @@ class ComposeStack:
     def container(self, service: str) -> str:
         return f"{PROJECT}_{service}_1"
 
+    def diagnosis(self, services=("postgres", "prefect", "mlflow")) -> str:
+        """The project's containers and their states, and the last lines of the servers' logs."""
+        states = podman(
+            "ps", "--all", "--filter", f"label=io.podman.compose.project={PROJECT}",
+            "--format", "{{.Names}}: {{.Status}} (restarts {{.RestartCount}})", check=False,
+        )  # fmt: skip
+        lines = [(states.stdout + states.stderr).strip() or "no container of the project exists"]
+        for service in services:
+            log = podman("logs", "--tail", "8", self.container(service), check=False)
+            lines.append(f"{service} log: {(log.stdout + log.stderr).strip()[-600:]}")
+        return "\n".join(lines)
+
     def client_env(self) -> dict[str, str]:
         """What a user's machine needs to talk to the stack: its API URLs and credentials."""
         return {
@@ -107,7 +120,8 @@ def status(url: str, credentials: str | None = None, method: str = "GET", body: 
         return exc.code
 
 
-def wait_for(check, what: str, seconds: float = 300) -> None:
+def wait_for(check, what: str, seconds: float = 300, diagnosis=lambda: "") -> None:
+    """Poll `check` until it holds; past `seconds`, fail saying what is missing and why, if known."""
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
@@ -116,7 +130,7 @@ def wait_for(check, what: str, seconds: float = 300) -> None:
         except OSError:
             pass
         time.sleep(2)
-    raise TimeoutError(f"the stack never got {what} within {seconds:.0f}s")
+    raise TimeoutError(f"the stack never got {what} within {seconds:.0f}s\n{diagnosis()}".rstrip())
 
 
 @pytest.fixture(scope="module")
@@ -128,11 +142,14 @@ def compose_stack(fedsilo_image, silo_files, tmp_path_factory):
     stack.compose("up", "-d", timeout=900)
     auth = stack.secrets["PREFECT_AUTH"]
     try:
-        wait_for(lambda: status(f"{stack.prefect_api}/health", auth) == 200, "a Prefect API")
-        wait_for(lambda: status(f"{stack.mlflow_uri}/health") == 200, "an MLflow server")
+        health = f"{stack.prefect_api}/health"
+        wait_for(lambda: status(health, auth) == 200, "a Prefect API", diagnosis=stack.diagnosis)
+        health = f"{stack.mlflow_uri}/health"
+        wait_for(lambda: status(health) == 200, "an MLflow server", diagnosis=stack.diagnosis)
         clinic = f"clinic-a:{stack.secrets['MLFLOW_PASSWORD_CLINIC_A']}"
         smoke = f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke"
-        wait_for(lambda: status(smoke, clinic) == 200, "the silos' MLflow users (mlflow-users)")
+        users = partial(stack.diagnosis, ("mlflow", "mlflow-users"))
+        wait_for(lambda: status(smoke, clinic) == 200, "the silos' MLflow users", diagnosis=users)
         yield stack
     finally:
         services = ("postgres", "prefect", "mlflow", "mlflow-users", "serve", *SILOS)
