@@ -15,6 +15,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.server import get_app_client
 
 from fedsilo.scenario import load_scenario
+from fedsilo.tracking import ensure_experiment
 
 SCENARIOS = Path(os.environ.get("FEDSILO_HOME", "/app")) / "scenarios"
 
@@ -35,11 +36,6 @@ def ensure_user(auth, silo: str, password: str) -> None:
         print(f"user {silo}: password set again")
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
-
-
 def grant_edit(auth, silo: str, experiment: str) -> None:
     try:
         auth.grant_user_permission(silo, "experiment", experiment, "EDIT")
@@ -58,7 +54,7 @@ def main() -> int:
         scenario = load_scenario(path)
         members = [silo for silo in scenario.silo_names() if silo in passwords]
         if members:
-            experiment = experiment_id(client, scenario.experiment_name)
+            experiment = ensure_experiment(client, scenario)
             for silo in members:
                 grant_edit(auth, silo, experiment)
             print(f"experiment {scenario.experiment_name}: EDIT for {', '.join(members)}")

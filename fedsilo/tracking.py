@@ -75,6 +75,21 @@ def _metrics(values: dict[str, float], step: int, model_id: str | None = None) -
     return [Metric(k, float(v), stamp, step, model_id=model_id) for k, v in values.items()]
 
 
+def ensure_experiment(client: MlflowClient, scenario: Scenario) -> str:
+    """The id of the scenario's experiment, created with its domain and kind tags if missing
+    (by a job, or by the stack's mlflow-users service before any job has run)."""
+    name = scenario.experiment_name
+    experiment = client.get_experiment_by_name(name)
+    if experiment is None:
+        try:
+            return client.create_experiment(name, tags={"fedsilo.domain": scenario.domain, **KIND})
+        except MlflowException:  # created meanwhile by another process
+            experiment = client.get_experiment_by_name(name)
+    if KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND[KIND_TAG])
+    return experiment.experiment_id
+
+
 class FederationTracker:
     """Writes one federated job to MLflow in the layout above."""
 
@@ -91,23 +106,9 @@ class FederationTracker:
     def tracking_uri(self) -> str:
         return self.client.tracking_uri
 
-    def _experiment_id(self) -> str:
-        name = self.scenario.experiment_name
-        experiment = self.client.get_experiment_by_name(name)
-        if experiment is None:
-            try:
-                return self.client.create_experiment(
-                    name, tags={"fedsilo.domain": self.scenario.domain, **KIND}
-                )
-            except MlflowException:  # created meanwhile by another process
-                experiment = self.client.get_experiment_by_name(name)
-        if KIND_TAG not in experiment.tags:
-            self.client.set_experiment_tag(experiment.experiment_id, KIND_TAG, KIND[KIND_TAG])
-        return experiment.experiment_id
-
     def start(self) -> str:
         """Create the parent run and one child run per silo; return the parent run id."""
-        self.experiment_id = self._experiment_id()
+        self.experiment_id = ensure_experiment(self.client, self.scenario)
         common = {"fedsilo.scenario": self.scenario.name, "fedsilo.job": self.job_name}
         parent = self.client.create_run(
             self.experiment_id,
@@ -143,7 +144,7 @@ class FederationTracker:
         The last completed round is the last one with both its global model logged and its
         `global_accuracy` on the parent run (logged after every silo's metrics of the round).
         """
-        self.experiment_id = self._experiment_id()
+        self.experiment_id = ensure_experiment(self.client, self.scenario)
         parent = self._job_run()
         if parent.info.status == "FINISHED":
             raise LookupError(
