@@ -1,17 +1,27 @@
-"""Podman for the container tests: the configuration that runs here (docker/podman.sh) and the
-locally built images, made once per test session."""
+"""Podman for the container tests: the configuration that runs here (docker/podman.sh), the
+locally built images, made once per test session, and docker/compose.yaml brought up with fresh
+secrets (`ComposeStack`, also used by bench/stack_start.py)."""
 
 import os
+import secrets
 import shutil
 import subprocess
+import time
+import urllib.error
+import urllib.request
+from base64 import b64encode
 
 import pytest
 
 from tests.conftest import REPO
+from tests.stack import BIN, free_port
 
 PODMAN = [str(REPO / "docker" / "podman.sh")]
 IMAGE = "localhost/fedsilo:test"
 POSTGRES_IMAGE = "localhost/fedsilo-postgres:test"
+COMPOSE = REPO / "docker" / "compose.yaml"
+PROJECT = "fedsilo-stack-test"
+SILOS = ("clinic-a", "clinic-b")  # the smoke profile's silos
 
 
 def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -42,3 +52,107 @@ def build_fedsilo_image() -> str:
 def build_postgres_image() -> str:
     podman("postgres", timeout=900)
     return POSTGRES_IMAGE
+
+
+class ComposeStack:
+    """The compose project with fresh secrets, host ports and each silo's data folder."""
+
+    def __init__(self, folder, image: str, silo_files: dict):
+        self.prefect_port, self.mlflow_port = free_port(), free_port()
+        self.secrets = {
+            "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
+            "PREFECT_AUTH": f"admin:{secrets.token_urlsafe(16)}",
+            "MLFLOW_USER": "admin",
+            "MLFLOW_PASSWORD": secrets.token_urlsafe(16),
+            "MLFLOW_SECRET_KEY": secrets.token_urlsafe(32),
+            **{
+                f"MLFLOW_PASSWORD_{silo.upper().replace('-', '_')}": secrets.token_urlsafe(16)
+                for silo in SILOS
+            },
+            "MLFLOW_PASSWORD_HOSPITAL_A": secrets.token_urlsafe(16),
+        }
+        settings = {
+            **self.secrets,
+            "FEDSILO_IMAGE": image,
+            "FEDSILO_POSTGRES_IMAGE": POSTGRES_IMAGE,
+            "PREFECT_PORT": str(self.prefect_port),
+            "MLFLOW_PORT": str(self.mlflow_port),
+        }
+        for silo, path in silo_files.items():
+            path.parent.chmod(0o755)  # readable by the image's unprivileged user
+            path.chmod(0o644)
+            prefix = silo.upper().replace("-", "_")
+            settings |= {f"{prefix}_VOLUME": str(path.parent), f"{prefix}_DATA": f"/data/{path.name}"}
+        self.env_file = folder / "stack.env"
+        self.env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+        self.prefect_api = f"http://127.0.0.1:{self.prefect_port}/api"
+        self.mlflow_uri = f"http://127.0.0.1:{self.mlflow_port}"
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        command = [str(BIN / "podman-compose"), "-p", PROJECT, "-f", str(COMPOSE)]
+        command += ["--env-file", str(self.env_file), "--profile", "smoke", *args]
+        env = os.environ | {"CONTAINERS_CONF": str(REPO / "docker" / "containers.conf")}
+        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
+        assert done.returncode == 0, (
+            f"podman-compose {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        )
+        return done
+
+    def container(self, service: str) -> str:
+        return f"{PROJECT}_{service}_1"
+
+    def prefect_healthy(self) -> bool:
+        return status(f"{self.prefect_api}/health", self.secrets["PREFECT_AUTH"]) == 200
+
+    def restarts(self, service: str) -> int:
+        """How often podman restarted the service's container (its restart policy at work)."""
+        found = podman("inspect", self.container(service), "--format", "{{.RestartCount}}", check=False)
+        return int(found.stdout.strip() or 0)
+
+    def diagnosis(self, services=("postgres", "prefect", "mlflow")) -> str:
+        """The project's containers and their states, and the last lines of the servers' logs."""
+        states = podman(
+            "ps", "--all", "--filter", f"label=io.podman.compose.project={PROJECT}",
+            "--format", "{{.Names}}: {{.Status}} (restarts {{.RestartCount}})", check=False,
+        )  # fmt: skip
+        lines = [(states.stdout + states.stderr).strip() or "no container of the project exists"]
+        for service in services:
+            log = podman("logs", "--tail", "8", self.container(service), check=False)
+            lines.append(f"{service} log: {(log.stdout + log.stderr).strip()[-600:]}")
+        return "\n".join(lines)
+
+    def client_env(self) -> dict[str, str]:
+        """What a user's machine needs to talk to the stack: its API URLs and credentials."""
+        return {
+            "PREFECT_API_URL": self.prefect_api,
+            "PREFECT_API_AUTH_STRING": self.secrets["PREFECT_AUTH"],
+            "MLFLOW_TRACKING_URI": self.mlflow_uri,
+            "MLFLOW_TRACKING_USERNAME": "admin",
+            "MLFLOW_TRACKING_PASSWORD": self.secrets["MLFLOW_PASSWORD"],
+        }
+
+
+def status(url: str, credentials: str | None = None, method: str = "GET", body: bytes | None = None) -> int:
+    request = urllib.request.Request(url, data=body, method=method)
+    if body is not None:
+        request.add_header("Content-Type", "application/json")
+    if credentials is not None:
+        request.add_header("Authorization", f"Basic {b64encode(credentials.encode()).decode()}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # 2 cores, a stack starting
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def wait_for(check, what: str, seconds: float = 300, diagnosis=lambda: "") -> None:
+    """Poll `check` until it holds; past `seconds`, fail saying what is missing and why, if known."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except OSError:
+            pass
+        time.sleep(2)
+    raise TimeoutError(f"the stack never got {what} within {seconds:.0f}s\n{diagnosis()}".rstrip())

@@ -5,27 +5,16 @@ scenario with only its own data volume. One stack for the module; torn down at t
 Needs podman, runc and debootstrap (`make system-deps`); skips, saying why, without them.
 """
 
-import os
 import re
-import secrets
-import subprocess
 import time
-import urllib.error
-import urllib.request
-from base64 import b64encode
 from functools import partial
 
 import pytest
 from mlflow import MlflowClient
 
-from tests.conftest import REPO
-from tests.containers import POSTGRES_IMAGE, build_postgres_image, podman
-from tests.stack import BIN, free_port
+from tests.containers import PROJECT, SILOS, ComposeStack, build_postgres_image, podman, status, wait_for
 
 pytestmark = pytest.mark.slow
-COMPOSE = REPO / "docker" / "compose.yaml"
-PROJECT = "fedsilo-stack-test"
-SILOS = ("clinic-a", "clinic-b")
 PROBE = """
 import socket, sys
 for host in sys.argv[1:]:
@@ -37,102 +26,6 @@ for host in sys.argv[1:]:
 """
 
 
-class ComposeStack:
-    """The compose project with fresh secrets, host ports and each silo's data folder."""
-
-    def __init__(self, folder, image: str, silo_files: dict):
-        self.prefect_port, self.mlflow_port = free_port(), free_port()
-        self.secrets = {
-            "POSTGRES_PASSWORD": secrets.token_urlsafe(16),
-            "PREFECT_AUTH": f"admin:{secrets.token_urlsafe(16)}",
-            "MLFLOW_USER": "admin",
-            "MLFLOW_PASSWORD": secrets.token_urlsafe(16),
-            "MLFLOW_SECRET_KEY": secrets.token_urlsafe(32),
-            **{
-                f"MLFLOW_PASSWORD_{silo.upper().replace('-', '_')}": secrets.token_urlsafe(16)
-                for silo in SILOS
-            },
-            "MLFLOW_PASSWORD_HOSPITAL_A": secrets.token_urlsafe(16),
-        }
-        settings = {
-            **self.secrets,
-            "FEDSILO_IMAGE": image,
-            "FEDSILO_POSTGRES_IMAGE": POSTGRES_IMAGE,
-            "PREFECT_PORT": str(self.prefect_port),
-            "MLFLOW_PORT": str(self.mlflow_port),
-        }
-        for silo, path in silo_files.items():
-            path.parent.chmod(0o755)  # readable by the image's unprivileged user
-            path.chmod(0o644)
-            prefix = silo.upper().replace("-", "_")
-            settings |= {f"{prefix}_VOLUME": str(path.parent), f"{prefix}_DATA": f"/data/{path.name}"}
-        self.env_file = folder / "stack.env"
-        self.env_file.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
-        self.prefect_api = f"http://127.0.0.1:{self.prefect_port}/api"
-        self.mlflow_uri = f"http://127.0.0.1:{self.mlflow_port}"
-
-    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-        command = [str(BIN / "podman-compose"), "-p", PROJECT, "-f", str(COMPOSE)]
-        command += ["--env-file", str(self.env_file), "--profile", "smoke", *args]
-        env = os.environ | {"CONTAINERS_CONF": str(REPO / "docker" / "containers.conf")}
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env)
-        assert done.returncode == 0, (
-            f"podman-compose {' '.join(args)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        )
-        return done
-
-    def container(self, service: str) -> str:
-        return f"{PROJECT}_{service}_1"
-
-    def diagnosis(self, services=("postgres", "prefect", "mlflow")) -> str:
-        """The project's containers and their states, and the last lines of the servers' logs."""
-        states = podman(
-            "ps", "--all", "--filter", f"label=io.podman.compose.project={PROJECT}",
-            "--format", "{{.Names}}: {{.Status}} (restarts {{.RestartCount}})", check=False,
-        )  # fmt: skip
-        lines = [(states.stdout + states.stderr).strip() or "no container of the project exists"]
-        for service in services:
-            log = podman("logs", "--tail", "8", self.container(service), check=False)
-            lines.append(f"{service} log: {(log.stdout + log.stderr).strip()[-600:]}")
-        return "\n".join(lines)
-
-    def client_env(self) -> dict[str, str]:
-        """What a user's machine needs to talk to the stack: its API URLs and credentials."""
-        return {
-            "PREFECT_API_URL": self.prefect_api,
-            "PREFECT_API_AUTH_STRING": self.secrets["PREFECT_AUTH"],
-            "MLFLOW_TRACKING_URI": self.mlflow_uri,
-            "MLFLOW_TRACKING_USERNAME": "admin",
-            "MLFLOW_TRACKING_PASSWORD": self.secrets["MLFLOW_PASSWORD"],
-        }
-
-
-def status(url: str, credentials: str | None = None, method: str = "GET", body: bytes | None = None) -> int:
-    request = urllib.request.Request(url, data=body, method=method)
-    if body is not None:
-        request.add_header("Content-Type", "application/json")
-    if credentials is not None:
-        request.add_header("Authorization", f"Basic {b64encode(credentials.encode()).decode()}")
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:  # 2 cores, a stack starting
-            return response.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
-def wait_for(check, what: str, seconds: float = 300, diagnosis=lambda: "") -> None:
-    """Poll `check` until it holds; past `seconds`, fail saying what is missing and why, if known."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(2)
-    raise TimeoutError(f"the stack never got {what} within {seconds:.0f}s\n{diagnosis()}".rstrip())
-
-
 @pytest.fixture(scope="module")
 def compose_stack(fedsilo_image, silo_files, tmp_path_factory):
     build_postgres_image()
@@ -140,10 +33,8 @@ def compose_stack(fedsilo_image, silo_files, tmp_path_factory):
     stack.compose("down", "--volumes", timeout=300)  # whatever an interrupted run left
     began = time.monotonic()
     stack.compose("up", "-d", timeout=900)
-    auth = stack.secrets["PREFECT_AUTH"]
     try:
-        health = f"{stack.prefect_api}/health"
-        wait_for(lambda: status(health, auth) == 200, "a Prefect API", diagnosis=stack.diagnosis)
+        wait_for(stack.prefect_healthy, "a Prefect API", diagnosis=stack.diagnosis)
         health = f"{stack.mlflow_uri}/health"
         wait_for(lambda: status(health) == 200, "an MLflow server", diagnosis=stack.diagnosis)
         clinic = f"clinic-a:{stack.secrets['MLFLOW_PASSWORD_CLINIC_A']}"
@@ -224,7 +115,9 @@ def test_the_served_scenarios_have_their_schedules_and_a_run_completes_through_t
     for key, value in stack.client_env().items():
         monkeypatch.setenv(key, value)
     client = MlflowClient(stack.mlflow_uri)
-    experiment = client.get_experiment_by_name("smoke").experiment_id
+    smoke = client.get_experiment_by_name("smoke")  # made by mlflow-users before any job ran
+    assert smoke.tags["fedsilo.domain"] == "medical", smoke.tags
+    experiment = smoke.experiment_id
     (job,) = client.search_runs([experiment], "tags.`fedsilo.role` = 'federation'")
     assert job.info.status == "FINISHED"
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{job.info.run_id}'")
