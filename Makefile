@@ -64,7 +64,7 @@ bench-privacy: setup
 bench-efficiency: setup
 	$(PY) -m bench.efficiency
 
-# BENCHMARKS.md section 7: distributed against embedded on real servers (about 10 minutes).
+# BENCHMARKS.md section 8: distributed against embedded on real servers (two jobs each way).
 bench-distributed: setup
 	$(PY) -m bench.distributed
 

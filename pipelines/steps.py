@@ -19,7 +19,7 @@ from fedsilo.messages import WeightRef
 
 Action = Literal["prepare", "fit", "mask", "evaluate", "score", "personalize", "stop"]
 FIRST_POLL_SECONDS = 0.05
-MAX_POLL_SECONDS = 0.5  # bounds what waiting adds to a step: see BENCHMARKS.md section 7
+MAX_POLL_SECONDS = 0.5  # bounds what waiting adds to a step: see BENCHMARKS.md section 8
 
 
 class StepRequest(BaseModel):

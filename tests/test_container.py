@@ -13,11 +13,6 @@ from tests.containers import podman
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def image(fedsilo_image):
-    return fedsilo_image
-
-
 def client_env(stack) -> list[str]:
     variables = {
         "PREFECT_API_URL": stack.prefect_api,
@@ -27,15 +22,15 @@ def client_env(stack) -> list[str]:
     return [f"--env={name}={value}" for name, value in variables.items()]
 
 
-def test_image_runs_as_a_user_and_holds_no_credentials(image):
-    assert podman("run", "--rm", "--entrypoint=id", image, "-u").stdout.strip() != "0"
-    environment = podman("run", "--rm", "--entrypoint=env", image).stdout
+def test_image_runs_as_a_user_and_holds_no_credentials(fedsilo_image):
+    assert podman("run", "--rm", "--entrypoint=id", fedsilo_image, "-u").stdout.strip() != "0"
+    environment = podman("run", "--rm", "--entrypoint=env", fedsilo_image).stdout
     assert not [line for line in environment.splitlines() if "PASSWORD" in line or "AUTH_STRING" in line]
-    listed = podman("run", "--rm", "--entrypoint=ls", image, "/app/scenarios").stdout.split()
+    listed = podman("run", "--rm", "--entrypoint=ls", fedsilo_image, "/app/scenarios").stdout.split()
     assert {"medical.yaml", "smoke.yaml"} <= set(listed)
 
 
-def test_silos_as_containers_complete_the_smoke_scenario(image, stack, silo_files):
+def test_silos_as_containers_complete_the_smoke_scenario(fedsilo_image, stack, silo_files):
     names = []
     try:
         for silo, path in silo_files.items():
@@ -45,12 +40,12 @@ def test_silos_as_containers_complete_the_smoke_scenario(image, stack, silo_file
             podman("rm", "--force", name, check=False)
             podman(
                 "run", "--detach", f"--name={name}", "--network=host", *client_env(stack),
-                f"--volume={path.parent}:/data:ro", image,
+                f"--volume={path.parent}:/data:ro", fedsilo_image,
                 "worker", f"--silo={silo}", "--scenario=scenarios/smoke.yaml", "--data=/data/notes.csv",
             )  # fmt: skip
             names.append(name)
         coordinator = podman(
-            "run", "--rm", "--network=host", *client_env(stack), image,
+            "run", "--rm", "--network=host", *client_env(stack), fedsilo_image,
             "run", "scenarios/smoke.yaml", "--mode=distributed", "--job-name=containers",
         )  # fmt: skip
         assert "Done: global accuracy" in coordinator.stdout
