@@ -113,12 +113,13 @@ class ComposeStack:
         """The project's containers and their states, and the last lines of the servers' logs."""
         states = podman(
             "ps", "--all", "--filter", f"label=io.podman.compose.project={PROJECT}",
-            "--format", "{{.Names}}: {{.Status}} (restarts {{.RestartCount}})", check=False,
+            "--format", "{{.Names}}: {{.Status}}", check=False,
         )  # fmt: skip
         lines = [(states.stdout + states.stderr).strip() or "no container of the project exists"]
         for service in services:
             log = podman("logs", "--tail", "8", self.container(service), check=False)
-            lines.append(f"{service} log: {(log.stdout + log.stderr).strip()[-600:]}")
+            tail = (log.stdout + log.stderr).strip()[-600:]
+            lines.append(f"{service} (restarted {self.restarts(service)}x) log: {tail}")
         return "\n".join(lines)
 
     def client_env(self) -> dict[str, str]:
