@@ -16,7 +16,7 @@ from fedsilo.metrics import union_metrics
 from fedsilo.privacy import central, secagg
 from fedsilo.scenario import CentralDPSpec, Scenario
 from fedsilo.strategies import SiloUpdate, Strategy, WeightedSum
-from fedsilo.validation import Layout, UpdateRejected, check_update
+from fedsilo.validation import Layout, UpdateRefused, check_update
 from fedsilo.weights import ChecksumError, file_dtypes, read_state, write_state
 
 
@@ -170,7 +170,7 @@ def aggregate(
                     rules.trained_on.get(report.silo),
                     rules.max_norm,
                 )
-            except (ChecksumError, UpdateRejected) as exc:
+            except (ChecksumError, UpdateRefused) as exc:
                 rejected[report.silo] = str(exc)
                 continue
             except Exception as exc:  # bytes that are not a safetensors file, a store error

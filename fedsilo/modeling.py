@@ -14,10 +14,9 @@ from fedsilo.weights import State
 from models import build_bert, build_cnn, load_matching_weights, load_tokenizer
 from models.bert import resolve_source
 from models.lora import adapter_state, is_lora, load_adapter, merged, with_lora
+from fedsilo.errors import ModelSourceError
 
 
-class ModelSourceError(Exception):
-    """model.source cannot be loaded; the message says what to do."""
 
 
 @dataclass

@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from fedsilo.errors import ScenarioError
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
 
@@ -503,17 +504,6 @@ class Scenario(Strict):
         return [s.name for s in self.silos]
 
 
-class ScenarioError(Exception):
-    """A scenario that cannot be used; `problems` lists each one with its field path."""
-
-    def __init__(self, source: str, problems: list[str]):
-        self.source = source
-        self.problems = problems
-        super().__init__(f"{source}: " + "; ".join(problems))
-
-    def report(self) -> str:
-        lines = [f"{self.source}: {len(self.problems)} problem(s)"]
-        return "\n".join(lines + [f"  - {p}" for p in self.problems])
 
 
 def _describe(error: dict[str, Any]) -> str:

@@ -8,7 +8,7 @@ float32 global model it sent. `federation.transfer_dtype: float32` sends the wei
 
 import torch
 
-from fedsilo.validation import UpdateRejected
+from fedsilo.validation import UpdateRefused
 from fedsilo.weights import State
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -36,7 +36,7 @@ def from_wire(sent: State, base: State, dtype: str) -> State:
             weights[name] = tensor  # check_update names what is wrong with it
             continue
         if tensor.dtype != DTYPES[dtype]:
-            raise UpdateRejected(
+            raise UpdateRefused(
                 f"tensor {name!r} has dtype {tensor.dtype}, expected {dtype} (federation.transfer_dtype)"
             )
         weights[name] = (held.float() + tensor.float()).to(held.dtype)

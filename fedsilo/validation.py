@@ -12,11 +12,10 @@ from dataclasses import dataclass
 
 import torch
 
+from fedsilo.errors import UpdateRefused
 from fedsilo.weights import State
 
 
-class UpdateRejected(Exception):
-    """An update that must not be aggregated; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -35,26 +34,26 @@ def _check_layout(state: State, layout: Layout) -> None:
     extra = sorted(set(state) - set(layout.tensors))
     if missing or extra:
         parts = [f"missing {missing[:3]}" if missing else "", f"unexpected {extra[:3]}" if extra else ""]
-        raise UpdateRejected(f"tensors differ from the global model's: {'; '.join(p for p in parts if p)}")
+        raise UpdateRefused(f"tensors differ from the global model's: {'; '.join(p for p in parts if p)}")
     for name, (shape, dtype) in layout.tensors.items():
         tensor = state[name]
         if tuple(tensor.shape) != shape:
-            raise UpdateRejected(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
+            raise UpdateRefused(f"tensor {name!r} has shape {tuple(tensor.shape)}, expected {shape}")
         if tensor.dtype != dtype:
-            raise UpdateRejected(f"tensor {name!r} has dtype {tensor.dtype}, expected {dtype}")
+            raise UpdateRefused(f"tensor {name!r} has dtype {tensor.dtype}, expected {dtype}")
 
 
 def _check_finite(state: State) -> None:
     for name, tensor in state.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise UpdateRejected(f"tensor {name!r} holds NaN or infinite values")
+            raise UpdateRefused(f"tensor {name!r} holds NaN or infinite values")
 
 
 def _check_count(num_examples: object, trained_on: int | None) -> None:
     if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
-        raise UpdateRejected(f"num_examples must be a positive integer, got {num_examples!r}")
+        raise UpdateRefused(f"num_examples must be a positive integer, got {num_examples!r}")
     if trained_on is not None and num_examples > trained_on:
-        raise UpdateRejected(
+        raise UpdateRefused(
             f"num_examples {num_examples} exceeds the {trained_on} training examples the silo reported"
         )
 
@@ -76,11 +75,11 @@ def check_update(
     trained_on: int | None = None,
     max_norm: float | None = None,
 ) -> None:
-    """Raise UpdateRejected naming the first problem of a silo's update; return when it is sound."""
+    """Raise UpdateRefused naming the first problem of a silo's update; return when it is sound."""
     _check_count(num_examples, trained_on)
     _check_layout(state, layout)
     _check_finite(state)
     if max_norm is not None:
         norm = update_norm(state, current)
         if norm > max_norm:
-            raise UpdateRejected(f"update norm {norm:.4g} exceeds federation.max_update_norm {max_norm:.4g}")
+            raise UpdateRefused(f"update norm {norm:.4g} exceeds federation.max_update_norm {max_norm:.4g}")

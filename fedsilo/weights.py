@@ -20,6 +20,7 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 
 from fedsilo import artifacts
+from fedsilo.errors import ChecksumError
 from fedsilo.messages import WeightRef
 
 State = dict[str, torch.Tensor]
@@ -47,8 +48,6 @@ def in_memory(uri: str) -> bool:
     return uri.startswith(MEMORY)
 
 
-class ChecksumError(Exception):
-    """The weights read back are not the ones that were written."""
 
 
 def to_bytes(state: State) -> bytes:

@@ -7,7 +7,7 @@ import torch
 from fedsilo.federation import JobPaths
 from fedsilo.scenario import ScenarioError, load_scenario
 from fedsilo.transfer import from_wire, to_wire
-from fedsilo.validation import UpdateRejected
+from fedsilo.validation import UpdateRefused
 from tests.conftest import REPO
 from tests.engine import run
 from tests.test_differential_privacy import Keeping
@@ -30,7 +30,7 @@ def test_a_16_bit_change_rebuilds_the_weights_to_its_own_precision(dtype, mantis
 
 def test_a_change_in_another_dtype_is_refused_by_name():
     base = {"w": torch.zeros(3)}
-    with pytest.raises(UpdateRejected, match="'w'.*float32.*bfloat16"):
+    with pytest.raises(UpdateRefused, match="'w'.*float32.*bfloat16"):
         from_wire({"w": torch.ones(3)}, base, "bfloat16")
 
 

@@ -9,7 +9,7 @@ import torch
 from fedsilo import federation
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.strategies import FedAvg, Median
-from fedsilo.validation import Layout, UpdateRejected, check_update, update_norm
+from fedsilo.validation import Layout, UpdateRefused, check_update, update_norm
 from fedsilo.weights import read_state, write_state
 
 GLOBAL = {"w": torch.zeros(3), "b": torch.zeros(2), "steps": torch.tensor(0)}
@@ -38,7 +38,7 @@ BROKEN = {
 @pytest.mark.parametrize("case", sorted(BROKEN))
 def test_a_broken_update_is_named(case):
     state, count, reason = BROKEN[case]
-    with pytest.raises(UpdateRejected, match=re.escape(reason)):
+    with pytest.raises(UpdateRefused, match=re.escape(reason)):
         check_update(state, count, GLOBAL, Layout.of(GLOBAL), trained_on=100)
 
 
@@ -46,7 +46,7 @@ def test_the_norm_bound_is_optional():
     far = honest(100.0)
     check_update(far, 10, GLOBAL, Layout.of(GLOBAL), trained_on=100)
     assert update_norm(far, GLOBAL) == pytest.approx(100 * 5**0.5)
-    with pytest.raises(UpdateRejected, match="max_update_norm"):
+    with pytest.raises(UpdateRefused, match="max_update_norm"):
         check_update(far, 10, GLOBAL, Layout.of(GLOBAL), trained_on=100, max_norm=10.0)
 
 

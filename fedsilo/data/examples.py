@@ -3,10 +3,9 @@
 from dataclasses import dataclass
 
 import numpy as np
+from fedsilo.errors import DataError
 
 
-class DataError(Exception):
-    """Data that cannot be used as configured; the message names the file, column or silo."""
 
 
 @dataclass(frozen=True)

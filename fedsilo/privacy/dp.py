@@ -27,12 +27,11 @@ import torch
 from fedsilo.modeling import EncodedSet
 from fedsilo.privacy.accounting import epsilon, noise_for
 from fedsilo.training import FitSettings, Progress, logits, make_optimizer, pick_device
+from fedsilo.errors import PrivacyBudgetExhausted
 
 FROZEN_MARK = "embeddings"
 
 
-class PrivacyBudgetExhausted(Exception):
-    """Training this round would take the silo past its privacy budget; it stops instead."""
 
 
 @dataclass(frozen=True)

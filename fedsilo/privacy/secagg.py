@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from fedsilo.errors import ReplyRefused
 from fedsilo.weights import State
 
 MODULUS = 2**32
@@ -34,7 +35,7 @@ SCALE_BITS = 30  # the honest sum uses at most 2^30 of the 2^31 signed range: ro
 _RAW = serialization.Encoding.Raw
 
 
-class SecAggError(Exception):
+class SecAggError(ReplyRefused):
     """Secure aggregation cannot go on (a bad key, a sum that fails its checks); says why."""
 
 
