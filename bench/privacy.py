@@ -6,7 +6,7 @@ DP-SGD at the silos and of central DP, each next to plain FedAvg in the same run
     python -m bench.privacy dp --dataset sms-spam --epsilons 1 4 8
     python -m bench.privacy central                 # client-level DP with 3 silos
 
-Every arm is the engine's own Coordinator with in-process silos (fedsilo.local.LocalSilos) on the
+Every arm is the engine's own job with in-process silos (fedsilo.transport.InProcess) on the
 data sets and settings of bench/quality.py (IID partitions, FedAvg, the same rounds and local
 steps); "off" and "on" differ only in `privacy.*`.
 """
@@ -26,12 +26,12 @@ from safetensors.torch import load_file  # noqa: E402
 
 from bench.common import emit, save_plot, start  # noqa: E402
 from bench.quality import DATASETS, build_scenario, with_budget  # noqa: E402
-from fedsilo.coordinator import Coordinator  # noqa: E402
-from fedsilo.federation import JobPaths  # noqa: E402
-from fedsilo.local import LocalSilos, NullTracker  # noqa: E402
+from fedsilo.engine import Coordinator, NullTracker  # noqa: E402
+from fedsilo.paths import JobPaths  # noqa: E402
 from fedsilo.privacy import secagg  # noqa: E402
 from fedsilo.scenario import Scenario  # noqa: E402
 from fedsilo.silo import participant, release_participants  # noqa: E402
+from fedsilo.transport import InProcess  # noqa: E402
 
 BENCH = "privacy"  # results go to results/privacy-<part>.jsonl
 
@@ -60,7 +60,7 @@ def job(scenario: Scenario, scratch: str, **privacy) -> tuple[ModelKeeper, float
     tracker = ModelKeeper()
     began = time.perf_counter()
     try:
-        Coordinator(scenario, "bench", LocalSilos(paths), tracker, paths).run()
+        Coordinator(scenario, "bench", InProcess(), tracker, paths).run()
     finally:
         release_participants()
     return tracker, time.perf_counter() - began

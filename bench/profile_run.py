@@ -21,8 +21,8 @@ BENCH = "profile"
 # (label, file suffix, function) of cProfile entries; "~" is a C function
 PIECES = [
     ("whole run", "fedsilo/cli.py", "cmd_run"),
-    ("ephemeral Prefect server start", "fedsilo/cli.py", "_warm_prefect"),
-    ("MLflow tracker set-up", "fedsilo/tracking.py", "__init__"),
+    ("waiting for the ephemeral Prefect server", "fedsilo/cli.py", "wait_ready"),
+    ("MLflow tracker set-up", "fedsilo/tracking/tracker.py", "__init__"),
     ("Prefect task runs (with their functions)", "prefect/task_engine.py", "run_task"),
     ("task functions alone", "prefect/task_engine.py", "call_task_fn"),
     ("local training (training.fit)", "fedsilo/training.py", "fit"),
@@ -31,9 +31,9 @@ PIECES = [
     ("weights read with checksum (read_state)", "fedsilo/weights.py", "read_state"),
     ("weights written (write_state)", "fedsilo/weights.py", "write_state"),
     ("sha256 hashing", "~", "<built-in method _hashlib.openssl_sha256>"),
-    ("aggregation (federation.aggregate)", "fedsilo/federation.py", "aggregate"),
-    ("LoggedModel per round", "fedsilo/tracking.py", "log_global_model"),
-    ("silo metrics to MLflow per round", "fedsilo/tracking.py", "log_round"),
+    ("aggregation (Aggregation.aggregate)", "fedsilo/engine/aggregation.py", "aggregate"),
+    ("LoggedModel per round", "fedsilo/tracking/tracker.py", "log_global_model"),
+    ("silo metrics to MLflow per round", "fedsilo/tracking/tracker.py", "log_round"),
     ("silo x silo matrix (evaluations, table, plot)", "pipelines/flows.py", "_compare_silos"),
 ]
 

@@ -5,7 +5,7 @@ For one partition of a data set over N silos (each silo then splits its rows 80/
 fedsilo), every arm gets the same budget of E passes over every training example:
   centralized   E epochs on the pooled training rows of all silos;
   local         each silo E (+1, see personalized) epochs on its own rows, scored on its own split;
-  <strategy>    the engine's own Coordinator with in-process silos (fedsilo.local.LocalSilos):
+  <strategy>    the engine's own job with in-process silos (fedsilo.transport.InProcess):
                 R rounds of S local steps, R * S * batch * N_silos = E * training rows, the
                 global model scored on every silo's test split;
   personalized  each strategy's final global model fine-tuned by each silo for about one epoch
@@ -18,9 +18,11 @@ Accuracy and macro-F1 are reported per silo and on the union of the silos' test 
 """
 
 import argparse
+import contextlib
 import copy
 import logging
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -35,15 +37,16 @@ import torch  # noqa: E402
 from sklearn.model_selection import train_test_split  # noqa: E402
 
 from bench.common import cnn_checkpoint, emit, results_dir, save_plot, shared_data, start  # noqa: E402
-from fedsilo.coordinator import Coordinator  # noqa: E402
-from fedsilo.federation import JobPaths, global_metrics  # noqa: E402
-from fedsilo.local import LocalSilos, NullTracker  # noqa: E402
+from fedsilo.engine import NullTracker, run_job  # noqa: E402
 from fedsilo.messages import Evaluation  # noqa: E402
+from fedsilo.metrics import global_metrics  # noqa: E402
 from fedsilo.modeling import EncodedSet  # noqa: E402
 from fedsilo.scenario import Scenario  # noqa: E402
 from fedsilo.silo import SiloParticipant, participant, release_participants  # noqa: E402
+from fedsilo.steps import Evaluate, Personalize  # noqa: E402
 from fedsilo.strategies import STRATEGIES  # noqa: E402
 from fedsilo.training import FitSettings, fit  # noqa: E402
+from fedsilo.transport import InProcess  # noqa: E402
 from fedsilo.weights import read_state, write_state  # noqa: E402
 
 BENCH = "quality"
@@ -189,14 +192,12 @@ def local_only(scenario: Scenario, silos: list[SiloParticipant], epochs: int, sc
 def federated(scenario: Scenario, scratch: str) -> dict:
     """One job through the engine's coordinator: the union curve, the final global model's and the
     personalized models' per-silo evaluations (confusions rebuilt from what the tracker holds)."""
-    paths = JobPaths.under(scratch, scenario.federation.strategy)
-    tracker = NullTracker()
     keep = Keep()
     began = time.perf_counter()
-    try:
-        result = Coordinator(scenario, "bench", KeptSilos(paths, keep), tracker, paths).run()
-    finally:
-        release_participants()
+    with _exchange_under(scratch):
+        result = run_job(
+            scenario, KeptSilos(keep), job=scenario.federation.strategy.name, tracker=NullTracker()
+        )
     return {
         "curve": result.curve,
         "global": keep.last_global,
@@ -213,23 +214,34 @@ class Keep:
     personalized: list[Evaluation] = field(default_factory=list)
 
 
-class KeptSilos(LocalSilos):
+class KeptSilos(InProcess):
     """In-process silos that keep the evaluations the benchmark reports (the tracker keeps numbers)."""
 
-    def __init__(self, paths: JobPaths, keep: Keep):
-        super().__init__(paths)
+    def __init__(self, keep: Keep):
+        super().__init__()
         self.keep = keep
 
-    def evaluate(self, scenario, weights, step):
-        replies, missing = super().evaluate(scenario, weights, step)
-        if step.startswith("round-"):
-            self.keep.last_global = replies
-        return replies, missing
+    def ask(self, scenario, step, silos):
+        answers = super().ask(scenario, step, silos)
+        if isinstance(step, Evaluate) and step.name.startswith("round-"):
+            self.keep.last_global = list(answers.replies.values())
+        if isinstance(step, Personalize):
+            self.keep.personalized = list(answers.replies.values())
+        return answers
 
-    def personalize(self, scenario, weights, steps):
-        replies, missing = super().personalize(scenario, weights, steps)
-        self.keep.personalized = replies
-        return replies, missing
+
+@contextlib.contextmanager
+def _exchange_under(folder: str):
+    """Weights of the benchmark's jobs cross through files under `folder`."""
+    previous = os.environ.get("FEDSILO_WORKDIR")
+    os.environ["FEDSILO_WORKDIR"] = folder
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("FEDSILO_WORKDIR", None)
+        else:
+            os.environ["FEDSILO_WORKDIR"] = previous
 
 
 def run_setting(dataset: Dataset, partition: str, n_silos: int, seed: int, strategies, scratch: str) -> dict:

@@ -1,18 +1,45 @@
 """`fedsilo` command line: run, worker, validate, compare, pretrain. The composition root.
 
 User mistakes (a bad scenario, missing data, an unloadable model) end with a message that names
-the field, file or silo and exit code 2 or 1, never a traceback.
+the field, file or silo and exit code 2 or 1, never a traceback: every fedsilo.errors.FedsiloError
+is printed as one line `fedsilo <command>: <message>` with errors.exit_code's status.
+
+Process hygiene: SIGTERM (what Docker and Kubernetes send) stops `run`, `worker` and `serve` like
+Ctrl-C does, so the flow engine and the coordinator unwind and mark the job failed and resumable
+(exit 130). The embedded Prefect server of `fedsilo run` lives in a session of its own, so a
+signal sent to the terminal's process group does not stop it while the job still reports to it;
+fedsilo stops it on every way out, and the kernel stops it if fedsilo itself is killed.
 """
 
 import argparse
+import contextlib
 import os
+import shlex
+import signal
+import socket
+import subprocess
 import sys
-import threading
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
+from fedsilo import names
+from fedsilo.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    FederationError,
+    FedsiloError,
+    exit_code,
+)
 from fedsilo.scenario import ScenarioError, changed_fields, load_scenario, load_scenario_text
 
-EXIT_INVALID, EXIT_FAILED = 2, 1
+STARTUP_TIMEOUT_ENV = "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"
+STARTUP_TIMEOUT_SECONDS = 120  # the ephemeral server took 11-13 s on an idle 2-core machine
+PORT_IN_USE = 3  # uvicorn's exit status when its port was taken meanwhile
 
 
 def _quiet_defaults() -> None:
@@ -22,17 +49,161 @@ def _quiet_defaults() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # A busy machine starts Prefect's ephemeral server slower than its 20 s default.
+    os.environ.setdefault(STARTUP_TIMEOUT_ENV, str(STARTUP_TIMEOUT_SECONDS))
 
 
-def _warm_prefect() -> threading.Thread | None:
-    """Start the ephemeral Prefect server in the background while silos load their data."""
-    if os.environ.get("PREFECT_API_URL"):
-        return None
+def _interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM raise KeyboardInterrupt in the main thread, as SIGINT does."""
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Ignore SIGINT and SIGTERM for a short cleanup that must not be cut halfway."""
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+# Run by the server's own interpreter before it becomes uvicorn: ask the kernel for SIGTERM when
+# fedsilo's main thread ends (even by SIGKILL), and give up if fedsilo is already gone (Linux).
+_TIED_TO_PARENT = """import ctypes, os, signal, sys
+try:
+    ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+except (AttributeError, OSError):
+    pass
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class LocalPrefectServer:
+    """The Prefect API of an embedded run: Prefect's ephemeral server, started once by fedsilo.
+
+    It starts at once and is awaited only when the flow needs it, so it comes up while silos load
+    their data. Prefect's own `SubprocessASGIServer` is given this server, so nothing in the
+    process starts a second one; its output goes to a log file, named when it does not start.
+    """
+
+    def __init__(self):
+        handle, path = tempfile.mkstemp(prefix="fedsilo-prefect-server-", suffix=".log")
+        os.close(handle)
+        self.log = Path(path)
+        self.port = 0
+        self.failed = False  # then its log is kept: the error names it
+        self.process: subprocess.Popen | None = None
+        self._launch()
+
+    def _launch(self) -> None:
+        self.port = _free_port()
+        command = ["-m", "uvicorn", "--factory", "prefect.server.api.server:create_app"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port), "--log-level", "error"]
+        env = os.environ | {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1"}
+        env |= {"PREFECT__SERVER_FINAL": "1"}
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", _TIED_TO_PARENT, str(os.getpid()), *command],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # Ctrl-C in a terminal reaches the group, not the server
+            )
+
+    def _healthy(self) -> bool:
+        direct = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+        try:
+            with direct.open(f"http://127.0.0.1:{self.port}/api/health", timeout=2) as answer:
+                return answer.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self) -> None:
+        """Wait until the server answers, then hand it to Prefect; FedsiloError if it does not."""
+        limit = float(os.environ.get(STARTUP_TIMEOUT_ENV) or STARTUP_TIMEOUT_SECONDS)
+        deadline = time.monotonic() + limit
+        while not self._healthy():
+            code = self.process.poll()
+            if code not in (None, PORT_IN_USE):
+                raise self._failure(f"exited with status {code}")
+            if time.monotonic() > deadline:
+                raise self._failure(
+                    f"did not answer within {limit:.0f} s",
+                    f"; set {STARTUP_TIMEOUT_ENV} higher, or PREFECT_API_URL to a running server",
+                )
+            if code == PORT_IN_USE:
+                self._launch()
+            time.sleep(0.2)
+        _share_with_prefect(self.port, self.process)
+
+    def _failure(self, what: str, advice: str = "") -> FedsiloError:
+        self.failed = True
+        return FedsiloError(f"the local Prefect server {what} (its log: {self.log}){advice}")
+
+    def stop(self) -> None:
+        """Flush what Prefect still has to send, then stop the server (SIGKILL after 5 s)."""
+        with _signals_held():
+            _drain_prefect()
+            if self.process.poll() is None:  # not reaped yet, so its group is still its own
+                os.killpg(self.process.pid, signal.SIGTERM)
+                try:
+                    self.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                    self.process.wait()
+            _share_with_prefect(None, None)
+        if not self.failed:
+            self.log.unlink(missing_ok=True)
+
+
+class _StoppedServer:
+    """Prefect's ephemeral server once fedsilo has stopped it: a late Prefect call fails at once,
+    where Prefect would retry the dead server for minutes or start a second one."""
+
+    def start(self, timeout: int | None = None) -> None:
+        raise FedsiloError("the local Prefect server has been stopped")
+
+
+def _share_with_prefect(port: int | None, process: subprocess.Popen | None) -> None:
+    """Make this server the one Prefect's clients use when PREFECT_API_URL is unset (they ask
+    `SubprocessASGIServer()`, a singleton, to start); None: the stopped stand-in."""
+    if process is None and "prefect.server.api.server" not in sys.modules:
+        return
     from prefect.server.api.server import SubprocessASGIServer
 
-    thread = threading.Thread(target=SubprocessASGIServer().start, name="prefect-server", daemon=True)
-    thread.start()
-    return thread
+    if process is None:
+        SubprocessASGIServer._instances[None] = _StoppedServer()
+        return
+    SubprocessASGIServer._instances.pop(None, None)
+    shared = SubprocessASGIServer()
+    shared.port, shared.server_process, shared.running = port, process, True
+
+
+def _drain_prefect(timeout: float = 5) -> None:
+    """Send the logs and events Prefect still holds while its server is up."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for service in (APILogWorker, EventsWorker):
+        with contextlib.suppress(Exception):
+            service.drain_all(timeout=timeout, at_exit=False)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -104,42 +275,45 @@ def _scenario_to_run(args: argparse.Namespace):
     return scenario
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from fedsilo.data import DataError
-    from fedsilo.federation import FederationError
-    from fedsilo.modeling import ModelSourceError
+def _job_name(args: argparse.Namespace, scenario) -> str:
+    """The job's name: `--resume`, `--job-name`, or the scenario and the start time."""
+    if args.resume:
+        return args.resume
+    return args.job_name or names.default_job_name(scenario.name, datetime.now())
 
-    try:
-        scenario = _scenario_to_run(args)
-    except LookupError as exc:
-        print(f"fedsilo run: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    distributed = scenario.federation.mode == "distributed"
-    if distributed and (problem := _distributed_problem(scenario)):
-        print(f"fedsilo run: {problem}", file=sys.stderr)
-        return EXIT_INVALID
-    warming = None if distributed else _warm_prefect()
-    try:
-        if distributed:
-            print(f"Coordinating {len(scenario.silos)} silos of {scenario.name!r} through their workers")
-        else:
-            _preload_silos(scenario)
-        if warming:
-            warming.join()
-        from pipelines.flows import federated_training
 
-        state = federated_training(
-            scenario, job_name=args.job_name or "", resume_job=args.resume or "", return_state=True
-        )
-        if state.is_failed() and not isinstance(state.result(raise_on_failure=False), Exception):
-            raise FederationError(state.message)  # the flow's own verdict, e.g. too few silos answered
-        result = state.result()
-    except (DataError, ModelSourceError, FederationError) as exc:
-        print(f"fedsilo run: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    finally:
-        if warming:  # exiting while the server starts aborts the interpreter
-            warming.join()
+def _check_job_names(args: argparse.Namespace) -> None:
+    """Job names go into MLflow filters, Prefect names and folders: refuse any that does not fit."""
+    for option, value in (("--resume", args.resume), ("--job-name", args.job_name)):
+        if value:
+            names.check_job_name(value, option)
+
+
+def _interrupted(args: argparse.Namespace, job: str, started: bool) -> str:
+    """What an interrupted run says: how to go on with its job, if it had started."""
+    if not started:
+        return f"fedsilo run: interrupted before job {job!r} started"
+    words = ["fedsilo", "run", args.scenario or f"--from-run={args.from_run}"]
+    words += [f"--set={value}" for value in args.set]
+    words += [f"--rounds={args.rounds}"] if args.rounds else []
+    words += [f"--mode={args.mode}"] if args.mode else []
+    command = shlex.join([*words, f"--resume={job}"])
+    return f"fedsilo run: interrupted; the rounds job {job!r} finished are in MLflow. Go on with: {command}"
+
+
+def _run_flow(scenario, job: str, resume: str):
+    """Run the coordinator flow; its result, or the error that failed it."""
+    from pipelines.flows import federated_training
+
+    state = federated_training(scenario, job_name=job, resume_job=resume, return_state=True)
+    if state.is_failed():
+        error = state.result(raise_on_failure=False)
+        # an exception, or the flow's own verdict, e.g. too few silos answered
+        raise error if isinstance(error, BaseException) else FederationError(state.message)
+    return state.result()
+
+
+def _print_result(scenario, result) -> None:
     print(
         f"\nDone: global accuracy {result.initial_accuracy:.1%} (pretrained) -> {result.final_accuracy:.1%} "
         f"after {result.rounds} rounds.\nMLflow: {result.tracking_uri}, experiment '{result.experiment}', "
@@ -157,6 +331,35 @@ def cmd_run(args: argparse.Namespace) -> int:
             f"Registered model {result.registered_model} version {result.registered_version} ({state}: "
             f"{result.champion_reason})."
         )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run one federated job; embedded runs start (and always stop) their own Prefect server."""
+    _check_job_names(args)
+    scenario = _scenario_to_run(args)
+    distributed = scenario.federation.mode == "distributed"
+    if distributed and (problem := _distributed_problem(scenario)):
+        print(f"fedsilo run: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    job = _job_name(args, scenario)
+    server = None if distributed or os.environ.get("PREFECT_API_URL") else LocalPrefectServer()
+    started = False
+    try:
+        if distributed:
+            print(f"Coordinating {len(scenario.silos)} silos of {scenario.name!r} through their workers")
+        else:
+            _preload_silos(scenario)
+        if server:
+            server.wait_ready()
+        started = True
+        result = _run_flow(scenario, job, args.resume or "")
+    except KeyboardInterrupt:
+        print(_interrupted(args, job, started), file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        if server:
+            server.stop()
+    _print_result(scenario, result)
     return 0
 
 
@@ -173,8 +376,11 @@ def _takes_part(scenario, args: argparse.Namespace, command: str) -> bool:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """Register the silo's pool and deployment, check its data here, then become its Prefect worker."""
-    from fedsilo.data import DataError
+    """Register the silo's pool and deployment, check its data here, then become its Prefect worker.
+
+    `prefect worker start` replaces this process, so SIGTERM and SIGINT reach it directly; it stops
+    on either (Prefect 3.9 turns SIGTERM into SIGINT) and ends the silo's job run it started."""
+    from fedsilo.errors import DataError
     from fedsilo.silo import summarize
 
     scenario = load_scenario(args.scenario)
@@ -184,7 +390,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print("fedsilo worker: set PREFECT_API_URL to the coordinator's Prefect server", file=sys.stderr)
         return EXIT_INVALID
     from pipelines.deploy import register_silo
-    from pipelines.silo_flow import DATA_ENV, local_view, pool_name
+    from pipelines.silo_flow import DATA_ENV, local_view
 
     if args.data:
         os.environ[DATA_ENV] = str(Path(args.data).resolve())
@@ -201,18 +407,14 @@ def cmd_worker(args: argparse.Namespace) -> int:
     where = os.environ.get(DATA_ENV) or "the scenario's source"
     print(f"silo {args.silo}: {sum(summary.train_counts.values())} training examples from {where}")
     deployment = register_silo(args.silo)
-    print(f"deployment {deployment} on work pool {pool_name(args.silo)}; starting its worker", flush=True)
+    pool = names.work_pool_name(args.silo)
+    print(f"deployment {deployment} on work pool {pool}; starting its worker", flush=True)
     os.environ.setdefault("PREFECT_WORKER_QUERY_SECONDS", str(args.poll_seconds))
-    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool_name(args.silo)]
-    command += [
-        "--type",
-        "process",
-        "--limit",
-        str(args.limit),
-        "--name",
-        f"{args.silo}-{os.uname().nodename}",
-    ]
-    os.execv(sys.executable, command)  # the worker takes over this process, signals included
+    command = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    name = names.prefect_name(f"{args.silo}-{os.uname().nodename}")
+    command += ["--limit", str(args.limit), "--name", name]
+    _drain_prefect()  # what registering the silo logged, before this process becomes the worker
+    os.execv(sys.executable, command)
 
 
 def cmd_pool(args: argparse.Namespace) -> int:
@@ -271,11 +473,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     experiment = args.scenario
     if experiment.endswith((".yaml", ".yml")):
         experiment = load_scenario(experiment).experiment_name
-    try:
-        table = compare(experiment, args.jobs)
-    except LookupError as exc:
-        print(f"fedsilo compare: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+    table = compare(experiment, args.jobs)
     if table.empty:
         print(f"no federated jobs in experiment {experiment!r} yet; run `fedsilo run` first")
         return EXIT_FAILED
@@ -384,16 +582,22 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; fedsilo's errors end in one line and errors.exit_code's status."""
     _quiet_defaults()
     args = parser().parse_args(argv)
+    if args.command in {"run", "worker", "serve"}:
+        _stop_on_sigterm()
     try:
         return args.handler(args)
     except ScenarioError as exc:
         print(exc.report(), file=sys.stderr)
         return EXIT_INVALID
+    except FedsiloError as exc:
+        print(f"fedsilo {args.command}: {exc}", file=sys.stderr)
+        return exit_code(exc) if isinstance(exc, FedsiloError) else EXIT_FAILED
     except KeyboardInterrupt:
-        print("interrupted; rounds already finished are in MLflow", file=sys.stderr)
-        return 130
+        print(f"fedsilo {args.command}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -14,8 +14,10 @@
     │   │                             vector or evaluation); that silo is left out, the job goes on
     │   ├── UpdateRefused             an update fails its layout, value or norm checks
     │   └── ChecksumError             weights whose sha256 differs from the one announced
-    └── SiloDeclined                  a silo declines a step under its own rules (its privacy budget)
-        └── PrivacyBudgetExhausted
+    ├── SiloDeclined                  a silo declines a step under its own rules (its privacy budget)
+    │   └── PrivacyBudgetExhausted
+    └── StepFailed                    a silo cannot do a step it was asked (e.g. nothing kept to mask);
+                                      the transport reports it absent
 
 One vocabulary for a silo that is not counted in a step, used in logs, tags, metrics and events:
 **absent** (did not answer), **declined** (said no, under its own policy or budget) and
@@ -89,6 +91,10 @@ class SiloDeclined(FedsiloError):
 
 class PrivacyBudgetExhausted(SiloDeclined):
     """A DP-SGD round would take the silo past its epsilon target."""
+
+
+class StepFailed(FedsiloError):
+    """A silo cannot do a step it was asked; the message says which and why."""
 
 
 def exit_code(exc: BaseException) -> int:

@@ -39,3 +39,9 @@ def union_metrics(confusions: list[list[list[int]]], losses: list[float]) -> dic
     sizes = np.array([m.sum() for m in matrices])
     loss = float(np.dot(sizes, losses) / sizes.sum())
     return scores_from_confusion(sum(matrices)) | {"loss": loss}
+
+
+def global_metrics(evaluations) -> dict[str, float]:
+    """accuracy, f1_macro and loss of one model over the union of the silos' test sets
+    (`evaluations`: fedsilo.messages.Evaluation records)."""
+    return union_metrics([e.confusion for e in evaluations], [e.loss for e in evaluations])

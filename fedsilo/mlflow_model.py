@@ -1,6 +1,8 @@
 """MLflow "model from code" for a logged global model: MLflow runs this file when loading it.
 
-Not imported by fedsilo itself; `mlflow.pyfunc.load_model("models:/<id>")` predicts label names.
+Logged with every round's global model by fedsilo.tracking.packaging, together with fedsilo's and
+the model zoo's code; not imported by fedsilo itself. `mlflow.pyfunc.load_model("models:/<id>")`
+predicts label names, with or without fedsilo installed.
 """
 
 import json

@@ -1,5 +1,10 @@
-"""From a scenario to a model and to batches it can eat: the bridge to the models/ zoo."""
+"""From a scenario to a model and to batches it can eat: the bridge to the models/ zoo.
 
+`BUILDERS` is the closed registry of model kinds (the scenario's `model.kind`), one builder each; a
+kind outside it is an UnknownKind.
+"""
+
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -7,16 +12,14 @@ import numpy as np
 import torch
 
 from fedsilo import artifacts
-from fedsilo.data.examples import DataError, Examples
+from fedsilo.data.examples import Examples
 from fedsilo.data.sources import resolve_path
+from fedsilo.errors import DataError, ModelSourceError, UnknownKind
 from fedsilo.scenario import ModelSpec
 from fedsilo.weights import State
 from models import build_bert, build_cnn, load_matching_weights, load_tokenizer
 from models.bert import resolve_source
 from models.lora import adapter_state, is_lora, load_adapter, merged, with_lora
-from fedsilo.errors import ModelSourceError
-
-
 
 
 @dataclass
@@ -30,6 +33,11 @@ class EncodedSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @property
+    def is_image(self) -> bool:
+        """Whether the inputs are images (pixel values) rather than token ids."""
+        return "pixel_values" in self.features
+
     def batches(self, batch_size: int, generator: torch.Generator | None = None):
         """Yield (inputs, labels) batches; shuffled when a generator is given."""
         order = torch.randperm(len(self), generator=generator) if generator else torch.arange(len(self))
@@ -38,7 +46,7 @@ class EncodedSet:
 
     def take(self, rows: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The (inputs, labels) batch of the given row indices, text padded to its longest row."""
-        if "pixel_values" in self.features:
+        if self.is_image:
             return {"pixel_values": self.features["pixel_values"][rows]}, self.labels[rows]
         ids = [self.features["input_ids"][i] for i in rows.tolist()]
         return dict(self.pad({"input_ids": ids}, return_tensors="pt")), self.labels[rows]
@@ -56,7 +64,7 @@ def label_ids(examples: Examples, labels: list[str], silo: str) -> torch.Tensor:
 def encode(examples: Examples, labels: list[str], spec: ModelSpec, silo: str, tokenizer=None) -> EncodedSet:
     """Tokenize texts once (padding per batch) or scale images to [-1, 1]."""
     targets = label_ids(examples, labels, silo)
-    if spec.kind == "cnn":
+    if spec.takes_images:
         pixels = torch.from_numpy(np.asarray(examples.inputs, dtype=np.float32) / 127.5 - 1.0)
         return EncodedSet({"pixel_values": pixels}, targets)
     tokens = tokenizer(list(examples.inputs), truncation=True, max_length=spec.max_length)
@@ -64,8 +72,8 @@ def encode(examples: Examples, labels: list[str], spec: ModelSpec, silo: str, to
 
 
 def tokenizer_for(spec: ModelSpec):
-    """The tokenizer of a bert model source, or None for the CNN."""
-    if spec.kind != "bert":
+    """The tokenizer of a text model's source, or None for an image model."""
+    if spec.takes_images:
         return None
     try:
         return load_tokenizer(spec.source)
@@ -95,25 +103,40 @@ def _cnn_checkpoint(source: str) -> State:
     return load_file(path)
 
 
-def build_model(spec: ModelSpec, num_labels: int, input_shape: tuple[int, ...], seed: int) -> torch.nn.Module:
-    """The shared model at its pretrained starting point; the same seed gives the same weights
-    (and the same fresh adapters under `model.lora`)."""
-    if spec.kind == "bert":
-        try:
-            model = build_bert(spec.source, num_labels, seed)
-        except OSError as exc:
-            raise ModelSourceError(
-                f"model.source {resolve_source(spec.source)!r} could not be loaded ({exc})"
-            ) from None
-        if spec.lora is None:
-            return model
-        lora = spec.lora
-        return with_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed)
+def _bert(spec: ModelSpec, num_labels: int, input_shape: tuple[int, ...], seed: int) -> torch.nn.Module:
+    """The BERT-family classifier, with fresh LoRA adapters under `model.lora`."""
+    try:
+        model = build_bert(spec.source, num_labels, seed)
+    except OSError as exc:
+        where = resolve_source(spec.source)
+        raise ModelSourceError(f"model.source {where!r} could not be loaded ({exc})") from None
+    if spec.lora is None:
+        return model
+    lora = spec.lora
+    return with_lora(model, lora.r, lora.alpha, lora.dropout, lora.target_modules, seed)
+
+
+def _cnn(spec: ModelSpec, num_labels: int, input_shape: tuple[int, ...], seed: int) -> torch.nn.Module:
+    """The CNN sized to the images, its pretrained layers loaded unless `model.source` is 'random'."""
     channels, size = input_shape[0], input_shape[-1]
     model = build_cnn(channels, size, num_labels, seed)
     if spec.source != "random":
         load_matching_weights(model, _cnn_checkpoint(spec.source))
     return model
+
+
+Builder = Callable[[ModelSpec, int, tuple[int, ...], int], torch.nn.Module]
+
+BUILDERS: dict[str, Builder] = {"bert": _bert, "cnn": _cnn}
+
+
+def build_model(spec: ModelSpec, num_labels: int, input_shape: tuple[int, ...], seed: int) -> torch.nn.Module:
+    """The shared model at its pretrained starting point; the same seed gives the same weights
+    (and the same fresh adapters under `model.lora`)."""
+    builder = BUILDERS.get(spec.kind) if isinstance(spec.kind, str) else None
+    if builder is None:
+        raise UnknownKind("model kind", spec.kind, list(BUILDERS))
+    return builder(spec, num_labels, input_shape, seed)
 
 
 def shared_state(model: torch.nn.Module) -> State:

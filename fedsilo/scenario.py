@@ -2,18 +2,40 @@
 
 A scenario is data. Every name in it (model kind, source kind, partitioner, strategy) comes from
 a closed list, so a scenario file can never make fedsilo import or run code.
+
+`federation.strategy` is the named strategy's settings record, defined once beside its class in
+fedsilo/strategies; a plain name (`strategy: fedadam`) stands for its defaults, and settings that
+older scenarios wrote flat in `federation` are folded into it.
 """
 
 import codecs
 import os
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from fedsilo.errors import ScenarioError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializeAsAny,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
+
+from fedsilo.errors import ScenarioError, UnknownKind
+from fedsilo.names import registered_model_name
+from fedsilo.strategies import (
+    STRATEGIES,
+    BuiltinSettings,
+    FedAvgSettings,
+    StrategySettings,
+    strategy_options,
+)
 
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", max_length=64)]
 
@@ -33,6 +55,10 @@ class LoraSpec(Strict):
         min_length=1,
         description="names of the Linear layers that get adapters (BERT: query, key, value, dense)",
     )
+
+
+IMAGE_MODELS = ("cnn",)
+"""Model kinds that read images; every other kind reads text."""
 
 
 class ModelSpec(Strict):
@@ -67,8 +93,19 @@ class ModelSpec(Strict):
             raise ValueError("model.lora applies to model.kind 'bert'; remove it for the CNN")
         return self
 
+    @property
+    def takes_images(self) -> bool:
+        """Whether the model reads images rather than text."""
+        return self.kind in IMAGE_MODELS
 
-class GeneratedSource(Strict):
+
+class SourceSpec(Strict):
+    """A data source; `holds_images` says whether its rows are images (else texts)."""
+
+    holds_images: ClassVar[bool] = False
+
+
+class GeneratedSource(SourceSpec):
     """Built-in offline generator for the scenario's domain; adds a `silo` column."""
 
     kind: Literal["generated"] = "generated"
@@ -79,7 +116,7 @@ class GeneratedSource(Strict):
     )
 
 
-class TableSource(Strict):
+class TableSource(SourceSpec):
     """A local CSV or Parquet file with a text and a label column."""
 
     kind: Literal["csv", "parquet"]
@@ -98,8 +135,10 @@ class TableSource(Strict):
         return value
 
 
-class NpzSource(Strict):
+class NpzSource(SourceSpec):
     """Images in MedMNIST's NPZ layout (train/val/test _images and _labels arrays)."""
+
+    holds_images: ClassVar[bool] = True
 
     kind: Literal["npz"]
     path: str
@@ -108,7 +147,7 @@ class NpzSource(Strict):
     )
 
 
-class HuggingFaceSource(Strict):
+class HuggingFaceSource(SourceSpec):
     """A Hugging Face dataset (needs internet and the `datasets` package)."""
 
     kind: Literal["huggingface"]
@@ -120,6 +159,12 @@ class HuggingFaceSource(Strict):
 
 
 Source = Annotated[GeneratedSource | TableSource | NpzSource | HuggingFaceSource, Field(discriminator="kind")]
+SOURCE_KINDS: dict[str, type[SourceSpec]] = {
+    kind: cls
+    for cls in get_args(get_args(Source)[0])
+    for kind in get_args(cls.model_fields["kind"].annotation)
+}
+"""The closed list of data source kinds and the record each one is written as."""
 
 
 class IidPartition(Strict):
@@ -166,10 +211,58 @@ class SiloSpec(Strict):
     data: Source | None = Field(None, description="this silo's own data, instead of a partition")
 
 
-def _strategy_names() -> list[str]:
-    from fedsilo.strategies import STRATEGIES  # the registry is the one list of names
+def _strategy_mapping(value: Any) -> Any:
+    """`federation.strategy` as a mapping with a name: a plain name stands for its defaults, and a
+    record without a name is FedAvg's."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, StrategySettings):
+        return value.model_dump()
+    if isinstance(value, dict) and "name" not in value:
+        return {"name": FedAvgSettings.strategy_name(), **value}
+    return value
 
-    return sorted(STRATEGIES)
+
+def _all_options() -> set[str]:
+    return {option for options in strategy_options().values() for option in options}
+
+
+def _fold_flat_settings(data: dict[str, Any], own: set[str]) -> dict[str, Any]:
+    """Move settings written flat in `federation` (older scenarios: `strategy: fedavgm` with
+    `server_momentum: 0.9` beside it) into the strategy's record; one written twice is an error.
+    A flat null meant "the strategy's default", as in jobs recorded then. `own` are federation's
+    own fields, never moved."""
+    moved = [key for key in data if key in _all_options() - own]
+    flat = {key: data[key] for key in moved if data[key] is not None}
+    if not flat:
+        return {key: value for key, value in data.items() if key not in moved}
+    record = _strategy_mapping(data.get("strategy", FedAvgSettings.strategy_name()))
+    if not isinstance(record, dict):
+        return data  # not a record: its own validation says so
+    for key, value in flat.items():
+        if key in record and record[key] != value:
+            raise ValueError(
+                f"{key} is set twice, as federation.{key} ({value!r}) and federation.strategy.{key} "
+                f"({record[key]!r}); keep federation.strategy.{key}"
+            )
+    rest = {key: value for key, value in data.items() if key not in moved}
+    return {**rest, "strategy": {**record, **flat}}
+
+
+def _check_options(record: dict[str, Any]) -> type[StrategySettings]:
+    """The record class of the named strategy; a setting that another strategy reads names both."""
+    name = record["name"]
+    if not isinstance(name, str) or name not in STRATEGIES:
+        raise ValueError(str(UnknownKind("strategy", name, list(STRATEGIES))))
+    settings = STRATEGIES[name].Settings
+    used = settings.options()
+    for key in record:
+        if key in _all_options() and key not in used:
+            raise ValueError(
+                f"{key} is set but strategy {record['name']!r} does not use it "
+                f"(it reads: {', '.join(used) or 'nothing'}); remove it or change the strategy"
+            )
+    return settings
 
 
 class FederationSpec(Strict):
@@ -185,39 +278,14 @@ class FederationSpec(Strict):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    strategy: str = Field(
-        "fedavg",
+    strategy: SerializeAsAny[BuiltinSettings] = Field(
+        default_factory=FedAvgSettings,
         description=(
-            "fedavg, fedavgm (server momentum), fedprox (proximal term at the silos), fedadam, "
-            "fedyogi, fedadagrad (adaptive server steps), median, trimmed_mean (robust to outliers)"
+            "the aggregation strategy and its settings: fedavg, fedavgm (server momentum), fedprox "
+            "(proximal term at the silos), fedadam, fedyogi, fedadagrad (adaptive server steps), median, "
+            "trimmed_mean (robust to outliers). In a file, a plain name takes its defaults "
+            "(`strategy: fedadam`), or a record sets them (`strategy: {name: fedadam, beta1: 0.95}`)"
         ),
-        json_schema_extra={"enum": _strategy_names()},
-    )
-    server_learning_rate: float | None = Field(
-        None, gt=0, description="server step size; default 1.0 (FedAvg family), 0.01 (adaptive)"
-    )
-    server_momentum: float | None = Field(
-        None, ge=0, lt=1, description="fedavgm: momentum of the server step; default 0.9"
-    )
-    proximal_mu: float | None = Field(
-        None,
-        ge=0,
-        description="fedprox: weight mu of the proximal term mu/2 ||w - w_global||^2; default 0.01",
-    )
-    beta1: float | None = Field(
-        None, ge=0, lt=1, description="fedadam, fedyogi, fedadagrad: decay of the first moment; default 0.9"
-    )
-    beta2: float | None = Field(
-        None, ge=0, lt=1, description="fedadam, fedyogi: decay of the second moment; default 0.99"
-    )
-    tau: float | None = Field(
-        None, gt=0, description="fedadam, fedyogi, fedadagrad: adaptivity (added to sqrt(v)); default 1e-3"
-    )
-    trim_fraction: float | None = Field(
-        None,
-        ge=0,
-        lt=0.5,
-        description="trimmed_mean: share of values dropped at each end, per coordinate; default 0.2",
     )
     transfer_dtype: Literal["float32", "bfloat16", "float16"] = Field(
         "float32",
@@ -253,15 +321,24 @@ class FederationSpec(Strict):
         120, gt=0, description="distributed: time a silo's worker has to pick up and start a flow run"
     )
 
-    @field_validator("strategy")
+    @model_validator(mode="before")
     @classmethod
-    def _known_strategy(cls, value: str) -> str:
-        if value not in _strategy_names():
-            raise ValueError(f"unknown strategy; choose from {', '.join(_strategy_names())}")
-        return value
+    def _flat_strategy_settings(cls, data: Any) -> Any:
+        return _fold_flat_settings(data, set(cls.model_fields)) if isinstance(data, dict) else data
+
+    @field_validator("strategy", mode="wrap")
+    @classmethod
+    def _strategy_record(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> StrategySettings:
+        """Checked by the named strategy's own record (not `handler`'s union), so a strategy
+        registered after this schema was built is accepted too; the annotation gives the run form
+        the built-in records."""
+        record = _strategy_mapping(value)
+        if not isinstance(record, dict):
+            raise ValueError("expected a strategy name (fedadam) or a record ({name: fedadam, beta1: 0.9})")
+        return _check_options(record).model_validate(record)
 
     @model_validator(mode="after")
-    def _settings_fit_the_strategy(self) -> "FederationSpec":
+    def _consistent(self) -> "FederationSpec":
         if self.local_epochs is not None and self.local_steps is not None:
             raise ValueError("set local_epochs or local_steps, not both")
         if self.mode == "distributed" and (self.exchange or "").startswith("memory://"):
@@ -269,32 +346,12 @@ class FederationSpec(Strict):
                 "exchange memory:// lives in one process; distributed silos need a store they all reach "
                 "(a shared folder, s3://...) or no exchange (the job's MLflow artifacts)"
             )
-        from fedsilo.strategies import STRATEGIES
-
-        used = STRATEGIES[self.strategy].fields
-        for name in STRATEGY_FIELDS:
-            if getattr(self, name) is not None and name not in used:
-                raise ValueError(
-                    f"{name} is set but strategy {self.strategy!r} does not use it "
-                    f"(it reads: {', '.join(used) or 'nothing'}); remove it or change the strategy"
-                )
         return self
 
     @property
     def epochs(self) -> int:
         """Local epochs per round when the round is not counted in steps."""
         return self.local_epochs or 1
-
-
-STRATEGY_FIELDS = (
-    "server_learning_rate",
-    "server_momentum",
-    "proximal_mu",
-    "beta1",
-    "beta2",
-    "tau",
-    "trim_fraction",
-)
 
 
 class EvaluationSpec(Strict):
@@ -440,25 +497,29 @@ class Scenario(Strict):
             raise ValueError(
                 f"federation.min_silos is {minimum} but the scenario has {len(self.silos)} silos"
             )
-        image_data = [s.kind == "npz" for s in self.sources()]
-        if self.model.kind == "cnn" and not all(image_data):
-            raise ValueError("model.kind 'cnn' needs image data (data.source.kind: npz)")
-        if self.model.kind == "bert" and any(image_data):
-            raise ValueError("model.kind 'bert' needs text data, not npz images")
+        self._inputs_fit_the_model()
         self._privacy_fits()
         return self
+
+    def _inputs_fit_the_model(self) -> None:
+        """An image model needs image sources only, a text model text sources only."""
+        images = [source.holds_images for source in self.sources()]
+        image_kinds = ", ".join(kind for kind, cls in SOURCE_KINDS.items() if cls.holds_images)
+        kind = self.model.kind
+        if self.model.takes_images and not all(images):
+            raise ValueError(f"model.kind {kind!r} needs image data (data.source.kind: {image_kinds})")
+        if not self.model.takes_images and any(images):
+            raise ValueError(f"model.kind {kind!r} needs text data, not images ({image_kinds})")
 
     def _privacy_fits(self) -> None:
         """Privacy options that cannot hold together with the rest of the scenario, named."""
         privacy, federation = self.privacy, self.federation
-        from fedsilo.strategies import STRATEGIES
-
-        if (privacy.secure_aggregation or privacy.central_dp) and STRATEGIES[
-            federation.strategy
-        ].needs_individual_updates:
+        strategy = federation.strategy.name
+        individual = STRATEGIES[strategy].needs_individual_updates
+        if (privacy.secure_aggregation or privacy.central_dp) and individual:
             option = "privacy.secure_aggregation" if privacy.secure_aggregation else "privacy.central_dp"
             raise ValueError(
-                f"{option} hides or noises single updates, but federation.strategy {federation.strategy!r} "
+                f"{option} hides or noises single updates, but federation.strategy {strategy!r} "
                 "needs each one; use a mean-based strategy (fedavg, fedavgm, fedadam, ...)"
             )
         if privacy.secure_aggregation and federation.transfer_dtype != "float32":
@@ -476,13 +537,13 @@ class Scenario(Strict):
                 "privacy.dp and evaluation.personalize_steps: personalized models would train outside "
                 "the privacy budget; set evaluation.personalize_steps to 0"
             )
-        if privacy.dp and federation.strategy == "fedprox":
+        if privacy.dp and strategy == "fedprox":
             raise ValueError(
                 "privacy.dp with federation.strategy 'fedprox': the proximal term has no per-example "
                 "gradient for DP-SGD to clip; choose another strategy"
             )
 
-    def sources(self) -> list[Any]:
+    def sources(self) -> list[SourceSpec]:
         """Every data source the scenario reads: the shared one if used, and per-silo ones."""
         own = [s.data for s in self.silos if s.data is not None]
         shared = [self.data.source] if len(own) < len(self.silos) else []
@@ -494,7 +555,7 @@ class Scenario(Strict):
 
     @property
     def registered_model_name(self) -> str:
-        return self.tracking.registered_model or f"{self.name}-global"
+        return self.tracking.registered_model or registered_model_name(self.name)
 
     @property
     def min_silos(self) -> int:
@@ -502,8 +563,6 @@ class Scenario(Strict):
 
     def silo_names(self) -> list[str]:
         return [s.name for s in self.silos]
-
-
 
 
 def _describe(error: dict[str, Any]) -> str:
@@ -530,6 +589,20 @@ def validate_scenario(raw: Any, source: str = "scenario") -> Scenario:
         raise ScenarioError(source, problems) from None
 
 
+NAMED_RECORDS = {"federation.strategy": "name"}
+"""Records a plain value may stand for, with the field it fills: `federation.strategy: fedadam` is
+`{name: fedadam}`. In flattened params the record's name is that path itself."""
+
+
+def _child(node: dict[str, Any], key: str, path: str) -> Any:
+    """The mapping under `key` for an override to go into; a plain name that stands for a record
+    becomes that record (`--set federation.strategy.beta1=0.95` on `strategy: fedadam`)."""
+    child = node.setdefault(key, {})
+    if path in NAMED_RECORDS and not isinstance(child, dict | list):
+        node[key] = child = {NAMED_RECORDS[path]: child}
+    return child
+
+
 def apply_override(raw: dict[str, Any], assignment: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (3 -> int)."""
     if "=" not in assignment:
@@ -537,11 +610,11 @@ def apply_override(raw: dict[str, Any], assignment: str) -> None:
     path, _, text = assignment.partition("=")
     keys = path.strip().split(".")
     node: Any = raw
-    for key in keys[:-1]:
+    for depth, key in enumerate(keys[:-1]):
         if isinstance(node, list) and key.isdigit() and int(key) < len(node):
             node = node[int(key)]
         elif isinstance(node, dict):
-            node = node.setdefault(key, {})
+            node = _child(node, key, ".".join(keys[: depth + 1]))
         else:
             raise ScenarioError("--set", [f"{path}: {key!r} does not name a field or list index"])
     last = keys[-1]
@@ -637,7 +710,8 @@ def changed_fields(before: Scenario, after: Scenario) -> list[tuple[str, str, st
 
 
 def flatten(scenario: Scenario) -> dict[str, str]:
-    """The scenario as dotted keys, for MLflow params."""
+    """The scenario as dotted keys, for MLflow params: the `--set` paths. A named record's name
+    keeps its own path (`federation.strategy`: fedadam; `federation.strategy.beta1`: 0.9)."""
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -651,4 +725,6 @@ def flatten(scenario: Scenario) -> dict[str, str]:
             flat[prefix] = str(value)
 
     walk("", scenario.model_dump(mode="json"))
+    for path, field in NAMED_RECORDS.items():
+        flat[path] = flat.pop(f"{path}.{field}")
     return flat

@@ -6,13 +6,17 @@ It receives the global model by reference and answers with small records.
 
 import hashlib
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 import torch
 
 from fedsilo.data import Examples, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
-from fedsilo.messages import DataSummary, Evaluation, FitReport, MaskedUpdate, Scores, WeightRef
+from fedsilo.errors import SiloDeclined
+from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightRef
 from fedsilo.metrics import classification_metrics
 from fedsilo.modeling import (
     build_model,
@@ -23,8 +27,6 @@ from fedsilo.modeling import (
     shared_state,
     tokenizer_for,
 )
-from fedsilo.privacy import dp, pending, secagg
-from fedsilo.privacy.central import clip_to_norm
 from fedsilo.scenario import Scenario
 from fedsilo.training import FitSettings, Progress, fit, predict
 from fedsilo.transfer import to_wire
@@ -60,6 +62,49 @@ def with_local_data(scenario: Scenario, silo: str, path: str) -> Scenario:
     spec = next(s for s in raw["silos"] if s["name"] == silo)
     spec["data"] = source_for_file(path, raw["data"]["source"])
     return Scenario.model_validate(raw)
+
+
+@dataclass(frozen=True)
+class Sent:
+    """What a fit's upload hook sent: a weight reference, or under secure aggregation a public
+    key for the masking step (and how many coordinates were clipped to its range)."""
+
+    update: WeightRef | None
+    public_key: str = ""
+    clipped: int = 0
+
+
+class Training(Protocol):
+    """How a silo trains in a round: plain SGD, or DP-SGD with the budget it keeps."""
+
+    def budget(self, silo: "SiloParticipant", settings: FitSettings, round_index: int) -> float | None:
+        """The privacy spent after this round, or None; raises SiloDeclined to decline it."""
+        ...
+
+    def train(
+        self, silo: "SiloParticipant", settings: FitSettings, progress: Progress | None
+    ) -> tuple[float, int]:
+        """Train `silo.model` in place; returns the mean loss and the optimizer steps taken."""
+        ...
+
+
+Upload = Callable[["SiloParticipant", State, str, dict], Sent]
+
+
+class PlainTraining:
+    """Local training with the scenario's optimizer; no budget."""
+
+    def budget(self, silo: "SiloParticipant", settings: FitSettings, round_index: int) -> None:
+        return None
+
+    def train(self, silo: "SiloParticipant", settings: FitSettings, progress: Progress | None):
+        return fit(silo.model, silo.train, settings, progress), settings.total_steps(silo.num_examples)
+
+
+def plain_upload(silo: "SiloParticipant", global_state: State, update_uri: str, config: dict) -> Sent:
+    """The local weights (or their 16-bit change) written to `update_uri`."""
+    wire = to_wire(shared_state(silo.model), global_state, silo.scenario.federation.transfer_dtype)
+    return Sent(write_state(wire, update_uri))
 
 
 class SiloParticipant:
@@ -132,99 +177,49 @@ class SiloParticipant:
         update_uri: str,
         progress: Progress | None = None,
         config: dict[str, float] | None = None,
+        training: "Training | None" = None,
+        upload: "Upload | None" = None,
     ) -> FitReport:
         """Start from the global weights at `ref`, train locally with the strategy's `config`
-        (e.g. FedProx's proximal_mu), write the update to `update_uri`.
+        (e.g. FedProx's proximal_mu) and send the update through `upload` to `update_uri`.
 
-        With DP-SGD the silo first checks its budget and declines the round when it is spent; with
-        secure aggregation it keeps its encoded update and answers a public key instead (`mask`
-        sends the update, masked, in the next step).
+        `training` (plain, or DP-SGD with its budget) and `upload` (a plain file, or kept for
+        secure aggregation's masking step) are the hooks privacy mechanisms plug in; a training
+        hook that declines (SiloDeclined) gives a reply with no update that says why.
         """
         started = time.perf_counter()
         config = config or {}
+        training, upload = training or PlainTraining(), upload or plain_upload
         settings = self._settings(round_index, self.scenario.federation.local_steps, config)
-        plan = self._dp_plan(settings)
-        spent = None
-        if plan is not None:
-            try:
-                spent = plan.check_budget(round_index)
-            except dp.PrivacyBudgetExhausted as exc:
-                return self._declined(round_index, str(exc), plan.epsilon_after(round_index - 1), started)
+        try:
+            spent = training.budget(self, settings, round_index)
+        except SiloDeclined as exc:
+            return self._declined(round_index, str(exc), getattr(exc, "spent", None), started)
         global_state = read_state(ref)
         load_shared(self.model, global_state)
-        if plan is not None:
-            train_loss = dp.dp_fit(self.model, self.train, settings, plan, progress)
-        else:
-            train_loss = fit(self.model, self.train, settings, progress)
+        train_loss, steps = training.train(self, settings, progress)
         local = self._evaluate_current()
-        update, public_key, clipped = None, "", 0
-        if self.scenario.privacy.secure_aggregation:
-            public_key, clipped = self._keep_for_masking(global_state, update_uri, config)
-        else:
-            wire = to_wire(shared_state(self.model), global_state, self.scenario.federation.transfer_dtype)
-            update = write_state(wire, update_uri)
+        sent = upload(self, global_state, update_uri, config)
         return FitReport(
             self.silo,
             round_index,
-            update,
+            sent.update,
             self.num_examples,
             train_loss,
             local,
             time.perf_counter() - started,
-            plan.steps_per_round if plan else settings.total_steps(self.num_examples),
+            steps,
             epsilon=spent,
-            public_key=public_key,
-            clipped=clipped,
+            public_key=sent.public_key,
+            clipped=sent.clipped,
         )
 
-    def _dp_plan(self, settings: FitSettings) -> dp.DPPlan | None:
-        spec = self.scenario.privacy.dp
-        if spec is None:
-            return None
-        return dp.plan(spec, self.num_examples, settings, self.scenario.federation.rounds)
-
-    def _declined(self, round_index: int, reason: str, spent: float, started: float) -> FitReport:
+    def _declined(self, round_index: int, reason: str, spent: float | None, started: float) -> FitReport:
         elapsed = time.perf_counter() - started
         nan = float("nan")
         return FitReport(
             self.silo, round_index, None, self.num_examples, nan, None, elapsed, 0, spent, refused=reason
         )
-
-    def _keep_for_masking(self, global_state: State, update_uri: str, config: dict) -> tuple[str, int]:
-        """Check, clip and encode this silo's update and keep it, with a fresh key pair, on the
-        silo's own disk; returns the public key and how many coordinates were clipped."""
-        privacy, local = self.scenario.privacy, shared_state(self.model)
-        if not all(bool(t.isfinite().all()) for t in local.values() if t.is_floating_point()):
-            raise secagg.SecAggError(f"silo {self.silo}: local training produced NaN or infinite weights")
-        norm_bounds = [privacy.central_dp.clipping_norm] if privacy.central_dp else []
-        norm_bounds += (
-            [self.scenario.federation.max_update_norm] if self.scenario.federation.max_update_norm else []
-        )
-        if norm_bounds:
-            local, _ = clip_to_norm(local, global_state, min(norm_bounds))
-        weight = 1 if privacy.central_dp else self.num_examples
-        encoding = secagg.Encoding(privacy.clipping_range, int(config["secagg_weight_bound"]))
-        vector, clipped = secagg.encode(local, global_state, weight, encoding)
-        private = secagg.new_private_key()
-        pending.keep(self.silo, update_uri, vector, private)
-        return secagg.public_key(private), clipped
-
-    def mask(
-        self, update_uri: str, round_index: int, attempt: int, peers: dict[str, str], out_uri: str
-    ) -> MaskedUpdate:
-        """Add this silo's pairwise masks with `peers` (silo -> public key, this silo included) to
-        the update kept at fit and write the masked vector to `out_uri`."""
-        vector, private = pending.load(self.silo, update_uri)
-        if peers.get(self.silo) != secagg.public_key(private):
-            raise secagg.SecAggError(
-                f"silo {self.silo}: the key list does not hold this silo's key for the round"
-            )
-        if len(peers) < 2:
-            raise secagg.SecAggError(f"silo {self.silo}: will not send a masked update with no other silo")
-        context = f"round {round_index} attempt {attempt}".encode()
-        masked = secagg.mask(vector, secagg.pair_masks(private, self.silo, peers, context, len(vector)))
-        ref = write_state({"masked": torch.from_numpy(masked.view(np.int32))}, out_uri)
-        return MaskedUpdate(self.silo, round_index, attempt, ref)
 
     def personalize(self, ref: WeightRef, steps: int, progress: Progress | None = None) -> Evaluation:
         """Fine-tune the global weights at `ref` for `steps` steps on this silo's own training split

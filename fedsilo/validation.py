@@ -16,8 +16,6 @@ from fedsilo.errors import UpdateRefused
 from fedsilo.weights import State
 
 
-
-
 @dataclass(frozen=True)
 class Layout:
     """Names, shapes and dtypes of the global model's tensors."""

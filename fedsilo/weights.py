@@ -40,14 +40,17 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+def in_memory_uris(prefix: str = "") -> list[str]:
+    """The `memory://` weights this process holds under `prefix` (what a finished job must not leave)."""
+    return [uri for uri in _in_memory if uri.startswith(prefix)]
+
+
 _RECENTLY_WRITTEN = 2  # weights this process wrote to a remote store, kept to read back locally
 _written: dict[str, tuple[str, bytes]] = {}  # uri -> (sha256, payload), oldest first
 
 
 def in_memory(uri: str) -> bool:
     return uri.startswith(MEMORY)
-
-
 
 
 def to_bytes(state: State) -> bytes:

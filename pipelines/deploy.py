@@ -13,9 +13,10 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.schedules import Cron
 from prefect.workers.process import ProcessWorker
 
+from fedsilo.names import prefect_name, silo_deployment_name, work_pool_name
 from fedsilo.scenario import Scenario
 from pipelines.flows import federated_training
-from pipelines.silo_flow import SILO_FLOW, pool_name, silo_job
+from pipelines.silo_flow import SILO_FLOW, silo_job
 
 
 def ensure_pool(name: str, description: str) -> None:
@@ -40,17 +41,17 @@ def ensure_pool(name: str, description: str) -> None:
 
 def register_silo(silo: str) -> str:
     """Make the silo's pool and its `silo-job/<silo>` deployment; return the deployment name."""
-    pool = pool_name(silo)
+    pool = work_pool_name(silo)
     ensure_pool(pool, f"fedsilo silo {silo}: runs only this silo's steps, next to its data")
     deployment = silo_job.to_deployment(
-        name=silo,
+        name=silo_deployment_name(silo),
         work_pool_name=pool,
         entrypoint_type=EntrypointType.MODULE_PATH,  # the installed package, no source checkout
         description=f"Steps of silo {silo}, run by its own worker (`fedsilo worker --silo {silo}`).",
         tags=["fedsilo", f"silo:{silo}"],
     )
     deployment.apply()
-    return f"{SILO_FLOW}/{silo}"
+    return f"{SILO_FLOW}/{silo_deployment_name(silo)}"
 
 
 def scenario_deployment(scenario: Scenario, source: str) -> RunnerDeployment:
@@ -63,7 +64,7 @@ def scenario_deployment(scenario: Scenario, source: str) -> RunnerDeployment:
     retraining = scenario.retraining
     schedules = [Cron(retraining.schedule, timezone=retraining.timezone)] if retraining.schedule else None
     return federated_training.to_deployment(
-        name=scenario.name,
+        name=prefect_name(scenario.name),
         parameters={"scenario": scenario.model_dump(mode="json")},
         schedules=schedules,
         description=f"{scenario.description or scenario.name} (from {Path(source).name})",

@@ -1,8 +1,8 @@
 """The coordinator flow `federated-training`: Prefect around the engine's one round loop.
 
-The loop, quorum, warm start, champion and cleanup live in fedsilo.coordinator; this flow gives it
-Prefect-backed silos (tasks here, or flow runs on the silos' workers), a Prefect task for each
-round's aggregation, the MLflow tracker, and a reporter for Prefect artifacts and events.
+The loop, quorum, warm start, champion and cleanup live in the engine (fedsilo.engine); this flow
+hands `run_job` a Prefect transport (tasks here, or runs on the silos' workers), a Prefect task
+for the coordinator's own work (`aggregate-round-<r>`) and a reporter for artifacts and events.
 """
 
 from datetime import datetime
@@ -11,14 +11,14 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
-from fedsilo.coordinator import Coordinator, open_job
-from fedsilo.federation import FederationError, JobPaths, exchange_root
+from fedsilo.engine import run_job
+from fedsilo.engine.run import job_name as name_job
+from fedsilo.errors import FederationError
 from fedsilo.records import JobResult
 from fedsilo.scenario import Scenario
-from fedsilo.tracking import FederationTracker
 from pipelines.report import PrefectReporter
-from pipelines.silos import silos_for
-from pipelines.tasks import aggregate
+from pipelines.tasks import phase
+from pipelines.transports import transport_for
 
 
 @flow(
@@ -36,31 +36,20 @@ def federated_training(scenario: Scenario, job_name: str = "", resume_job: str =
             (the same MLflow runs); a Prefect retry of this flow run resumes its own job by itself.
     """
     started = flow_run.scheduled_start_time or datetime.now()  # the same on every retry
-    job = resume_job or job_name or f"{scenario.name}-{started:%Y%m%d-%H%M%S}"
-    tracker = FederationTracker(scenario, job)
+    job = name_job(scenario, started, job_name, resume_job)
     try:
-        resume = open_job(tracker, resume_job, retrying=(flow_run.run_count or 1) > 1)
-    except LookupError as exc:
-        return Failed(message=f"cannot resume: {exc}")
-    paths = JobPaths.under(exchange_root(scenario, tracker.artifact_uri), job)
-    silos = silos_for(scenario, paths, job)
-    coordinator = Coordinator(
-        scenario,
-        job,
-        silos,
-        tracker,
-        paths,
-        reporters=[PrefectReporter(scenario, job)],
-        aggregate=aggregate,
-        logger=get_run_logger(),
-        resume=resume,
-    )
-    try:
-        return coordinator.run()
+        return run_job(
+            scenario,
+            lambda job, paths: transport_for(scenario, job),
+            reporters=[PrefectReporter(scenario, job)],
+            job=job,
+            resume_job=resume_job,
+            retrying=(flow_run.run_count or 1) > 1,
+            phase=phase,
+            logger=get_run_logger(),
+        )
     except FederationError as exc:  # an expected outcome: fail with its message, no traceback
         return Failed(message=str(exc))
-    finally:
-        silos.close()
 
 
 __all__ = ["JobResult", "federated_training"]

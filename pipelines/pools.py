@@ -18,7 +18,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectNotFound
 
-from pipelines.silo_flow import pool_name
+from fedsilo.names import work_pool_name
 
 PoolType = Literal["docker", "kubernetes"]
 WORKER_METADATA = "server/api/collections_data/views/aggregate-worker-metadata.json"
@@ -58,7 +58,7 @@ def silo_template(kind: PoolType, image: str, data: str, data_file: str, mlflow_
 
 def ensure_container_pool(silo: str, kind: PoolType, template: dict) -> str:
     """Create the silo's pool with `template`, or give an existing pool of that type the template."""
-    name = pool_name(silo)
+    name = work_pool_name(silo)
     description = f"fedsilo silo {silo}: each job run in its own {'container' if kind == 'docker' else 'pod'}"
     with get_client(sync_client=True) as client:
         try:

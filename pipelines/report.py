@@ -7,6 +7,9 @@ Events (hang Prefect automations on them, e.g. a notification):
   fedsilo.silo.left-out    a silo did not answer or its update was rejected in a round
 Each names the resource `fedsilo.scenario.<name>` (label `fedsilo.job`: the job) and carries the
 coordinator's details (silo, round, reason; model, version) as its payload.
+
+Artifact keys (`<scenario>-progress`, `<scenario>-rounds`) come from fedsilo.names.artifact_key:
+Prefect allows only lower-case letters, digits and dashes there, the schema allows `_` too.
 """
 
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact, update_progress_artifact
@@ -14,6 +17,7 @@ from prefect.events import emit_event
 from rich.console import Console
 from rich.table import Table
 
+from fedsilo.names import artifact_key
 from fedsilo.records import RoundRecord
 from fedsilo.scenario import Scenario
 
@@ -67,7 +71,7 @@ class PrefectReporter:
     def __init__(self, scenario: Scenario, job: str):
         self.scenario, self.job = scenario, job
         self.progress_id = create_progress_artifact(
-            0.0, key=f"{scenario.name}-progress", description=f"Rounds completed of job {job}"
+            0.0, key=artifact_key(scenario.name, "progress"), description=f"Rounds completed of job {job}"
         )
 
     def round_done(self, record: RoundRecord, history: list[RoundRecord]) -> None:
@@ -98,6 +102,6 @@ class PrefectReporter:
     def _table(self, history: list[RoundRecord], footer: str) -> None:
         create_markdown_artifact(
             markdown(self.scenario.name, history, self.scenario.silo_names(), footer),
-            key=f"{self.scenario.name}-rounds",
+            key=artifact_key(self.scenario.name, "rounds"),
             description=f"Accuracy by round of job {self.job}",
         )

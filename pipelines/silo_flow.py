@@ -24,18 +24,13 @@ from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
-from fedsilo.messages import WeightRef, dump_reply
+from fedsilo import names
+from fedsilo.messages import dump_reply
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participants_built, release_participants, with_local_data
+from fedsilo.steps import load_step
 from pipelines.steps import Backoff, StepReply, StepRequest, send_reply, take_new
-from pipelines.tasks import (
-    evaluate_silo,
-    fit_with_limits,
-    mask_silo,
-    personalize_silo,
-    prepare_silo,
-    score_silo,
-)
+from pipelines.tasks import step_task
 
 SILO_FLOW = "silo-job"
 DATA_ENV = "FEDSILO_SILO_DATA"
@@ -44,7 +39,7 @@ COORDINATOR_CHECK_SECONDS = 5.0
 
 def pool_name(silo: str) -> str:
     """The work pool a silo's worker polls: one per silo, so each silo runs only its own steps."""
-    return f"fedsilo-{silo}"
+    return names.work_pool_name(silo)
 
 
 def local_view(scenario: Scenario, silo: str) -> Scenario:
@@ -53,36 +48,13 @@ def local_view(scenario: Scenario, silo: str) -> Scenario:
     return with_local_data(scenario, silo, path) if path else scenario
 
 
-def _weights(raw: dict | None) -> WeightRef | None:
-    return WeightRef(**raw) if raw else None
-
-
-def run_step(scenario: Scenario, silo: str, request: StepRequest):
-    """Do one requested step as a task of this run and return the silo's reply record."""
-    args, step = request.arguments, request.step
-    if request.action == "prepare":
-        return prepare_silo(scenario, silo)
-    if request.action == "fit":
-        fit = fit_with_limits(scenario)
-        weights = _weights(args["weights"])
-        return fit(scenario, silo, args["round_index"], weights, args["update_uri"], args.get("config"))
-    if request.action == "mask":
-        arguments = (args["round_index"], args["attempt"], args["peers"], args["update_uri"], args["out_uri"])
-        return mask_silo(scenario, silo, *arguments)
-    if request.action == "score":
-        models = {name: WeightRef(**ref) for name, ref in args["models"].items()}
-        return score_silo(scenario, silo, models, step)
-    if request.action == "personalize":
-        return personalize_silo(scenario, silo, _weights(args["weights"]), args["steps"])
-    return evaluate_silo(scenario, silo, _weights(args["weights"]), step)
-
-
 def answer(scenario: Scenario, silo: str, request: StepRequest) -> StepReply:
     """The reply to one request: the step's record, or the error that stopped it (the run goes on)."""
     try:
-        record = run_step(scenario, silo, request)
+        step = load_step(request.step or {})
+        record = step_task(scenario, step, silo)(scenario, silo, step)
     except Exception as exc:  # reported to the coordinator, which leaves this silo out of the step
-        get_run_logger().warning("%s %s failed: %s", silo, request.step, exc)
+        get_run_logger().warning("%s %s failed: %s", silo, request.label, exc)
         return StepReply(request=request.request, silo=silo, error=f"{type(exc).__name__}: {exc}")
     return StepReply(request=request.request, silo=silo, body=dump_reply(record).decode())
 
@@ -101,7 +73,7 @@ def _requests(client: SyncPrefectClient, coordinator: UUID):
     checked = time.monotonic()
     while True:
         for request in take_new(client, own, "step-", seen, StepRequest):
-            if request.action == "stop":
+            if request.stop:
                 return
             yield request
             backoff.reset()
@@ -130,7 +102,7 @@ def silo_job(scenario: Scenario, silo: str, coordinator_run: str) -> int:
                 reply = answer(current, silo, request)
                 send_reply(client, coordinator, reply)
                 served += 1
-                logger.info("%s %s: %s", silo, request.step, "answered" if not reply.error else "failed")
+                logger.info("%s %s: %s", silo, request.label, "answered" if not reply.error else "failed")
     finally:
         release_participants()
     logger.info(

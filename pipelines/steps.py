@@ -8,28 +8,31 @@ travel here: requests and replies hold WeightRefs and small records.
 
 import time
 import uuid
-from dataclasses import asdict
-from typing import Any, Literal
+from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
 from pydantic import BaseModel, ValidationError
 
-from fedsilo.messages import WeightRef
+from fedsilo.steps import Step, dump_step
 
-Action = Literal["prepare", "fit", "mask", "evaluate", "score", "personalize", "stop"]
 FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 0.5  # bounds what waiting adds to a step: see BENCHMARKS.md section 8
 
 
 class StepRequest(BaseModel):
-    """One step for a silo: what to do, with which scenario, and where to answer."""
+    """One step for a silo's run (fedsilo.steps.dump_step), with the scenario when it changed;
+    `stop` ends the run."""
 
     request: str
-    action: Action
-    step: str = ""
+    step: dict[str, Any] | None = None
+    label: str = ""
     scenario: dict[str, Any] | None = None  # the coordinator's view, sent only when it changed
-    arguments: dict[str, Any] = {}
+    stop: bool = False
+
+    @classmethod
+    def of(cls, request: str, step: Step, scenario: dict[str, Any] | None) -> "StepRequest":
+        return cls(request=request, step=dump_step(step), label=step.label, scenario=scenario)
 
 
 class StepReply(BaseModel):
@@ -39,11 +42,6 @@ class StepReply(BaseModel):
     silo: str
     body: str = ""
     error: str = ""
-
-
-def request_arguments(**arguments) -> dict:
-    """Step arguments as JSON-ready values (WeightRefs as dicts)."""
-    return {k: asdict(v) if isinstance(v, WeightRef) else v for k, v in arguments.items()}
 
 
 def new_request_id() -> str:

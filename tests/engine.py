@@ -1,13 +1,17 @@
 """An engine job with in-process silos and a tracker that keeps every round's weights: the
 harness the engine's tests share (no Prefect, no MLflow)."""
 
+import logging
+
 from safetensors.torch import load_file
 
-from fedsilo.coordinator import Coordinator
-from fedsilo.federation import JobPaths
-from fedsilo.local import LocalSilos, NullTracker
+from fedsilo.engine import Coordinator, NullTracker
+from fedsilo.engine.aggregation import Aggregation, RoundContext
+from fedsilo.engine.ledger import WeightLedger
+from fedsilo.paths import JobPaths
 from fedsilo.scenario import load_scenario
 from fedsilo.silo import release_participants
+from fedsilo.transport import InProcess
 from fedsilo.weights import State
 from tests.conftest import REPO
 
@@ -30,14 +34,33 @@ class Recorder(NullTracker):
         return f"m-{round_index}"
 
 
-def run(tmp_path, *overrides, silos=None, reporters=(), exchange=None):
+def run(tmp_path, *overrides, transport=None, reporters=(), exchange=None, wrap=None):
     """The smoke scenario with `overrides`, through the engine; weights cross through a folder
     under `tmp_path` unless `exchange` names another store (memory://...)."""
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", list(overrides))
     paths = JobPaths.under(exchange or tmp_path / "jobs", "job")
     tracker = Recorder()
     try:
-        coordinator = Coordinator(scenario, "job", silos or LocalSilos(paths), tracker, paths, reporters)
+        coordinator = Coordinator(
+            scenario, "job", transport or InProcess(), tracker, paths, reporters, wrap=wrap
+        )
         return coordinator.run(), tracker
     finally:
         release_participants()
+
+
+def aggregate(strategy, current, replies, folder, rules, round_index=1):
+    """One round's aggregation outside a job (the strategy behind the update checks): the new
+    global model's reference (None when no update passed) and the refused silos with why."""
+    log = logging.getLogger("fedsilo")
+    context = RoundContext(
+        round_index,
+        JobPaths.under(folder, "job"),
+        None,
+        lambda name, work: work(),
+        WeightLedger(log),
+        None,
+        log,
+    )
+    new, refused, _ = Aggregation(strategy, rules).aggregate(context, current, replies)
+    return new, refused

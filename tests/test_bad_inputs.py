@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from fedsilo.errors import DataError, JobNotFound, RegistryUnavailable, UnknownKind
 from tests.conftest import REPO
 
 SMOKE = str(REPO / "scenarios" / "smoke.yaml")
@@ -21,7 +22,7 @@ def fedsilo(*args: str, cwd) -> subprocess.CompletedProcess:
     ("override", "named"),
     [
         ("federation.learning_rate=.inf", "federation.learning_rate: Input should be a finite number"),
-        ("federation.server_learning_rate=.nan", "federation.server_learning_rate"),
+        ("federation.server_learning_rate=.nan", "federation.strategy.server_learning_rate"),
         ("federation.seed=-1", "federation.seed: Input should be greater than or equal to 0"),
         ("data.source.rows_per_silo=100000000000", "rows_per_silo: Input should be less than or equal"),
         ("silos=[{name: a}, {name: a}]", "silos: silo names must be unique; repeated: a"),
@@ -80,3 +81,40 @@ def test_a_declared_encoding_reads_the_file(tmp_path):
 
     examples = load_table(TableSource(kind="csv", path=str(tmp_path / "notes.csv"), encoding="latin-1"))
     assert len(examples) == 40 and examples.inputs[0] == "fi\xe8vre 0"
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (UnknownKind("strategy", "fedfoo", ["fedavg", "median"]), 2),
+        (DataError("notes.csv is empty; give silo clinic-a rows"), 1),
+        (JobNotFound("no job 'x' in experiment 'smoke'"), 1),
+        (RegistryUnavailable("the registry did not answer"), 1),
+        (KeyboardInterrupt(), 130),
+    ],
+)
+def test_each_error_is_one_line_and_its_exit_code(error, code, monkeypatch, capsys):
+    from fedsilo import cli
+
+    def fail(args):
+        raise error
+
+    monkeypatch.setattr(cli, "_quiet_defaults", lambda: None)
+    monkeypatch.setattr(cli, "cmd_compare", fail)
+    assert cli.main(["compare", "smoke"]) == code
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("fedsilo compare: ") and (str(error) in line or code == 130)
+
+
+@pytest.mark.parametrize("job", ["it's", "a/b", "-x"])
+def test_run_refuses_a_job_name_it_cannot_use(job, tmp_path):
+    run = fedsilo("run", SMOKE, f"--job-name={job}", cwd=tmp_path)
+    assert run.returncode == 2 and "--job-name" in run.stderr and "Traceback" not in run.stderr
+
+
+def test_resuming_a_job_mlflow_does_not_hold(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/mlflow.db")
+    run = fedsilo("run", SMOKE, "--resume=no-such-job", cwd=tmp_path)
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    (line,) = [line for line in run.stderr.splitlines() if line.startswith("fedsilo")]
+    assert line.startswith("fedsilo run: ") and "no-such-job" in line

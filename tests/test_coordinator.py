@@ -1,20 +1,22 @@
 """The engine's round loop, driven with in-process silos and no Prefect or MLflow."""
 
 import math
-from dataclasses import replace
+from collections import Counter
+from dataclasses import dataclass, replace
+from typing import ClassVar, Literal
 
 import pytest
 import torch
 
-from fedsilo.coordinator import Coordinator
-from fedsilo.federation import FederationError, JobPaths
-from fedsilo.local import LocalSilos
+from fedsilo.errors import FederationError, UnknownKind
 from fedsilo.scenario import load_scenario
-from fedsilo.silo import release_participants
-from fedsilo.strategies import STRATEGIES, FedAvg, register_strategy
+from fedsilo.silo_steps import handle
+from fedsilo.steps import Evaluate, Fit, Score, Step, load_step
+from fedsilo.strategies import STRATEGIES, FedAvg, StrategySettings, register_strategy
+from fedsilo.transport import InProcess
 from fedsilo.weights import read_state, write_state
 from tests.conftest import REPO
-from tests.engine import Recorder, run
+from tests.engine import run
 
 # global_loss by round of scenarios/smoke.yaml, recorded with the code before the engine held the
 # loop (commit 4e993df, CPU, torch 2.13.0): the refactor must not change a number.
@@ -70,15 +72,15 @@ def test_local_steps_and_personalization(tmp_path):
     assert "personalized_accuracy" in tracker.rounds[1]
 
 
+class FirstSiloWinsSettings(StrategySettings):
+    name: Literal["first_silo_wins"] = "first_silo_wins"
+
+
 @register_strategy
 class FirstSiloWins(FedAvg):
     """A strategy defined the documented way: the global model becomes the first silo's update."""
 
-    name = "first_silo_wins"
-    fields = ()
-
-    def __init__(self):
-        super().__init__(1.0)
+    Settings = FirstSiloWinsSettings
 
     def aggregate(self, current, updates):
         first = next(iter(updates))
@@ -93,130 +95,124 @@ def test_a_strategy_registered_outside_fedsilo_runs_a_federation(tmp_path):
     assert result.rounds == 1 and 1 in tracker.models
 
 
-class Flaky(LocalSilos):
-    """clinic-b does not answer its fits."""
+def altered(alter) -> InProcess:
+    """The real silos, each reply passed through `alter(silo, step, reply)` (raise: no answer)."""
 
-    def fit(self, scenario, round_index, weights, config):
-        replies, missing = super().fit(scenario, round_index, weights, config)
-        return [r for r in replies if r.silo != "clinic-b"], [*missing, "clinic-b"]
+    def handler(scenario, silo, step):
+        return alter(silo, step, handle(scenario, silo, step))
+
+    return InProcess(handler)
 
 
-def test_a_silo_that_does_not_answer_is_left_out_and_reported(tmp_path):
+def clinic_b_does_not_fit(silo, step, reply):
+    if silo == "clinic-b" and isinstance(step, Fit):
+        raise TimeoutError("clinic-b is down")
+    return reply
+
+
+def test_a_silo_that_does_not_answer_is_absent_and_reported(tmp_path):
     events = Events()
-    paths = JobPaths.under(tmp_path / "jobs", "job")
-    result, tracker = run(tmp_path, "federation.min_silos=1", silos=Flaky(paths), reporters=[events])
+    result, tracker = run(
+        tmp_path, "federation.min_silos=1", transport=altered(clinic_b_does_not_fit), reporters=[events]
+    )
     left_out = ("fedsilo.silo.left-out", "clinic-b")
     assert events.names == [left_out, left_out, ("fedsilo.champion.moved", None)]
     assert events.rounds == [0, 1, 2] and events.ending[1] is False
     assert tracker.silos["clinic-b"]["answered"] == {1: 0.0, 2: 0.0}
+    assert tracker.tags[None]["fedsilo.absent.round_1"] == "clinic-b"
     assert result.rounds == 2
 
 
 def test_below_quorum_the_job_fails_and_leaves_no_weights(tmp_path):
     events = Events()
-    paths = JobPaths.under(tmp_path / "jobs", "job")
     with pytest.raises(FederationError, match="round 1: only 1 of 2 silos answered"):
-        run(tmp_path, silos=Flaky(paths), reporters=[events])
+        run(tmp_path, transport=altered(clinic_b_does_not_fit), reporters=[events])
     assert events.ending[1] is True and "FAILED" in events.ending[0]
     assert not list((tmp_path / "jobs").rglob("*.safetensors"))
 
 
-class Poisoned(LocalSilos):
+def poison_clinic_b(silo, step, reply):
     """clinic-b's updates hold NaN (a broken or dishonest silo), written with a valid checksum."""
-
-    def fit(self, scenario, round_index, weights, config):
-        replies, missing = super().fit(scenario, round_index, weights, config)
-        for index, report in enumerate(replies):
-            if report.silo == "clinic-b":
-                state = read_state(report.update)
-                state = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}
-                replies[index] = replace(report, update=write_state(state, report.update.uri))
-        return replies, missing
+    if silo == "clinic-b" and isinstance(step, Fit):
+        state = read_state(reply.update)
+        state = {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+        return replace(reply, update=write_state(state, reply.update.uri))
+    return reply
 
 
-class Tags(Recorder):
-    def __init__(self):
-        super().__init__()
-        self.tags: dict[str | None, dict[str, str]] = {}
-
-    def set_tags(self, tags, silo=None):
-        self.tags.setdefault(silo, {}).update(tags)
-
-
-def test_a_poisoned_update_is_rejected_and_no_weights_are_left_behind(tmp_path):
-    scenario = load_scenario(
-        REPO / "scenarios" / "smoke.yaml", ["federation.min_silos=1", "tracking.log_models=false"]
+def test_a_poisoned_update_is_refused_and_no_weights_are_left_behind(tmp_path):
+    result, tracker = run(
+        tmp_path, "federation.min_silos=1", "tracking.log_models=false", transport=altered(poison_clinic_b)
     )
-    paths = JobPaths.under(tmp_path / "jobs", "job")
-    tracker = Tags()
-    try:
-        result = Coordinator(scenario, "job", Poisoned(paths), tracker, paths).run()
-    finally:
-        release_participants()
     assert result.rounds == 2 and tracker.silos["clinic-b"]["answered"] == {1: 0.0, 2: 0.0}
-    assert "NaN" in tracker.tags["clinic-b"]["fedsilo.rejected.round_1"]
-    assert tracker.tags[None]["fedsilo.missing.round_2"] == "clinic-b"
+    assert "NaN" in tracker.tags["clinic-b"]["fedsilo.refused.round_1"]
+    assert "clinic-b: " in tracker.tags[None]["fedsilo.refused.round_2"]
     assert all(math.isfinite(v) for v in tracker.rounds[2].values())
-    assert not list((tmp_path / "jobs").rglob("*.safetensors"))  # rejected updates and the final model too
+    assert not list((tmp_path / "jobs").rglob("*.safetensors"))  # refused updates and the final model too
 
 
-class Impostor(LocalSilos):
-    """clinic-b answers every fit twice and once in clinic-a's name; its evaluations are garbage."""
-
-    def fit(self, scenario, round_index, weights, config):
-        replies, missing = super().fit(scenario, round_index, weights, config)
-        b = next(r for r in replies if r.silo == "clinic-b")
-        return [replace(b, silo="clinic-a"), *replies, b, replace(b, silo="mallory")], missing
-
-    def evaluate(self, scenario, weights, step):
-        replies, missing = super().evaluate(scenario, weights, step)
-        return [replace(e, confusion=[[-9]]) if e.silo == "clinic-b" else e for e in replies], missing
+def impostor(silo, step, reply):
+    """clinic-b answers its fits in clinic-a's name; its evaluations are garbage."""
+    if silo == "clinic-b" and isinstance(step, Fit):
+        return replace(reply, silo="clinic-a")
+    if silo == "clinic-b" and isinstance(step, Evaluate):
+        return replace(reply, confusion=[[-9]])
+    return reply
 
 
-def test_replies_speak_once_and_only_for_known_silos(tmp_path):
-    paths = JobPaths.under(tmp_path / "jobs", "job")
-    result, tracker = run(tmp_path, "federation.min_silos=1", "federation.rounds=1", silos=Impostor(paths))
-    # the first clinic-a reply (clinic-b's weights under another name) is kept as clinic-a's,
-    # clinic-a's own second reply and the unknown name are dropped; clinic-b's counts stand
-    assert result.rounds == 1 and tracker.rounds[1]["silos_answered"] == 2
-    assert tracker.rounds[1]["silos_evaluated"] == 1  # clinic-b's negative confusion matrix is left out
-    assert "clinic-b" not in tracker.silos or 1 not in tracker.silos["clinic-b"].get("global_accuracy", {})
+def test_a_reply_speaks_only_for_the_silo_it_was_asked(tmp_path):
+    result, tracker = run(
+        tmp_path, "federation.min_silos=1", "federation.rounds=1", transport=altered(impostor)
+    )
+    assert result.rounds == 1 and tracker.rounds[1]["silos_answered"] == 1
+    assert "names silo 'clinic-a'" in tracker.tags["clinic-b"]["fedsilo.refused.round_1"]
+    assert tracker.rounds[1]["silos_evaluated"] == 1  # clinic-b's negative confusion matrix is refused
+    assert "confusion" in tracker.tags["clinic-b"]["fedsilo.refused.round_1.evaluation"]
 
 
-class Counting(LocalSilos):
-    """Counts how many steps the coordinator asks of each silo, by kind."""
+def test_an_update_anywhere_but_its_own_path_is_refused_and_not_deleted(tmp_path):
+    """A reply naming the global model as its update deletes nothing and takes no part."""
 
-    def __init__(self, paths):
-        super().__init__(paths)
-        self.steps = {"evaluate": 0, "evaluate_models": 0}
+    def points_at_the_global_model(silo, step, reply):
+        if silo == "clinic-b" and isinstance(step, Fit):
+            return replace(reply, update=step.weights)
+        return reply
 
-    def evaluate(self, scenario, weights, step):
-        self.steps["evaluate"] += 1
-        return super().evaluate(scenario, weights, step)
-
-    def evaluate_models(self, scenario, models, step):
-        self.steps["evaluate_models"] += 1
-        replies, missing = super().evaluate_models(scenario, models, step)
-        replies = [
-            r if r.silo != "clinic-b" else replace(r, models={"(forged)": r.models["clinic-a (local)"]})
-            for r in replies
-        ]
-        return replies, missing
+    result, tracker = run(tmp_path, "federation.min_silos=1", transport=altered(points_at_the_global_model))
+    assert result.rounds == 2 and tracker.rounds[2]["silos_answered"] == 1
+    assert "not at" in tracker.tags["clinic-b"]["fedsilo.refused.round_1"]
 
 
 def test_the_silo_matrix_is_one_step_per_silo_and_takes_only_known_models(tmp_path):
+    asked = Counter()
+
+    def count_and_forge(silo, step, reply):
+        asked[step.kind] += silo == "clinic-a"
+        if silo == "clinic-b" and isinstance(step, Score):
+            return replace(reply, models={"(forged)": reply.models["clinic-a (local)"]})
+        return reply
+
     three = "silos=[{name: clinic-a}, {name: clinic-b}, {name: clinic-c}]"
-    silos = Counting(JobPaths.under(tmp_path / "jobs", "job"))
-    _, tracker = run(tmp_path, three, "federation.rounds=1", silos=silos)
-    assert silos.steps == {"evaluate": 2, "evaluate_models": 1}  # rounds 0 and 1, then one matrix step
+    _, tracker = run(tmp_path, three, "federation.rounds=1", transport=altered(count_and_forge))
+    assert asked["evaluate"] == 2 and asked["score"] == 1  # rounds 0 and 1, then one matrix step
     matrix = tracker.matrix
     assert list(matrix.index) == ["clinic-a (local)", "clinic-b (local)", "clinic-c (local)", "global"]
-    assert matrix.loc["clinic-a (local)"].notna().tolist() == [
-        True,
-        False,
-        True,
-    ]  # clinic-b forged its scores
+    assert matrix.loc["clinic-a (local)"].notna().tolist() == [True, False, True]  # clinic-b forged
     assert matrix.loc["global"].notna().all()
+
+
+def test_an_unknown_step_is_an_error_that_names_it():
+    @dataclass(frozen=True)
+    class Unserved(Step):
+        kind: ClassVar[str] = "unserved-test-step"
+
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
+    with pytest.raises(
+        UnknownKind, match="unserved-test-step.*accepted: .*evaluate, fit, mask, personalize, prepare, score"
+    ):
+        handle(scenario, "clinic-a", Unserved())
+    with pytest.raises(UnknownKind, match="'nonesuch'"):
+        load_step({"kind": "nonesuch"})
 
 
 def test_weights_in_memory_give_the_same_job_as_files_and_leave_nothing_behind(tmp_path):
@@ -228,4 +224,4 @@ def test_weights_in_memory_give_the_same_job_as_files_and_leave_nothing_behind(t
         for name, tensor in model.items():
             assert torch.equal(in_memory.models[round_index][name], tensor), (round_index, name)
     assert in_memory.matrix.equals(on_disk.matrix)
-    assert not [uri for uri in weights._in_memory if uri.startswith("memory://tests/")]
+    assert not weights.in_memory_uris("memory://tests/")

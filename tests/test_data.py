@@ -1,12 +1,23 @@
+from typing import get_args
+
 import numpy as np
 import pytest
 
 from fedsilo.data import DataError, load_silo_data
 from fedsilo.data.examples import Examples
 from fedsilo.data.generators import domain_labels, generate
-from fedsilo.data.partition import dirichlet, iid, natural, partition, quantity
-from fedsilo.data.sources import load_npz, load_table
-from fedsilo.scenario import DirichletPartition, NpzSource, TableSource, validate_scenario
+from fedsilo.data.partition import PARTITIONERS, dirichlet, iid, natural, partition, quantity
+from fedsilo.data.sources import LOADERS, load_npz, load_source, load_table, source_for_file
+from fedsilo.errors import UnknownKind
+from fedsilo.scenario import (
+    SOURCE_KINDS,
+    DirichletPartition,
+    GeneratedSource,
+    NpzSource,
+    Partition,
+    TableSource,
+    validate_scenario,
+)
 from tests.conftest import shared_file
 
 SILOS = ["a", "b", "c"]
@@ -125,3 +136,49 @@ def test_medmnist_npz_loads_every_split_as_nchw():
 def test_missing_npz_says_where_to_put_it(tmp_path):
     with pytest.raises(DataError, match="shared/data/pneumoniamnist"):
         load_npz(NpzSource(kind="npz", path=str(tmp_path / "none.npz")))
+
+
+def test_source_kinds_are_a_closed_registry_and_an_unknown_one_is_named():
+    assert set(LOADERS) == set(SOURCE_KINDS)  # every kind a scenario may name has its loader, no more
+    sql = GeneratedSource.model_construct(kind="sql")  # past the schema: no silent Hugging Face fallback
+    with pytest.raises(
+        UnknownKind, match="unknown data source kind 'sql'; accepted: csv, generated, huggingface"
+    ):
+        load_source(sql, "medical", SILOS, 0)
+
+
+def test_partition_kinds_are_a_closed_registry_and_an_unknown_one_is_named():
+    kinds = {
+        kind
+        for cls in get_args(get_args(Partition)[0])
+        for kind in get_args(cls.model_fields["kind"].annotation)
+    }
+    assert set(PARTITIONERS) == kinds
+    examples = Examples(["x"] * 6, np.array(["0"] * 6))
+    with pytest.raises(UnknownKind, match="unknown partition kind 'by_age'; accepted: dirichlet, iid"):
+        partition(examples, DirichletPartition.model_construct(kind="by_age"), SILOS, 0)
+
+
+def test_unknown_domain_is_named():
+    with pytest.raises(UnknownKind, match="unknown domain 'retail'; accepted: finance, medical, telecom"):
+        generate("retail", SILOS, 10, seed=0)
+
+
+def test_whether_a_source_holds_images_is_said_by_the_source():
+    assert {kind for kind, cls in SOURCE_KINDS.items() if cls.holds_images} == {"npz"}
+    assert NpzSource(kind="npz", path="x.npz").holds_images
+    assert not TableSource(kind="csv", path="x.csv").holds_images
+
+
+def test_a_silos_own_file_is_a_source_by_its_extension():
+    shared = {"kind": "csv", "text_column": "note", "label_column": "dx"}
+    assert source_for_file("a.parquet", shared) == {
+        "kind": "parquet",
+        "path": "a.parquet",
+        "text_column": "note",
+        "label_column": "dx",
+    }
+    assert source_for_file("a.npz", shared) == {"kind": "npz", "path": "a.npz"}  # images: no columns
+    assert source_for_file("a.csv", {"kind": "generated"}) == {"kind": "csv", "path": "a.csv"}
+    with pytest.raises(DataError, match=".csv, .parquet, .npz"):
+        source_for_file("a.txt", shared)

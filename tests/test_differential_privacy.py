@@ -8,14 +8,14 @@ import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.utils import get_noise_multiplier
 
-from fedsilo.coordinator import Coordinator
-from fedsilo.federation import FederationError, JobPaths
-from fedsilo.local import LocalSilos
+from fedsilo.engine import run_job
+from fedsilo.errors import FederationError
 from fedsilo.privacy import secagg
 from fedsilo.privacy.dp import dp_fit, plan
 from fedsilo.scenario import DPSpec, ScenarioError, load_scenario
-from fedsilo.silo import release_participants
+from fedsilo.steps import Fit
 from fedsilo.training import FitSettings
+from fedsilo.transport import InProcess
 from fedsilo.weights import read_state
 from models import build_cnn
 from tests.conftest import REPO, shared_file
@@ -39,17 +39,21 @@ def opacus_epsilon(noise: float, sample_rate: float, steps: int, delta: float) -
     return accountant.get_epsilon(delta)
 
 
-class Keeping(LocalSilos):
+class Keeping(InProcess):
     """In-process silos that keep a copy of every plain update the coordinator receives."""
 
-    def __init__(self, paths):
-        super().__init__(paths)
+    def __init__(self):
+        super().__init__()
         self.updates = {}
 
-    def fit(self, scenario, round_index, weights, config):
-        reports, missing = super().fit(scenario, round_index, weights, config)
-        self.updates.update({(round_index, r.silo): read_state(r.update) for r in reports if r.update})
-        return reports, missing
+    def ask(self, scenario, step, silos):
+        answers = super().ask(scenario, step, silos)
+        if isinstance(step, Fit):
+            kept = {
+                (step.round_index, s): read_state(r.update) for s, r in answers.replies.items() if r.update
+            }
+            self.updates.update(kept)
+        return answers
 
 
 def test_each_silo_logs_the_epsilon_opacus_accounts_for_every_round(tmp_path):
@@ -73,8 +77,8 @@ def test_a_silo_whose_budget_is_spent_stops_and_says_so(tmp_path):
 
 
 def test_dp_sgd_trains_the_encoder_and_leaves_the_embeddings_as_they_were(tmp_path):
-    silos = Keeping(JobPaths.under(tmp_path / "jobs", "job"))
-    _, tracker = run(tmp_path, "privacy.dp.noise_multiplier=0.5", "federation.rounds=1", silos=silos)
+    silos = Keeping()
+    _, tracker = run(tmp_path, "privacy.dp.noise_multiplier=0.5", "federation.rounds=1", transport=silos)
     start, update = tracker.models[0], silos.updates[(1, "clinic-a")]
     changed = {n for n, t in update.items() if t.is_floating_point() and not torch.equal(t, start[n])}
     assert changed and not any("embeddings" in n for n in changed)
@@ -96,9 +100,9 @@ def test_dp_sgd_trains_the_cnn_whole_and_learns():
 
 
 def test_central_dp_clips_each_silo_and_counts_it_once(tmp_path):
-    silos = Keeping(JobPaths.under(tmp_path / "jobs", "job"))
+    silos = Keeping()
     clip = "privacy.central_dp.clipping_norm=0.05"
-    _, tracker = run(tmp_path, "privacy.central_dp.noise_multiplier=1e-9", clip, silos=silos)
+    _, tracker = run(tmp_path, "privacy.central_dp.noise_multiplier=1e-9", clip, transport=silos)
     start, new = tracker.models[0], tracker.models[1]
     names = secagg.float_names(start)
     clipped = []
@@ -150,12 +154,8 @@ def test_every_privacy_option_at_once_on_pneumonia_images(tmp_path):
         "privacy.central_dp={noise_multiplier: 1.0, clipping_norm: 1.0}",
     ]
     scenario = load_scenario(REPO / "scenarios" / "medical-imaging.yaml", overrides)
-    paths = JobPaths.under(tmp_path / "jobs", "job")
     tracker = Recorder()
-    try:
-        result = Coordinator(scenario, "job", LocalSilos(paths), tracker, paths).run()
-    finally:
-        release_participants()
+    result = run_job(scenario, InProcess(), job="job", tracker=tracker)
     assert len(result.curve) == 3
     assert all(0 < e <= 8 for e in tracker.silos["hospital-a"]["epsilon"].values())
     central = [tracker.rounds[r]["central_epsilon"] for r in (1, 2)]

@@ -27,12 +27,12 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from safetensors.torch import load_file
 
-from fedsilo.coordinator import Coordinator
-from fedsilo.federation import JobPaths, exchange_root
+from fedsilo.engine import run_job
 from fedsilo.scenario import Scenario, load_scenario
-from fedsilo.tracking import FederationTracker, model_weights_path
+from fedsilo.steps import Fit
+from fedsilo.tracking import model_weights_path
 from fedsilo.weights import read_state, write_state
-from pipelines.silos import DistributedSilos
+from pipelines.silo_runs import SiloRuns
 from tests.conftest import REPO
 from tests.stack import BIN, Stack, kill_tree, stop
 
@@ -171,8 +171,8 @@ def test_a_killed_silo_is_left_out_and_below_min_silos_the_job_fails(stack, silo
         assert code == 0, err[-4000:]
 
         run = job_run(client, "survives")
-        assert run.data.tags["fedsilo.missing.round_1"] == "clinic-b"
-        assert run.data.tags["fedsilo.missing.round_2"] == "clinic-b"  # invited again, still gone
+        assert run.data.tags["fedsilo.absent.round_1"] == "clinic-b"
+        assert run.data.tags["fedsilo.absent.round_2"] == "clinic-b"  # invited again, still gone
         answered = client.get_metric_history(run.info.run_id, "silos_answered")
         assert [(m.step, m.value) for m in answered] == [(1, 1.0), (2, 1.0)]
         (silo_b,) = client.search_runs(
@@ -238,29 +238,25 @@ def test_prefect_yaml_registers_the_deployment_of_every_shipped_silo(stack, tmp_
                 assert deployment.entrypoint == "pipelines/silo_flow.py:silo_job"
 
 
-class PoisonedSilos(DistributedSilos):
+class PoisonedSilos(SiloRuns):
     """clinic-b's worker is honest, but what reaches the store from it holds NaN with a valid
     checksum: the coordinator sees exactly what a dishonest or broken silo would send."""
 
-    def fit(self, scenario, round_index, weights, config):
-        replies, missing = super().fit(scenario, round_index, weights, config)
-        for index, report in enumerate(replies):
-            if report.silo == "clinic-b":
-                state = {
-                    k: v.fill_(float("nan")) if v.is_floating_point() else v
-                    for k, v in read_state(report.update).items()
-                }
-                replies[index] = replace(report, update=write_state(state, report.update.uri))
-        return replies, missing
+    def ask(self, scenario, step, silos):
+        answers = super().ask(scenario, step, silos)
+        report = answers.replies.get("clinic-b")
+        if isinstance(step, Fit) and report is not None:
+            state = {
+                k: v.fill_(float("nan")) if v.is_floating_point() else v
+                for k, v in read_state(report.update).items()
+            }
+            answers.replies["clinic-b"] = replace(report, update=write_state(state, report.update.uri))
+        return answers
 
 
 @flow(name="poisoned-federation")
 def poisoned_federation(scenario: Scenario) -> dict:
-    tracker = FederationTracker(scenario, "poisoned")
-    tracker.start()
-    paths = JobPaths.under(exchange_root(scenario, tracker.artifact_uri), "poisoned")
-    coordinator = Coordinator(scenario, "poisoned", PoisonedSilos(paths, "poisoned"), tracker, paths)
-    return coordinator.run().model_dump()
+    return run_job(scenario, PoisonedSilos("poisoned"), job="poisoned").model_dump()
 
 
 def test_a_poisoned_update_from_a_distributed_silo_is_left_out(stack, silo_files, tmp_path, monkeypatch):
@@ -278,10 +274,7 @@ def test_a_poisoned_update_from_a_distributed_silo_is_left_out(stack, silo_files
         EventsWorker.drain_all()  # its events client holds this server's URL; later tests need their own
     client = MlflowClient(stack.mlflow_uri)
     tags = client.get_run(result["parent_run_id"]).data.tags
-    assert (
-        "clinic-b: tensor" in tags["fedsilo.rejected.round_1"] and "NaN" in tags["fedsilo.rejected.round_1"]
-    )
-    assert tags["fedsilo.missing.round_1"] == "clinic-b"
+    assert "clinic-b: tensor" in tags["fedsilo.refused.round_1"] and "NaN" in tags["fedsilo.refused.round_1"]
     version = client.get_model_version("smoke-global", result["registered_version"])
     weights = load_file(model_weights_path(version.source))
     assert all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())

@@ -122,8 +122,7 @@ def test_imaging_job_improves_on_the_pretrained_cnn(prefect_server, mlflow_store
 
 
 def test_a_champion_that_cannot_be_read_is_kept(mlflow_store, tmp_path):
-    from fedsilo.coordinator import Coordinator
-    from fedsilo.federation import JobPaths
+    from fedsilo.engine import champion
     from fedsilo.tracking import FederationTracker
 
     class RegistryPointsAtAMissingModel(FederationTracker):
@@ -132,8 +131,7 @@ def test_a_champion_that_cannot_be_read_is_kept(mlflow_store, tmp_path):
 
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     tracker = RegistryPointsAtAMissingModel(scenario, "job")
-    coordinator = Coordinator(scenario, "job", None, tracker, JobPaths.under(tmp_path, "job"))
-    promote, reason = coordinator._champion_decision(None, [])
+    promote, reason = champion.decide(scenario, tracker, None, [], None, None)
     assert not promote and "champion v3 could not be read" in reason
 
 
@@ -179,17 +177,18 @@ def test_cli_reports_a_missing_cnn_checkpoint_with_the_command_to_make_it(tmp_pa
 def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, mlflow_store, tmp_path):
     from dataclasses import replace
 
-    from fedsilo import federation
+    from fedsilo.engine.start import settle_data
     from fedsilo.silo import initial_state, summarize
+    from fedsilo.steps import Evaluate
     from fedsilo.weights import write_state
     from pipelines.silo_flow import answer
-    from pipelines.steps import StepRequest, request_arguments
+    from pipelines.steps import StepRequest
 
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
-    scenario = federation.with_labels(scenario, [summarize(scenario, "clinic-a")])
+    scenario, _ = settle_data(scenario, [summarize(scenario, "clinic-a")])
     good = write_state(initial_state(scenario, ()), str(tmp_path / "global.safetensors"))
-    tampered = request_arguments(weights=replace(good, sha256="0" * 64))
-    request = StepRequest(request="r1", action="evaluate", step="round-0", arguments=tampered)
+    tampered = Evaluate(replace(good, sha256="0" * 64), "round-0")
+    request = StepRequest.of("r1", tampered, None)
     reply = flow(name="one-silo-step")(answer)(scenario, "clinic-a", request)  # as in the silo's job run
     release_participants()
     assert reply.silo == "clinic-a" and reply.body == ""  # no score for weights it cannot trust

@@ -3,7 +3,6 @@
 import pytest
 import torch
 
-from fedsilo.federation import JobPaths
 from fedsilo.modeling import build_model, load_shared, plain_spec
 from fedsilo.records import ADAPTER
 from fedsilo.scenario import load_scenario
@@ -21,8 +20,8 @@ def silo_state(tmp_path, monkeypatch):
 
 
 def test_silos_exchange_adapters_and_the_aggregate_is_fedavg_over_them(tmp_path):
-    silos = Keeping(JobPaths.under(tmp_path / "jobs", "job"))
-    _, tracker = run(tmp_path, LORA, FAST, silos=silos)
+    silos = Keeping()
+    _, tracker = run(tmp_path, LORA, FAST, transport=silos)
     sent = silos.updates[(1, "clinic-a")]
     assert all("lora_" in name or "classifier" in name for name in sent)
     global_adapter = tracker.extra_tensors[1][ADAPTER]

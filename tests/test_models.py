@@ -1,6 +1,11 @@
+from typing import get_args
+
 import pytest
 import torch
 
+from fedsilo.errors import UnknownKind
+from fedsilo.modeling import BUILDERS, build_model, tokenizer_for
+from fedsilo.scenario import ModelSpec
 from models import PACKAGED_MINILM, build_bert, build_cnn, load_matching_weights, load_tokenizer
 
 
@@ -31,6 +36,20 @@ def test_tiny_random_bert_for_tests():
     model = build_bert("tiny-random", num_labels=3)
     assert model.config.num_hidden_layers == 2 and model.config.hidden_size == 32
     assert sum(p.numel() for p in model.parameters()) < 2_000_000
+
+
+def test_model_kinds_are_a_closed_registry_and_an_unknown_one_is_named():
+    assert set(BUILDERS) == set(get_args(ModelSpec.model_fields["kind"].annotation))
+    gpt = ModelSpec.model_construct(kind="gpt", source="random", lora=None)  # past the schema
+    with pytest.raises(UnknownKind, match="unknown model kind 'gpt'; accepted: bert, cnn"):
+        build_model(gpt, 2, (1, 28, 28), seed=0)
+
+
+def test_whether_a_model_reads_images_is_said_by_its_spec():
+    cnn, bert = ModelSpec(kind="cnn", source="random"), ModelSpec(kind="bert", source="tiny-random")
+    assert cnn.takes_images and not bert.takes_images
+    assert tokenizer_for(cnn) is None
+    assert build_model(cnn, 3, (1, 28, 28), seed=0)(torch.zeros(1, 1, 28, 28)).shape == (1, 3)
 
 
 @pytest.mark.slow

@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from fedsilo.federation import FederationError, JobPaths
-from fedsilo.local import LocalSilos
+from fedsilo.errors import FederationError
 from fedsilo.privacy import secagg
+from fedsilo.privacy.secure_aggregation import Mask
 from fedsilo.scenario import ScenarioError, load_scenario
+from fedsilo.silo_steps import handle
+from fedsilo.steps import Fit
+from fedsilo.transport import Answers, InProcess
 from fedsilo.weights import read_state, write_state
 from tests.conftest import REPO
 from tests.engine import run
@@ -24,34 +27,45 @@ def silo_state(tmp_path, monkeypatch):
     monkeypatch.setenv("FEDSILO_SILO_STATE", str(tmp_path / "silo-state"))
 
 
-class Capturing(LocalSilos):
+class Capturing(InProcess):
     """In-process silos that keep a copy of every update and masked vector the coordinator gets,
     and can drop one silo from a round's first masking attempt (killed after masking)."""
 
-    def __init__(self, paths, drop=None):
-        super().__init__(paths)
+    def __init__(self, drop=None):
+        super().__init__()
         self.updates, self.masked, self.fit_replies, self.drop = {}, {}, {}, drop
         self.attempts = []
 
-    def fit(self, scenario, round_index, weights, config):
-        reports, missing = super().fit(scenario, round_index, weights, config)
-        self.fit_replies[round_index] = reports
-        for report in reports:
-            if report.update is not None:
-                self.updates[(round_index, report.silo)] = read_state(report.update)
-        if self.drop and self.drop[0] == round_index and not scenario.privacy.secure_aggregation:
-            kept = [r for r in reports if r.silo != self.drop[1]]
-            return kept, [*missing, self.drop[1]]
-        return reports, missing
+    def ask(self, scenario, step, silos):
+        replies, absent = super().ask(scenario, step, silos)
+        if isinstance(step, Fit):
+            return self._fitted(scenario, step.round_index, replies, absent)
+        if isinstance(step, Mask):
+            return self._masked(step, self.tweak(step, replies), absent)
+        return Answers(replies, absent)
 
-    def mask(self, scenario, round_index, attempt, peers):
-        replies, missing = super().mask(scenario, round_index, attempt, peers)
-        self.attempts.append((round_index, attempt, sorted(peers)))
-        for reply in replies:
-            self.masked[(round_index, attempt, reply.silo)] = read_state(reply.vector)["masked"]
-        if self.drop and (round_index, attempt) == (self.drop[0], 0):
-            return [r for r in replies if r.silo != self.drop[1]], [*missing, self.drop[1]]
-        return replies, missing
+    def _fitted(self, scenario, round_index, replies, absent):
+        self.fit_replies[round_index] = list(replies.values())
+        for silo, report in replies.items():
+            if report.update is not None:
+                self.updates[(round_index, silo)] = read_state(report.update)
+        if self.drop and self.drop[0] == round_index and not scenario.privacy.secure_aggregation:
+            replies.pop(self.drop[1], None)
+            return Answers(replies, [*absent, self.drop[1]])
+        return Answers(replies, absent)
+
+    def _masked(self, step, replies, absent):
+        self.attempts.append((step.round_index, step.attempt, sorted(step.peers)))
+        for silo, reply in replies.items():
+            self.masked[(step.round_index, step.attempt, silo)] = read_state(reply.vector)["masked"]
+        if self.drop and (step.round_index, step.attempt) == (self.drop[0], 0):
+            replies.pop(self.drop[1], None)
+            return Answers(replies, [*absent, self.drop[1]])
+        return Answers(replies, absent)
+
+    def tweak(self, step, replies):
+        """What a dishonest silo changes in its masked reply (nothing here)."""
+        return replies
 
 
 def _max_difference(a, b) -> float:
@@ -59,8 +73,8 @@ def _max_difference(a, b) -> float:
 
 
 def _job(tmp_path, *overrides, drop=None):
-    silos = Capturing(JobPaths.under(tmp_path / "jobs", "job"), drop)
-    result, tracker = run(tmp_path, *overrides, silos=silos)
+    silos = Capturing(drop)
+    result, tracker = run(tmp_path, *overrides, transport=silos)
     return silos, tracker
 
 
@@ -113,34 +127,27 @@ def test_a_silo_lost_after_masking_leaves_fedavg_over_the_silos_that_answered(tm
 
 def test_a_sum_no_honest_silos_could_send_is_refused_and_named(tmp_path):
     class Forging(Capturing):
-        def mask(self, scenario, round_index, attempt, peers):
-            replies, missing = super().mask(scenario, round_index, attempt, peers)
-            forged = replies[0]
+        def tweak(self, step, replies):
+            forged = replies["clinic-a"]
             noise = torch.randint(-(2**31), 2**31 - 1, (read_state(forged.vector)["masked"].numel(),))
-            replies[0] = type(forged)(
-                forged.silo, round_index, attempt, write_state({"masked": noise.int()}, forged.vector.uri)
-            )
-            return replies, missing
+            vector = write_state({"masked": noise.int()}, forged.vector.uri)
+            return replies | {"clinic-a": replace(forged, vector=vector)}
 
-    silos = Forging(JobPaths.under(tmp_path / "jobs", "job"))
     with pytest.raises(FederationError, match="secure sum of clinic-a, clinic-b was refused"):
-        run(tmp_path, SECURE, silos=silos)
+        run(tmp_path, SECURE, transport=Forging())
 
 
 def test_a_malformed_masked_update_is_left_out_and_the_others_mask_again(tmp_path):
     class Truncating(Capturing):
-        def mask(self, scenario, round_index, attempt, peers):
-            replies, missing = super().mask(scenario, round_index, attempt, peers)
-            for k, reply in enumerate(replies):
-                if reply.silo == "clinic-c" and round_index == 1:
-                    short = torch.zeros(10, dtype=torch.int32)
-                    replies[k] = type(reply)(
-                        reply.silo, round_index, attempt, write_state({"masked": short}, reply.vector.uri)
-                    )
-            return replies, missing
+        def tweak(self, step, replies):
+            reply = replies.get("clinic-c")
+            if reply is None or step.round_index != 1:
+                return replies
+            short = write_state({"masked": torch.zeros(10, dtype=torch.int32)}, reply.vector.uri)
+            return replies | {"clinic-c": replace(reply, vector=short)}
 
-    silos = Truncating(JobPaths.under(tmp_path / "jobs", "job"))
-    _, tracker = run(tmp_path, THREE_SILOS, QUORUM_OF_TWO, SECURE, silos=silos)
+    silos = Truncating()
+    _, tracker = run(tmp_path, THREE_SILOS, QUORUM_OF_TWO, SECURE, transport=silos)
     assert silos.attempts[:2] == [
         (1, 0, ["clinic-a", "clinic-b", "clinic-c"]),
         (1, 1, ["clinic-a", "clinic-b"]),
@@ -168,21 +175,21 @@ def test_strategies_that_need_single_updates_are_refused_with_secure_aggregation
         load_scenario(path, [SECURE, "federation.min_silos=1"])
 
 
-class BadReplies(LocalSilos):
+def bad_replies(scenario, silo, step):
     """clinic-c's fit reply is broken the way the round's mode makes worst: under secure
     aggregation an unusable public key (which would fail every other silo's masking), otherwise
     no update at all."""
-
-    def fit(self, scenario, round_index, weights, config):
-        replies, missing = super().fit(scenario, round_index, weights, config)
-        broken = {"public_key": "00" * 32} if scenario.privacy.secure_aggregation else {"update": None}
-        return [replace(r, **broken) if r.silo == "clinic-c" else r for r in replies], missing
+    reply = handle(scenario, silo, step)
+    if silo != "clinic-c" or not isinstance(step, Fit):
+        return reply
+    broken = {"public_key": "00" * 32} if scenario.privacy.secure_aggregation else {"update": None}
+    return replace(reply, **broken)
 
 
 @pytest.mark.parametrize("mode", [(), (SECURE,)])
 def test_a_fit_reply_that_does_not_fit_the_round_is_left_out_by_name(tmp_path, mode):
-    silos = BadReplies(JobPaths.under(tmp_path / "jobs", "job"))
-    _, tracker = run(tmp_path, THREE_SILOS, QUORUM_OF_TWO, *mode, "federation.rounds=1", silos=silos)
+    transport = InProcess(bad_replies)
+    _, tracker = run(tmp_path, THREE_SILOS, QUORUM_OF_TWO, *mode, "federation.rounds=1", transport=transport)
     assert tracker.rounds[1]["silos_answered"] == 2
     assert tracker.silos["clinic-c"]["answered"] == {1: 0.0}
 

@@ -56,20 +56,18 @@ def test_served_deployment_runs_with_a_parameter_changed_through_the_api(stack, 
                 federation["mode"]["enum"] == ["embedded", "distributed"]
                 and federation["mode"]["description"]
             )
-            assert {"fedavg", "fedprox", "fedyogi", "median", "trimmed_mean"} <= set(
-                federation["strategy"]["enum"]
-            )
-            beta1 = federation["beta1"]["anyOf"][0]  # a strategy field: optional, with its limits
-            assert (
-                beta1["minimum"] == 0
-                and beta1["exclusiveMaximum"] == 1
-                and federation["beta1"]["description"]
-            )
+            strategies = set(federation["strategy"]["discriminator"]["mapping"])
+            assert {"fedavg", "fedprox", "fedyogi", "median", "trimmed_mean"} <= strategies
+            beta1 = schema["definitions"]["FedAdamSettings"]["properties"]["beta1"]  # with its limits
+            assert beta1["minimum"] == 0 and beta1["exclusiveMaximum"] == 1 and beta1["description"]
             assert "<" not in schema["properties"]["job_name"]["description"]  # the UI eats <...> as HTML
 
             parameters = copy.deepcopy(smoke.parameters)
             assert parameters["scenario"]["federation"]["rounds"] == 2
-            parameters["scenario"]["federation"] |= {"rounds": 1, "strategy": "fedyogi", "beta1": 0.8}
+            parameters["scenario"]["federation"] |= {
+                "rounds": 1,
+                "strategy": {"name": "fedyogi", "beta1": 0.8},
+            }
             run = client.create_flow_run_from_deployment(
                 smoke.id, parameters=parameters | {"job_name": "served"}
             )
@@ -84,6 +82,7 @@ def test_served_deployment_runs_with_a_parameter_changed_through_the_api(stack, 
     )
     assert job.data.params["federation.rounds"] == "1"
     assert (
-        job.data.params["federation.strategy"] == "fedyogi" and job.data.params["federation.beta1"] == "0.8"
+        job.data.params["federation.strategy"] == "fedyogi"
+        and job.data.params["federation.strategy.beta1"] == "0.8"
     )
     assert [m.step for m in client.get_metric_history(job.info.run_id, "global_accuracy")] == [0, 1]

@@ -30,7 +30,8 @@ def reference(rule, rounds, lr, beta1, beta2, tau):
 def test_three_rounds_match_the_papers_update_rule(cls, rule):
     rng = np.random.default_rng(3)
     lr, beta1, beta2, tau = 0.05, 0.8, 0.9, 1e-2
-    strategy = cls(server_learning_rate=lr, beta1=beta1, beta2=beta2, tau=tau)
+    settings = {"server_learning_rate": lr, "beta1": beta1, "beta2": beta2, "tau": tau}
+    strategy = cls(**{k: v for k, v in settings.items() if k in cls.Settings.options()})  # adagrad: no beta2
     x = torch.tensor(rng.normal(size=6), dtype=torch.float64)
     rounds_np, ours = [], []
     for _ in range(3):

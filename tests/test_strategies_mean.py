@@ -1,9 +1,27 @@
+import inspect
+from typing import Literal
+
 import numpy as np
 import pytest
 import torch
+from pydantic import Field
 
+from fedsilo.errors import UnknownKind
 from fedsilo.scenario import FederationSpec
-from fedsilo.strategies import STRATEGIES, FedAvg, FedAvgM, FedProx, SiloUpdate, WeightedSum, make_strategy
+from fedsilo.strategies import (
+    STRATEGIES,
+    FedAvg,
+    FedAvgM,
+    FedAvgMSettings,
+    FedProx,
+    ServerStepSettings,
+    SiloUpdate,
+    WeightedSum,
+    make_strategy,
+    register_strategy,
+    strategy_class,
+    strategy_options,
+)
 
 
 def fedavg(states, sizes):
@@ -57,7 +75,7 @@ def test_accumulator_holds_one_model_whatever_the_number_of_silos():
     total = WeightedSum()
     for k in range(50):
         total.add({"w": torch.full((3,), float(k))}, 1)
-    assert len(total._sums) == 1 and total.count == 50 and total.total_examples == 50
+    assert total.tensors_held == 1 and total.count == 50 and total.total_examples == 50
     assert torch.allclose(total.mean()["w"], torch.full((3,), 24.5))
 
 
@@ -74,7 +92,7 @@ def test_rejects_empty_and_mismatched_updates():
 
 def test_server_learning_rate_scales_the_step():
     current, average = {"w": torch.tensor([0.0])}, {"w": torch.tensor([2.0])}
-    assert FedAvg(0.5).apply(current, average)["w"].item() == pytest.approx(1.0)
+    assert FedAvg(server_learning_rate=0.5).apply(current, average)["w"].item() == pytest.approx(1.0)
 
 
 def test_fedavgm_accumulates_momentum_across_rounds():
@@ -87,7 +105,7 @@ def test_fedavgm_accumulates_momentum_across_rounds():
 
 def test_the_registry_builds_each_strategy_from_its_scenario_fields():
     built = make_strategy(FederationSpec(strategy="fedavgm", server_momentum=0.5))
-    assert isinstance(built, FedAvgM) and built.server_momentum == 0.5 and built.server_learning_rate == 1.0
+    assert isinstance(built, FedAvgM) and built.settings == FedAvgMSettings(server_momentum=0.5)
     assert make_strategy(FederationSpec(strategy="fedprox")).configure_fit(1) == {"proximal_mu": 0.01}
     assert set(STRATEGIES) >= {
         "fedavg",
@@ -140,3 +158,59 @@ def test_summing_leaves_the_silo_updates_untouched():
     assert all(torch.equal(a[k], before[k]) for k in a)
     assert torch.equal(total.mean()["w"], torch.tensor([2.5, 3.5]))
     assert total.mean()["h"].dtype == torch.bfloat16 and total.mean()["h"].item() == 2.5
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_each_default_is_written_once_in_the_strategys_record(name):
+    cls = STRATEGIES[name]
+    # the constructor restates nothing: it takes the record's fields as keywords
+    assert all(p.kind is p.VAR_KEYWORD for p in list(inspect.signature(cls.__init__).parameters.values())[1:])
+    # the scenario holds no copy of a strategy setting: its default is the record's
+    assert not set(FederationSpec.model_fields) & set(cls.Settings.options())
+    assert cls().settings == cls.Settings() == FederationSpec(strategy=name).strategy
+    assert make_strategy(FederationSpec(strategy=name)).settings == cls.Settings()
+    assert cls.name == cls.Settings().name == name
+
+
+def test_adaptive_defaults_differ_from_fedavgs_where_the_paper_says():
+    assert strategy_options()["fedadagrad"] == ("server_learning_rate", "beta1", "tau")  # no beta2
+    assert STRATEGIES["fedadam"]().settings.server_learning_rate == 0.01
+    assert STRATEGIES["fedavg"]().settings.server_learning_rate == 1.0
+
+
+def test_unknown_strategy_names_the_accepted_ones():
+    with pytest.raises(UnknownKind, match="unknown strategy 'fedsgd'; accepted: fedadagrad, fedadam"):
+        strategy_class("fedsgd")
+
+
+def test_settings_outside_the_record_are_refused():
+    with pytest.raises(ValueError, match="beta2"):
+        STRATEGIES["fedadagrad"](beta2=0.9)
+    with pytest.raises(TypeError):
+        FedAvg(0.5)  # keywords only: positions would depend on the record's field order
+
+
+def test_a_strategy_needs_its_own_record_to_register():
+    class Unnamed(FedAvg):
+        name = "unnamed"
+
+    with pytest.raises(ValueError, match="Unnamed needs its own settings record"):
+        register_strategy(Unnamed)
+
+    class ClippedSettings(ServerStepSettings):
+        name: Literal["clipped_test"] = "clipped_test"
+        clip: float = Field(0.01, gt=0)
+
+    class Clipped(FedAvg):
+        Settings = ClippedSettings
+
+        def direction(self, name, delta):
+            return delta.clamp(-self.settings.clip, self.settings.clip)
+
+    assert Clipped.name == "clipped_test"  # the name is the record's
+    try:
+        register_strategy(Clipped)
+        built = make_strategy(FederationSpec(strategy={"name": "clipped_test", "clip": 0.5}))
+        assert built.apply({"w": torch.zeros(1)}, {"w": torch.ones(1)})["w"].item() == 0.5
+    finally:
+        STRATEGIES.pop("clipped_test", None)

@@ -46,6 +46,6 @@ def test_trimming_always_keeps_one_value():
 def test_dtypes_are_kept_and_integer_buffers_take_the_maximum():
     states = [{"w": torch.tensor([1.0], dtype=torch.bfloat16), "n": torch.tensor(k)} for k in (3, 9, 5)]
     ups = [SiloUpdate(str(k), s, 1) for k, s in enumerate(states)]
-    for strategy in (Median(), TrimmedMean(0.34)):
+    for strategy in (Median(), TrimmedMean(trim_fraction=0.34)):
         result = strategy.aggregate({}, ups)
         assert result["w"].dtype == torch.bfloat16 and result["n"].item() == 9

@@ -4,7 +4,6 @@
 import pytest
 import torch
 
-from fedsilo.federation import JobPaths
 from fedsilo.scenario import ScenarioError, load_scenario
 from fedsilo.transfer import from_wire, to_wire
 from fedsilo.validation import UpdateRefused
@@ -36,8 +35,8 @@ def test_a_change_in_another_dtype_is_refused_by_name():
 
 def test_bfloat16_transfer_halves_the_bytes_and_keeps_the_model(tmp_path):
     _, full = run(tmp_path / "full")
-    silos = Keeping(JobPaths.under(tmp_path / "half" / "jobs", "job"))
-    _, half = run(tmp_path / "half", "federation.transfer_dtype=bfloat16", silos=silos)
+    silos = Keeping()
+    _, half = run(tmp_path / "half", "federation.transfer_dtype=bfloat16", transport=silos)
     sent = silos.updates[(1, "clinic-a")]
     assert {t.dtype for t in sent.values() if t.is_floating_point()} == {torch.bfloat16}
     ratio = half.rounds[1]["bytes_exchanged"] / full.rounds[1]["bytes_exchanged"]

@@ -6,11 +6,12 @@ import re
 import pytest
 import torch
 
-from fedsilo import federation
+from fedsilo.engine.aggregation import UpdateRules
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.strategies import FedAvg, Median
 from fedsilo.validation import Layout, UpdateRefused, check_update, update_norm
 from fedsilo.weights import read_state, write_state
+from tests.engine import aggregate
 
 GLOBAL = {"w": torch.zeros(3), "b": torch.zeros(2), "steps": torch.tensor(0)}
 
@@ -69,9 +70,7 @@ def test_every_broken_update_is_left_out_and_the_result_is_the_honest_average(tm
     )
     reports.append(fit_report("junk", junk_ref, 10))
     trained_on = {r.silo: 100 for r in reports}
-    new, rejected = federation.aggregate(
-        strategy, current, reports, str(tmp_path / "new.safetensors"), federation.UpdateRules(trained_on)
-    )
+    new, rejected = aggregate(strategy, current, reports, tmp_path, UpdateRules(trained_on))
     assert set(rejected) == set(BROKEN) | {"junk"}
     assert "unreadable update" in rejected["junk"]
     for case, (_, _, reason) in BROKEN.items():
@@ -84,11 +83,5 @@ def test_every_broken_update_is_left_out_and_the_result_is_the_honest_average(tm
 def test_an_update_of_only_broken_silos_writes_no_model(tmp_path):
     current = write_state(GLOBAL, str(tmp_path / "global.safetensors"))
     bad = write_state(BROKEN["nan"][0], str(tmp_path / "bad.safetensors"))
-    new, rejected = federation.aggregate(
-        FedAvg(),
-        current,
-        [fit_report("x", bad, 5)],
-        str(tmp_path / "new.safetensors"),
-        federation.UpdateRules({}),
-    )
+    new, rejected = aggregate(FedAvg(), current, [fit_report("x", bad, 5)], tmp_path, UpdateRules({}))
     assert new is None and list(rejected) == ["x"] and not (tmp_path / "new.pt").exists()

@@ -3,9 +3,6 @@
 from dataclasses import dataclass
 
 import numpy as np
-from fedsilo.errors import DataError
-
-
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.data.vocab import FILLER, LABELS, STYLES
+from fedsilo.errors import UnknownKind
 
 
 def domain_labels(domain: str) -> list[str]:
-    """The generator's label names for a domain, in a fixed order."""
+    """The generator's label names for a domain, in a fixed order; UnknownKind for another domain."""
+    if domain not in LABELS:
+        raise UnknownKind("domain", domain, list(LABELS))
     return sorted(LABELS[domain])
 
 

@@ -1,9 +1,16 @@
-"""Partitioners: split one pooled data set over silos. All are seeded and return row indices."""
+"""Partitioners: split one pooled data set over silos. All are seeded and return row indices.
+
+`PARTITIONERS` is the closed registry of partition kinds; a kind outside it is an UnknownKind.
+"""
+
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
-from fedsilo.data.examples import DataError, Examples
-from fedsilo.scenario import DirichletPartition, IidPartition, NaturalPartition, QuantityPartition
+from fedsilo.data.examples import Examples
+from fedsilo.errors import DataError, UnknownKind
+from fedsilo.scenario import NaturalPartition
 
 MIN_ROWS_PER_SILO = 2
 _DRAWS = 20
@@ -53,17 +60,23 @@ def natural(groups: np.ndarray | None, silos: list[str], column: str) -> dict[st
     return {silo: np.flatnonzero(groups == silo) for silo in silos}
 
 
-def partition(examples: Examples, spec, silos: list[str], seed: int) -> dict[str, np.ndarray]:
+Partitioner = Callable[[Examples, Any, list[str], np.random.Generator], dict[str, np.ndarray]]
+
+PARTITIONERS: dict[str, Partitioner] = {
+    "iid": lambda examples, spec, silos, rng: iid(len(examples), silos, rng),
+    "dirichlet": lambda examples, spec, silos, rng: dirichlet(examples.labels, silos, spec.alpha, rng),
+    "quantity": lambda examples, spec, silos, rng: quantity(len(examples), silos, spec.alpha, rng),
+    "natural": lambda examples, spec, silos, rng: natural(examples.groups, silos, spec.column),
+}
+
+
+def partition(examples: Examples, spec: Any, silos: list[str], seed: int) -> dict[str, np.ndarray]:
     """Row indices per silo under the configured partitioner; every silo must get rows."""
-    rng = np.random.default_rng(seed)
-    if isinstance(spec, IidPartition):
-        parts = iid(len(examples), silos, rng)
-    elif isinstance(spec, DirichletPartition):
-        parts = dirichlet(examples.labels, silos, spec.alpha, rng)
-    elif isinstance(spec, QuantityPartition):
-        parts = quantity(len(examples), silos, spec.alpha, rng)
-    else:
-        parts = natural(examples.groups, silos, spec.column)
+    kind = getattr(spec, "kind", None)
+    partitioner = PARTITIONERS.get(kind) if isinstance(kind, str) else None
+    if partitioner is None:
+        raise UnknownKind("partition kind", kind, list(PARTITIONERS))
+    parts = partitioner(examples, spec, silos, np.random.default_rng(seed))
     empty = [silo for silo, rows in parts.items() if len(rows) < MIN_ROWS_PER_SILO]
     if empty:
         hint = (

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.model_selection import train_test_split
 
-from fedsilo.data.examples import DataError, Examples
+from fedsilo.data.examples import Examples
 from fedsilo.data.generators import domain_labels
 from fedsilo.data.partition import partition
 from fedsilo.data.sources import load_source
+from fedsilo.errors import DataError
 from fedsilo.scenario import GeneratedSource, NaturalPartition, Scenario
 
 

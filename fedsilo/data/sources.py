@@ -1,14 +1,31 @@
-"""Loading a configured source into Examples: generated, CSV/Parquet, MedMNIST NPZ, Hugging Face."""
+"""Loading a configured source into Examples: generated, CSV/Parquet, MedMNIST NPZ, Hugging Face.
+
+`LOADERS` is the closed registry of source kinds (the scenario's `SOURCE_KINDS`, one loader each);
+a kind outside it is an UnknownKind, never a guess.
+"""
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from fedsilo.data.examples import DataError, Examples, concat
+from fedsilo.data.examples import Examples, concat
 from fedsilo.data.generators import generate
-from fedsilo.scenario import GeneratedSource, HuggingFaceSource, NpzSource, TableSource
+from fedsilo.errors import DataError, UnknownKind
+from fedsilo.scenario import (
+    SOURCE_KINDS,
+    GeneratedSource,
+    HuggingFaceSource,
+    NpzSource,
+    SourceSpec,
+    TableSource,
+)
+
+FILE_KINDS = {".csv": "csv", ".parquet": "parquet", ".npz": "npz"}
+"""The source kind of a silo's own data file, by its extension."""
 
 
 def resolve_path(path: str) -> Path:
@@ -21,13 +38,17 @@ def source_for_file(path: str, shared: dict) -> dict:
 
     Table column names follow `shared` (the scenario's data.source) when that is a table too.
     """
-    kind = {".csv": "csv", ".parquet": "parquet", ".npz": "npz"}.get(Path(path).suffix.lower())
+    kind = FILE_KINDS.get(Path(path).suffix.lower())
     if kind is None:
-        raise DataError(f"{path}: a silo's data file must end in .csv, .parquet or .npz")
+        raise DataError(f"{path}: a silo's data file must end in {', '.join(FILE_KINDS)}")
     spec = {"kind": kind, "path": path}
-    if kind != "npz" and shared.get("kind") in ("csv", "parquet"):
+    if _is_table(kind) and _is_table(shared.get("kind")):
         spec |= {"text_column": shared["text_column"], "label_column": shared["label_column"]}
     return spec
+
+
+def _is_table(kind: object) -> bool:
+    return isinstance(kind, str) and SOURCE_KINDS.get(kind) is TableSource
 
 
 def _read_table(path: Path, source: TableSource) -> pd.DataFrame:
@@ -139,15 +160,39 @@ def load_huggingface(source: HuggingFaceSource, group_column: str | None = None)
     )
 
 
+@dataclass(frozen=True)
+class Wanted:
+    """What a loader is asked for besides its source: the scenario's domain, its silos and seed
+    (for generated data) and the column that names each row's silo (natural partitions)."""
+
+    domain: str
+    silos: list[str]
+    seed: int
+    group_column: str | None = None
+
+
+def _generated(source: GeneratedSource, wanted: Wanted) -> Examples:
+    frame = generate(
+        wanted.domain, wanted.silos, source.rows_per_silo, wanted.seed, source.label_noise, source.label_skew
+    )
+    return Examples(frame["text"].tolist(), frame["label"].to_numpy(), frame["silo"].to_numpy())
+
+
+LOADERS: dict[str, Callable[[SourceSpec, Wanted], Examples]] = {
+    "generated": _generated,
+    "csv": lambda source, wanted: load_table(source, wanted.group_column),
+    "parquet": lambda source, wanted: load_table(source, wanted.group_column),
+    "npz": lambda source, wanted: load_npz(source),
+    "huggingface": lambda source, wanted: load_huggingface(source, wanted.group_column),
+}
+
+
 def load_source(
-    source, domain: str, silos: list[str], seed: int, group_column: str | None = None
+    source: SourceSpec, domain: str, silos: list[str], seed: int, group_column: str | None = None
 ) -> Examples:
     """Load any configured source. Generated data carries its silo in `groups`."""
-    if isinstance(source, GeneratedSource):
-        frame = generate(domain, silos, source.rows_per_silo, seed, source.label_noise, source.label_skew)
-        return Examples(frame["text"].tolist(), frame["label"].to_numpy(), frame["silo"].to_numpy())
-    if isinstance(source, TableSource):
-        return load_table(source, group_column)
-    if isinstance(source, NpzSource):
-        return load_npz(source)
-    return load_huggingface(source, group_column)
+    kind = getattr(source, "kind", None)
+    loader = LOADERS.get(kind) if isinstance(kind, str) else None
+    if loader is None:
+        raise UnknownKind("data source kind", kind, list(LOADERS))
+    return loader(source, Wanted(domain, silos, seed, group_column))

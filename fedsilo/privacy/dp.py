@@ -24,14 +24,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from fedsilo.errors import PrivacyBudgetExhausted
 from fedsilo.modeling import EncodedSet
 from fedsilo.privacy.accounting import epsilon, noise_for
 from fedsilo.training import FitSettings, Progress, logits, make_optimizer, pick_device
-from fedsilo.errors import PrivacyBudgetExhausted
 
 FROZEN_MARK = "embeddings"
-
-
 
 
 @dataclass(frozen=True)

@@ -15,12 +15,15 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from fedsilo import names
+from fedsilo.errors import StepFailed
+
 STATE_ENV = "FEDSILO_SILO_STATE"
 
 
 def _path(silo: str, update_uri: str) -> Path:
     job_root = update_uri.rsplit("/", 2)[0]  # <root>/round-NNN/<silo>.safetensors
-    folder = Path(os.environ.get(STATE_ENV, ".fedsilo/silo-state"), silo)
+    folder = Path(os.environ.get(STATE_ENV, ".fedsilo/silo-state"), names.file_name(silo))
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     return folder / f"{hashlib.sha256(job_root.encode()).hexdigest()[:24]}.safetensors"
 
@@ -43,7 +46,7 @@ def load(silo: str, update_uri: str) -> tuple[np.ndarray, bytes]:
             kept_for = handle.metadata().get("update_uri")
         tensors = load_file(str(path))
     except (FileNotFoundError, OSError) as exc:
-        raise LookupError(f"silo {silo}: no update kept for {update_uri} ({exc})") from None
+        raise StepFailed(f"silo {silo}: no update kept for {update_uri} ({exc})") from None
     if kept_for != update_uri:
-        raise LookupError(f"silo {silo}: the update kept is for {kept_for}, not {update_uri}")
+        raise StepFailed(f"silo {silo}: the update kept is for {kept_for}, not {update_uri}")
     return tensors["vector"].numpy().view(np.uint32), bytes(tensors["private_key"].numpy())

@@ -13,25 +13,54 @@ the paper. Each step moves a coordinate by about lr whatever the update's scale,
 learning rate is far below FedAvg's 1 (default 0.01) and tau sets how small a delta still counts.
 """
 
-import torch
+from typing import Any, Literal
 
-from fedsilo.strategies.base import check_unit_interval
-from fedsilo.strategies.mean import FedAvg
+import torch
+from pydantic import Field
+
+from fedsilo.strategies.mean import FedAvg, ServerStepSettings
 from fedsilo.weights import State
 
 
-class _AdaptiveServer(FedAvg):
-    fields = ("server_learning_rate", "beta1", "beta2", "tau")
+class AdaptiveSettings(ServerStepSettings):
+    """Settings shared by the adaptive server steps."""
 
-    def __init__(
-        self, server_learning_rate: float = 0.01, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3
-    ) -> None:
-        super().__init__(server_learning_rate)
-        self.beta1 = check_unit_interval("beta1", beta1)
-        self.beta2 = check_unit_interval("beta2", beta2)
-        if tau <= 0:
-            raise ValueError(f"tau must be positive, got {tau!r}")
-        self.tau = tau
+    server_learning_rate: float = Field(
+        0.01, gt=0, description="server step size: each step moves a coordinate by about this much"
+    )
+    beta1: float = Field(0.9, ge=0, lt=1, description="decay of the first moment m")
+    tau: float = Field(1e-3, gt=0, description="adaptivity: added to sqrt(v); v starts at tau^2")
+
+
+class SecondMomentSettings(AdaptiveSettings):
+    """Settings of the adaptive steps whose second moment decays (Adam, Yogi)."""
+
+    beta2: float = Field(0.99, ge=0, lt=1, description="decay of the second moment v")
+
+
+class FedAdagradSettings(AdaptiveSettings):
+    """fedadagrad: server Adagrad, v accumulates every squared pseudo-gradient (Reddi et al. 2021)."""
+
+    name: Literal["fedadagrad"] = "fedadagrad"
+
+
+class FedAdamSettings(SecondMomentSettings):
+    """fedadam: server Adam, w + lr * m / (sqrt(v) + tau) (Reddi et al. 2021)."""
+
+    name: Literal["fedadam"] = "fedadam"
+
+
+class FedYogiSettings(SecondMomentSettings):
+    """fedyogi: server Yogi, v moves toward delta^2 additively (Reddi et al. 2021)."""
+
+    name: Literal["fedyogi"] = "fedyogi"
+
+
+class _AdaptiveServer(FedAvg):
+    settings: AdaptiveSettings
+
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
         self.m: State = {}
         self.v: State = {}
 
@@ -39,11 +68,12 @@ class _AdaptiveServer(FedAvg):
         raise NotImplementedError
 
     def direction(self, name: str, delta: torch.Tensor) -> torch.Tensor:
+        beta1, tau = self.settings.beta1, self.settings.tau
         m = self.m.get(name, torch.zeros_like(delta))
-        v = self.v.get(name, torch.full_like(delta, self.tau**2))
-        self.m[name] = m = self.beta1 * m + (1 - self.beta1) * delta
+        v = self.v.get(name, torch.full_like(delta, tau**2))
+        self.m[name] = m = beta1 * m + (1 - beta1) * delta
         self.v[name] = v = self.second_moment(v, delta * delta)
-        return m / (v.sqrt() + self.tau)
+        return m / (v.sqrt() + tau)
 
     def state_dict(self) -> State:
         return {f"m/{k}": t for k, t in self.m.items()} | {f"v/{k}": t for k, t in self.v.items()}
@@ -54,10 +84,9 @@ class _AdaptiveServer(FedAvg):
 
 
 class FedAdagrad(_AdaptiveServer):
-    """Server Adagrad: v accumulates every squared pseudo-gradient (beta2 is not used)."""
+    """Server Adagrad: v accumulates every squared pseudo-gradient (there is no beta2)."""
 
-    name = "fedadagrad"
-    fields = ("server_learning_rate", "beta1", "tau")
+    Settings = FedAdagradSettings
 
     def second_moment(self, v: torch.Tensor, delta_squared: torch.Tensor) -> torch.Tensor:
         return v + delta_squared
@@ -66,16 +95,18 @@ class FedAdagrad(_AdaptiveServer):
 class FedAdam(_AdaptiveServer):
     """Server Adam: v is an exponential average of squared pseudo-gradients."""
 
-    name = "fedadam"
+    Settings = FedAdamSettings
+    settings: FedAdamSettings
 
     def second_moment(self, v: torch.Tensor, delta_squared: torch.Tensor) -> torch.Tensor:
-        return self.beta2 * v + (1 - self.beta2) * delta_squared
+        return self.settings.beta2 * v + (1 - self.settings.beta2) * delta_squared
 
 
 class FedYogi(_AdaptiveServer):
     """Server Yogi: v moves toward delta^2 additively, so it grows and shrinks more gently than Adam's."""
 
-    name = "fedyogi"
+    Settings = FedYogiSettings
+    settings: FedYogiSettings
 
     def second_moment(self, v: torch.Tensor, delta_squared: torch.Tensor) -> torch.Tensor:
-        return v - (1 - self.beta2) * delta_squared * torch.sign(v - delta_squared)
+        return v - (1 - self.settings.beta2) * delta_squared * torch.sign(v - delta_squared)

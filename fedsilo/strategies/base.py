@@ -4,14 +4,19 @@ A strategy configures each silo's fit (the settings it sends, e.g. FedProx's mu)
 the updates it receives into the next global model. State it keeps across rounds (momentum, Adam
 moments) is exposed as tensors, saved with each round's global model, so a job can resume.
 Wrappers that cut across strategies (clipping, noise, masking) wrap one rather than inherit.
+
+Each strategy's settings are one pydantic record (`StrategySettings`) written beside its class:
+the record's fields, defaults and limits are the strategy's constructor keywords, the scenario's
+`federation.strategy` and the Prefect run form's fields, so a default is written in one place.
 """
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict
 
 from fedsilo.weights import State
 
@@ -25,16 +30,57 @@ class SiloUpdate:
     num_examples: int
 
 
-class Strategy(ABC):
-    """One federated algorithm. Subclasses set `name`, list the scenario fields they read in
-    `fields` (each a `federation.<field>` that becomes a constructor keyword), and implement
-    `aggregate`."""
+class StrategySettings(BaseModel):
+    """A strategy's settings record: `name` (a Literal with a default in each concrete record)
+    says which strategy, the other fields are its constructor keywords."""
 
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)  # .inf or .nan is never a setting
+
+    name: str
+
+    @classmethod
+    def strategy_name(cls) -> str:
+        """The name this record stands for (the default of its `name` field)."""
+        return cls.model_fields["name"].default
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The settings a scenario may give this strategy (every field but `name`)."""
+        return tuple(f for f in cls.model_fields if f != "name")
+
+    def keywords(self) -> dict[str, Any]:
+        """The settings as the strategy's constructor keywords."""
+        return self.model_dump(exclude={"name"})
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        """Title each record by its strategy name: the run form's drop-down shows 'fedadam'."""
+        schema = handler(core_schema)
+        name = cls.model_fields["name"].default
+        if isinstance(name, str):
+            handler.resolve_ref_schema(schema)["title"] = name
+        return schema
+
+
+class Strategy(ABC):
+    """One federated algorithm. Subclasses set `Settings` (their record; its name is the
+    strategy's `name`) and implement `aggregate`; the constructor takes the record's fields as
+    keywords and keeps the checked record as `self.settings`."""
+
+    Settings: ClassVar[type[StrategySettings]]
     name: ClassVar[str]
-    fields: ClassVar[tuple[str, ...]] = ()
     # True when aggregation needs each silo's update (median): secure aggregation and central DP,
     # which reveal only a (noised) weighted mean, cannot serve such a strategy.
     needs_individual_updates: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "Settings" in vars(cls):  # the name is written once, in the record
+            cls.name = cls.Settings.strategy_name()
+
+    def __init__(self, **settings: Any) -> None:
+        """Check `settings` against the record: a bad value raises a ValueError naming the field."""
+        self.settings = self.Settings(**settings)
 
     def configure_fit(self, round_index: int) -> dict[str, float]:
         """Settings every silo's local training receives this round (none by default)."""
@@ -65,10 +111,3 @@ class Strategy(ABC):
 def accumulator_dtype(tensor: torch.Tensor) -> torch.dtype:
     """float64 stays float64; every other floating dtype is accumulated in float32."""
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
-
-
-def check_unit_interval(name: str, value: float, *, closed: bool = False) -> float:
-    """A constructor check that names the parameter, scikit-learn style."""
-    if not (0 <= value <= 1 if closed else 0 <= value < 1):
-        raise ValueError(f"{name} must be in [0, 1{']' if closed else ')'}, got {value!r}")
-    return value

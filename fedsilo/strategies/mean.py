@@ -13,10 +13,12 @@ never averaged: the global value is the element-wise maximum over silos.
 """
 
 from collections.abc import Iterable
+from typing import Any, Literal
 
 import torch
+from pydantic import Field
 
-from fedsilo.strategies.base import SiloUpdate, Strategy, accumulator_dtype, check_unit_interval
+from fedsilo.strategies.base import SiloUpdate, Strategy, StrategySettings, accumulator_dtype
 from fedsilo.weights import State
 
 
@@ -46,6 +48,11 @@ class WeightedSum:
         self.total_examples += num_examples
         self.count += 1
 
+    @property
+    def tensors_held(self) -> int:
+        """How many accumulator tensors the sum holds: one per model tensor, however many silos."""
+        return len(self._sums)
+
     def mean(self) -> State:
         """The weighted average, in each tensor's own dtype."""
         if not self.count:
@@ -64,16 +71,23 @@ def weighted_mean(updates: Iterable[SiloUpdate]) -> State:
     return total.mean()
 
 
+class ServerStepSettings(StrategySettings):
+    """Settings of every strategy with a server step on the averaged update."""
+
+    server_learning_rate: float = Field(1.0, gt=0, description="server step size: w + lr * step")
+
+
+class FedAvgSettings(ServerStepSettings):
+    """fedavg: the weighted mean of the silos' models (server SGD; lr 1 is exactly the mean)."""
+
+    name: Literal["fedavg"] = "fedavg"
+
+
 class FedAvg(Strategy):
     """Server SGD on the averaged update; learning rate 1 is McMahan et al.'s FedAvg."""
 
-    name = "fedavg"
-    fields = ("server_learning_rate",)
-
-    def __init__(self, server_learning_rate: float = 1.0) -> None:
-        if server_learning_rate <= 0:
-            raise ValueError(f"server_learning_rate must be positive, got {server_learning_rate!r}")
-        self.server_learning_rate = server_learning_rate
+    Settings = FedAvgSettings
+    settings: ServerStepSettings
 
     def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
         return self.apply(current, weighted_mean(updates))
@@ -91,24 +105,30 @@ class FedAvg(Strategy):
                 continue
             base = current[name].to(accumulator_dtype(target))
             step = self.direction(name, target.to(base.dtype) - base)
-            updated[name] = torch.add(base, step, alpha=self.server_learning_rate).to(target.dtype)
+            updated[name] = torch.add(base, step, alpha=self.settings.server_learning_rate).to(target.dtype)
         return updated
+
+
+class FedAvgMSettings(ServerStepSettings):
+    """fedavgm: FedAvg with server momentum, v = m v + delta; w + lr * v (Hsu et al. 2019)."""
+
+    name: Literal["fedavgm"] = "fedavgm"
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="momentum m of the server step")
 
 
 class FedAvgM(FedAvg):
     """FedAvg with server momentum (Hsu et al. 2019): v <- m v + delta, w <- w + lr v."""
 
-    name = "fedavgm"
-    fields = ("server_learning_rate", "server_momentum")
+    Settings = FedAvgMSettings
+    settings: FedAvgMSettings
 
-    def __init__(self, server_learning_rate: float = 1.0, server_momentum: float = 0.9) -> None:
-        super().__init__(server_learning_rate)
-        self.server_momentum = check_unit_interval("server_momentum", server_momentum)
+    def __init__(self, **settings: Any) -> None:
+        super().__init__(**settings)
         self.velocity: State = {}
 
     def direction(self, name: str, delta: torch.Tensor) -> torch.Tensor:
         previous = self.velocity.get(name)
-        velocity = delta if previous is None else self.server_momentum * previous + delta
+        velocity = delta if previous is None else self.settings.server_momentum * previous + delta
         self.velocity[name] = velocity
         return velocity
 
@@ -119,20 +139,23 @@ class FedAvgM(FedAvg):
         self.velocity = {key.removeprefix("velocity/"): v for key, v in state.items()}
 
 
+class FedProxSettings(ServerStepSettings):
+    """fedprox: FedAvg whose silos add mu/2 ||w - w_global||^2 to their loss (Li et al. 2020)."""
+
+    name: Literal["fedprox"] = "fedprox"
+    proximal_mu: float = Field(
+        0.01, ge=0, description="weight mu of the proximal term mu/2 ||w - w_global||^2; 0 is FedAvg"
+    )
+
+
 class FedProx(FedAvg):
     """FedAvg whose silos add mu/2 * ||w - w_global||^2 to their local loss (Li et al. 2020).
 
     The proximal term keeps a skewed silo's local model near the global one; mu = 0 is FedAvg.
     """
 
-    name = "fedprox"
-    fields = ("server_learning_rate", "proximal_mu")
-
-    def __init__(self, server_learning_rate: float = 1.0, proximal_mu: float = 0.01) -> None:
-        super().__init__(server_learning_rate)
-        if proximal_mu < 0:
-            raise ValueError(f"proximal_mu must be >= 0, got {proximal_mu!r}")
-        self.proximal_mu = proximal_mu
+    Settings = FedProxSettings
+    settings: FedProxSettings
 
     def configure_fit(self, round_index: int) -> dict[str, float]:
-        return {"proximal_mu": self.proximal_mu}
+        return {"proximal_mu": self.settings.proximal_mu}

@@ -6,10 +6,12 @@ Integer and bool tensors take the element-wise maximum, as in FedAvg.
 """
 
 from collections.abc import Callable, Iterable
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from fedsilo.strategies.base import SiloUpdate, Strategy, accumulator_dtype
+from fedsilo.strategies.base import SiloUpdate, Strategy, StrategySettings, accumulator_dtype
 from fedsilo.weights import State
 
 
@@ -30,10 +32,16 @@ def _coordinatewise(updates: Iterable[SiloUpdate], reduce: Callable[[torch.Tenso
     return result
 
 
+class MedianSettings(StrategySettings):
+    """median: the coordinate-wise median of the silos' weights, ignoring their example counts."""
+
+    name: Literal["median"] = "median"
+
+
 class Median(Strategy):
     """The coordinate-wise median of the silos' weights (the mean of the two middle values for even K)."""
 
-    name = "median"
+    Settings = MedianSettings
     needs_individual_updates = True
 
     def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
@@ -44,24 +52,28 @@ class Median(Strategy):
         return _coordinatewise(updates, middle)
 
 
+class TrimmedMeanSettings(StrategySettings):
+    """trimmed_mean: the coordinate-wise mean after dropping the extremes, ignoring example counts."""
+
+    name: Literal["trimmed_mean"] = "trimmed_mean"
+    trim_fraction: float = Field(
+        0.2, ge=0, lt=0.5, description="share of values dropped at each end, per coordinate"
+    )
+
+
 class TrimmedMean(Strategy):
     """The coordinate-wise mean after dropping the `trim_fraction` largest and smallest values.
 
     floor(trim_fraction * K) values go at each end, at most (K - 1) // 2 so one always remains.
     """
 
-    name = "trimmed_mean"
-    fields = ("trim_fraction",)
+    Settings = TrimmedMeanSettings
+    settings: TrimmedMeanSettings
     needs_individual_updates = True
-
-    def __init__(self, trim_fraction: float = 0.2) -> None:
-        if not 0 <= trim_fraction < 0.5:
-            raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
-        self.trim_fraction = trim_fraction
 
     def trimmed(self, k: int) -> int:
         """Values dropped at each end when K = k silos answered."""
-        return min(int(self.trim_fraction * k), (k - 1) // 2)
+        return min(int(self.settings.trim_fraction * k), (k - 1) // 2)
 
     def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
         def trimmed_mean(ordered: torch.Tensor) -> torch.Tensor:

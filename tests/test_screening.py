@@ -1,15 +1,18 @@
-"""Coordinator steps: checksums on exchanged updates, label agreement, quorum."""
+"""Screening and settling: checksums on exchanged updates, label agreement, quorum."""
 
 import pytest
 import torch
 
-from fedsilo import federation
-from fedsilo.federation import FederationError
+from fedsilo.engine.aggregation import UpdateRules
+from fedsilo.engine.screening import check_quorum
+from fedsilo.engine.start import settle_data
+from fedsilo.errors import FederationError
 from fedsilo.messages import DataSummary, Evaluation, FitReport
 from fedsilo.scenario import load_scenario, validate_scenario
 from fedsilo.strategies import FedAvg
 from fedsilo.weights import read_state, write_state
 from tests.conftest import REPO
+from tests.engine import aggregate
 
 
 def report(silo: str, ref, n: int) -> FitReport:
@@ -22,13 +25,8 @@ def test_an_update_that_fails_its_checksum_is_left_out_of_the_average(tmp_path):
     good = write_state({"w": torch.full((3,), 2.0)}, str(tmp_path / "a.safetensors"))
     bad = write_state({"w": torch.full((3,), 100.0)}, str(tmp_path / "b.safetensors"))
     (tmp_path / "b.safetensors").write_bytes(b"tampered")
-    out, rejected = federation.aggregate(
-        FedAvg(),
-        current,
-        [report("a", good, 1), report("b", bad, 1)],
-        str(tmp_path / "new.safetensors"),
-        federation.UpdateRules({"a": 1, "b": 1}),
-    )
+    replies = [report("a", good, 1), report("b", bad, 1)]
+    out, rejected = aggregate(FedAvg(), current, replies, tmp_path, UpdateRules({"a": 1, "b": 1}))
     assert list(rejected) == ["b"] and "sha256" in rejected["b"] and "b.safetensors" in rejected["b"]
     assert torch.equal(read_state(out)["w"], torch.full((3,), 2.0))  # a alone, not a and b
 
@@ -43,24 +41,24 @@ def test_labels_come_from_what_silos_report_when_the_scenario_names_none(tmp_pat
     }
     scenario = validate_scenario(raw)
     summaries = [DataSummary("a", {"10": 3, "2": 1}, {"2": 1}), DataSummary("b", {"yes": 2}, {"1": 1})]
-    assert federation.with_labels(scenario, summaries).data.labels == [
+    assert settle_data(scenario, summaries)[0].data.labels == [
         "yes",
         "1",
         "2",
         "10",
     ]  # numbers as numbers
     named = validate_scenario(raw | {"data": raw["data"] | {"labels": ["z", "y"]}})
-    assert federation.with_labels(named, summaries) is named
+    assert settle_data(named, summaries)[0] is named
 
 
 def test_silos_with_images_of_different_shapes_are_named():
     summaries = [DataSummary("a", input_shape=(1, 28, 28)), DataSummary("b", input_shape=(3, 28, 28))]
     with pytest.raises(FederationError, match=r"a \(1, 28, 28\), b \(3, 28, 28\)"):
-        federation.input_shape(summaries)
+        settle_data(load_scenario(REPO / "scenarios" / "smoke.yaml"), summaries)
 
 
 def test_below_min_silos_the_message_names_the_missing_ones():
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
-    federation.check_quorum(scenario, ["clinic-a", "clinic-b"], "round 1")
+    check_quorum(scenario, ["clinic-a", "clinic-b"], "round 1")
     with pytest.raises(FederationError, match="round 2: only 1 of 2 silos answered .* missing: clinic-b"):
-        federation.check_quorum(scenario, ["clinic-a"], "round 2")
+        check_quorum(scenario, ["clinic-a"], "round 2")

@@ -1,0 +1,211 @@
+"""Aggregation: the strategy behind the checks every update passes, and the base privacy wraps.
+
+The round loop calls one `Aggregation` (the outermost wrapper) and never branches on privacy:
+
+    configure_fit(r)          settings every silo's fit receives (the strategy's, plus a wrapper's)
+    fit_reply_problem(reply)  why a fit reply cannot take part, or None
+    aggregate(ctx, w, fits)   the next global model from the round's fit replies; a wrapper may ask
+                              silos an extra step through `ctx.ask` (secure aggregation's mask)
+    account(r, fits)          the privacy a round spent: job figures and per-silo figures
+    statement(rounds)         the guarantee, in words, once the job ends
+
+`Aggregation` itself reads each update once, checks it (fedsilo.validation) and hands the sound
+ones to the strategy. A `Wrapper` (fedsilo/privacy/*) delegates everything to the aggregation it
+wraps and overrides what its mechanism changes: secure aggregation and central DP the sum, DP-SGD
+the accounting. Strategy state (momentum, moments) is the wrapped strategy's.
+"""
+
+import itertools
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fedsilo import transfer
+from fedsilo.errors import ChecksumError, UpdateRefused
+from fedsilo.messages import DataSummary, FitReport, WeightRef
+from fedsilo.paths import JobPaths
+from fedsilo.scenario import Scenario
+from fedsilo.strategies import SiloUpdate, Strategy
+from fedsilo.validation import Layout, check_update
+from fedsilo.weights import State, read_state, write_state
+
+T = TypeVar("T")
+Aggregated = tuple[WeightRef | None, dict[str, str], list[WeightRef]]  # new model, refused, received
+Combine = Callable[[State, Iterator[SiloUpdate]], State]
+
+
+@dataclass(frozen=True)
+class UpdateRules:
+    """What the coordinator holds each silo's update to (see fedsilo.validation)."""
+
+    trained_on: dict[str, int]  # each silo's training count, from its data summary
+    max_norm: float | None = None
+    transfer_dtype: str = "float32"  # 16 bits: updates arrive as changes from the global model
+
+    @classmethod
+    def of(cls, scenario: Scenario, summaries: list[DataSummary]) -> "UpdateRules":
+        federation = scenario.federation
+        return cls(
+            {s.silo: s.num_train for s in summaries}, federation.max_update_norm, federation.transfer_dtype
+        )
+
+
+@dataclass
+class RoundContext:
+    """What a round lends its aggregation: where files go, and how to ask silos and run work."""
+
+    round_index: int
+    paths: JobPaths
+    ask: Callable  # (step, silos) -> screening.Outcome
+    phase: Callable[[str, Callable[[], Any]], Any]  # named coordinator work (a Prefect task)
+    ledger: Any  # fedsilo.engine.ledger.WeightLedger
+    check_quorum: Callable[[list[str], str], None]
+    log: logging.Logger | logging.LoggerAdapter
+
+
+class Aggregation:
+    """Checked updates in, the strategy's next global model out."""
+
+    def __init__(self, strategy: Strategy, rules: UpdateRules):
+        self.strategy, self.rules = strategy, rules
+
+    def configure_fit(self, round_index: int) -> dict[str, float]:
+        return self.strategy.configure_fit(round_index)
+
+    def fit_reply_problem(self, reply: FitReport, expects_update: bool = True) -> str | None:
+        if expects_update and reply.update is None:
+            return "sent no update"
+        if reply.local is None:
+            return "sent no evaluation of its local model"
+        return None
+
+    def weight_of(self, silos: list[str]) -> int:
+        """The most the given silos' FedAvg weights can add up to."""
+        return sum(self.rules.trained_on.get(s, 0) for s in silos)
+
+    def aggregate(
+        self, ctx: RoundContext, current: WeightRef, replies: list[FitReport], combine: Combine | None = None
+    ) -> Aggregated:
+        out_uri = ctx.paths.global_uri(ctx.round_index)
+        combine = combine or self.strategy.aggregate
+
+        def run() -> tuple[WeightRef | None, dict[str, str]]:
+            refused: dict[str, str] = {}
+            global_state = read_state(current)
+            stream = self.checked_updates(global_state, replies, refused)
+            first = next(stream, None)
+            if first is None:
+                return None, refused
+            return write_state(combine(global_state, itertools.chain([first], stream)), out_uri), refused
+
+        new, refused = ctx.phase(f"aggregate-round-{ctx.round_index}", run)
+        return new, refused, [r.update for r in replies if r.silo not in refused]
+
+    def checked_updates(
+        self, global_state: State, replies: list[FitReport], refused: dict[str, str]
+    ) -> Iterator[SiloUpdate]:
+        """Each reply's update read, verified and checked once; a failure goes to `refused`."""
+        layout = Layout.of(global_state)
+        for reply in replies:
+            if reply.silo not in self.rules.trained_on:
+                refused[reply.silo] = (
+                    "it did not describe its data at prepare, so its count cannot be checked"
+                )
+                continue
+            try:
+                wire = read_state(reply.update)
+                state = transfer.from_wire(wire, global_state, self.rules.transfer_dtype)
+                trained_on = self.rules.trained_on.get(reply.silo)
+                check_update(state, reply.num_examples, global_state, layout, trained_on, self.rules.max_norm)
+            except (ChecksumError, UpdateRefused) as exc:
+                refused[reply.silo] = str(exc)
+                continue
+            except Exception as exc:  # bytes that are not a safetensors file, a store error
+                refused[reply.silo] = f"unreadable update at {reply.update.uri}: {exc}"
+                continue
+            yield SiloUpdate(reply.silo, state, reply.num_examples)
+
+    def step_from_sum(self, current: State, average: State, delta_sum: State, total_weight: int) -> State:
+        """The strategy's step from sum_k w_k delta_k over `total_weight` (what masking and central
+        DP reveal). Integer tensors keep `average`'s values."""
+        average = dict(average)
+        for name, value in delta_sum.items():
+            average[name] = (current[name].double() + value / total_weight).to(current[name].dtype)
+        return self.strategy.apply(current, average)
+
+    def account(self, round_index: int, replies: list[FitReport]) -> tuple[dict[str, float], dict[str, dict]]:
+        """The privacy this round spent: figures for the job and per silo (none without privacy)."""
+        return {}, {}
+
+    def statement(self, rounds: int) -> str:
+        """What the privacy mechanisms guaranteed over `rounds`, in words (empty: none)."""
+        return ""
+
+    def state_dict(self) -> State:
+        return self.strategy.state_dict()
+
+    def load_state_dict(self, state: State) -> None:
+        self.strategy.load_state_dict(state)
+
+
+class Wrapper(Aggregation):
+    """An aggregation around another: every call goes to `inner` unless the wrapper overrides it."""
+
+    def __init__(self, inner: Aggregation):
+        self.inner = inner
+        self.strategy, self.rules = inner.strategy, inner.rules
+
+    def configure_fit(self, round_index: int) -> dict[str, float]:
+        return self.inner.configure_fit(round_index)
+
+    def fit_reply_problem(self, reply: FitReport, expects_update: bool = True) -> str | None:
+        return self.inner.fit_reply_problem(reply, expects_update)
+
+    def weight_of(self, silos: list[str]) -> int:
+        return self.inner.weight_of(silos)
+
+    def aggregate(self, ctx, current, replies, combine=None) -> Aggregated:
+        return self.inner.aggregate(ctx, current, replies, combine)
+
+    def checked_updates(self, global_state, replies, refused) -> Iterator[SiloUpdate]:
+        return self.inner.checked_updates(global_state, replies, refused)
+
+    def step_from_sum(self, current, average, delta_sum, total_weight) -> State:
+        return self.inner.step_from_sum(current, average, delta_sum, total_weight)
+
+    def account(self, round_index, replies):
+        return self.inner.account(round_index, replies)
+
+    def statement(self, rounds: int) -> str:
+        return self.inner.statement(rounds)
+
+
+def make_aggregation(
+    scenario: Scenario,
+    strategy: Strategy,
+    rules: UpdateRules,
+    wrap: Callable[[Aggregation], Aggregation] | None = None,
+) -> Aggregation:
+    """The strategy behind the update checks, wrapped first in the caller's `wrap` (if any), then
+    in the scenario's privacy mechanisms (central DP, DP-SGD accounting, secure aggregation), so
+    privacy is always outermost and a mechanism's sum reaches every inner wrapper's step."""
+    from fedsilo.privacy import central_dp, dp_sgd, secure_aggregation
+
+    aggregation = Aggregation(strategy, rules)
+    if wrap is not None:
+        aggregation = wrap(aggregation)
+    for mechanism in (central_dp, dp_sgd, secure_aggregation):
+        aggregation = mechanism.wrap(scenario, aggregation)
+    return aggregation
+
+
+def materialize(sent: WeightRef, base: WeightRef, dtype: str, out_uri: str) -> WeightRef:
+    """A silo's full weights from what it sent (a 16-bit change from `base`), written to `out_uri`."""
+    return write_state(transfer.from_wire(read_state(sent), read_state(base), dtype), out_uri)
+
+
+def update_bytes(current: WeightRef, receivers: int, sent: list[WeightRef]) -> int:
+    """Bytes that crossed silo boundaries in a round: the global model out to each silo that
+    answered, and what they sent back (updates, or masked vectors under secure aggregation)."""
+    return receivers * current.size + sum(ref.size for ref in sent)

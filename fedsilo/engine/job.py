@@ -1,0 +1,233 @@
+"""The round loop of a federated job, top to bottom; whoever runs the silos.
+
+The coordinator is given a transport (how to ask silos a step), a tracker (MLflow) and reporters,
+and owns the rest: round 0 scores the starting model (pretrained, the champion when warm-starting,
+or an interrupted job's last round); each round asks every silo to fit, screens the replies,
+aggregates (the strategy inside its privacy wrappers, fedsilo.engine.aggregation), scores the new
+global model on every silo's test split and records the round. After the last round: personal
+fine-tuning, the silo x silo matrix and the champion decision. Weights the job wrote are deleted
+whatever happens (fedsilo.engine.ledger).
+"""
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fedsilo.engine import aftermath
+from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules, make_aggregation, update_bytes
+from fedsilo.engine.ledger import WeightLedger
+from fedsilo.engine.protocols import Reporter, Tracker
+from fedsilo.engine.recording import RoundRecorder, silo_metrics, summary, tag_left_out
+from fedsilo.engine.screening import Outcome, check_quorum, hold_updates, screen, screen_evaluations
+from fedsilo.engine.start import resumed, settle_data, starting_point
+from fedsilo.errors import FederationError
+from fedsilo.messages import Evaluation, FitReport, WeightRef
+from fedsilo.paths import JobPaths
+from fedsilo.records import JobResult, ResumePoint, RoundRecord
+from fedsilo.scenario import Scenario
+from fedsilo.silo import model_card
+from fedsilo.steps import Evaluate, Fit, Prepare, Step
+from fedsilo.strategies import Strategy, make_strategy
+from fedsilo.transport import Transport
+
+Phase = Callable[[str, Callable[[], Any]], Any]  # runs named coordinator work (a Prefect task)
+
+
+class Coordinator:
+    """Runs one federated job of `scenario` through `transport`, recording it with `tracker`.
+
+    `wrap` adds aggregation wrappers of the caller's around the scenario's (see README
+    "Architecture"); `phase(name, work)` runs coordinator-side work under a name.
+    """
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        job: str,
+        transport: Transport,
+        tracker: Tracker,
+        paths: JobPaths,
+        reporters: Sequence[Reporter] = (),
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+        strategy: Strategy | None = None,
+        resume: ResumePoint | None = None,
+        phase: Phase | None = None,
+        wrap: Callable[[Aggregation], Aggregation] | None = None,
+    ):
+        self.scenario, self.job, self.transport, self.tracker = scenario, job, transport, tracker
+        self.paths, self.reporters, self.resume, self.wrap = paths, list(reporters), resume, wrap
+        self.log = logger or logging.getLogger("fedsilo")
+        self.strategy = strategy or make_strategy(scenario.federation)
+        self.phase = phase or (lambda name, work: work())
+        self.history: list[RoundRecord] = list(resume.history) if resume else []
+        self.ledger = WeightLedger(self.log)
+
+    def run(self) -> JobResult:
+        """The whole job; on any failure the reason is recorded, the job's weights are deleted and
+        the exception propagates (FederationError: an expected outcome, e.g. too few silos)."""
+        try:
+            result = self._run()
+        except BaseException as exc:
+            self.notify("finished", f"Job {self.job} FAILED: {exc}", self.history, True)
+            self.tracker.set_tags({"fedsilo.failure": str(exc)[:5000]})
+            self.tracker.finish("FAILED")
+            if isinstance(exc, FederationError):
+                self.log.error("job %s failed: %s; completed rounds are recorded", self.job, exc)
+            raise
+        finally:
+            self.ledger.delete_all()
+        self.tracker.finish("FINISHED")
+        return result
+
+    def _run(self) -> JobResult:
+        federation = self.scenario.federation
+        self.log.info(
+            "job %s: %d silos (%s), %d rounds of %s; weights via %s",
+            *(self.job, len(self.scenario.silos), federation.mode, federation.rounds),
+            *(self.strategy.name, self.paths.root),
+        )
+        self._prepare()
+        current, origin, model_id, final = self._start()
+        fits: list[FitReport] = []
+        for round_index in range(len(self.history), federation.rounds + 1):
+            current, fits, final, model_id = self._round(round_index, current)
+        if final is None:  # resumed after the last round: score the final model again
+            final = list(self.evaluate(current, f"round-{federation.rounds}").replies.values())
+        personalized = aftermath.personalize(self, current)
+        aftermath.compare_silos(self, fits, final, personalized)
+        result = aftermath.job_result(self, personalized)
+        if result.privacy:
+            self.tracker.set_tags({"fedsilo.privacy": result.privacy})
+        self.after_rounds(current, result)
+        if model_id:
+            aftermath.register(self, result, model_id, current, final)
+        steps = self.scenario.evaluation.personalize_steps
+        self.notify("finished", summary(result, origin, steps), self.history, False)
+        return result
+
+    def after_rounds(self, current: WeightRef, result: JobResult) -> None:
+        """Extension point: steps to ask after the last round (a subclass adds them here)."""
+
+    def _prepare(self) -> None:
+        """Silos describe their data; labels and input shape are settled; privacy wraps the strategy."""
+        outcome = self.ask(Prepare(), "prepare")
+        check_quorum(self.scenario, outcome, "prepare")
+        summaries = list(outcome.replies.values())
+        for data in summaries:
+            self.tracker.log_data(data)
+        self.scenario, self.input_shape = settle_data(self.scenario, summaries)
+        rules = UpdateRules.of(self.scenario, summaries)
+        self.aggregation = make_aggregation(self.scenario, self.strategy, rules, self.wrap)
+        meta = model_card(self.scenario, self.input_shape)
+        self.recorder = RoundRecorder(self.scenario, self.tracker, self.input_shape, meta)
+
+    def _start(self) -> tuple[WeightRef, str, str | None, list[Evaluation] | None]:
+        """Round 0: the starting model scored and recorded, or the resumed job's last round."""
+        if self.resume:
+            current = resumed(self.resume, self.paths, self.ledger, self.aggregation)
+            origin = f"round {self.resume.round_index} of the interrupted job {self.job}"
+            self.tracker.set_tags({"fedsilo.resumed": origin})
+            self.log.info("job %s resumes after round %d", self.job, self.resume.round_index)
+            return current, origin, self.resume.model_id, None
+        current, origin = starting_point(
+            self.scenario, self.tracker, self.paths, self.ledger, self.input_shape
+        )
+        self.tracker.set_tags({"fedsilo.warm_start": origin})
+        self.log.info("round 0 starts from the %s", origin)
+        scored = self.evaluate(current, "round-0")
+        check_quorum(self.scenario, scored, "round 0")
+        final = list(scored.replies.values())
+        return current, origin, self._record(0, current, final, [], {}, {}, scored), final
+
+    def _round(self, round_index: int, current: WeightRef):
+        """One round: fit, screen, aggregate, evaluate, record. Returns the new global model and
+        the round's fit replies, evaluations and logged model id."""
+        started, label = time.perf_counter(), f"round {round_index}"
+        config = self.aggregation.configure_fit(round_index)
+        outcome = self.ask(Fit(round_index, current, self.paths.root, config), label)
+        hold_updates(outcome, self.paths, round_index, self.ledger)
+        figures, privacy = self.aggregation.account(round_index, list(outcome.replies.values()))
+        for silo, fit in list(outcome.replies.items()):
+            if fit.refused:
+                outcome.decline(silo, fit.refused)
+            elif problem := self.aggregation.fit_reply_problem(fit):
+                outcome.refuse(silo, problem)
+            if silo not in outcome.replies:
+                self.ledger.release(fit.update)
+        check_quorum(self.scenario, outcome, label)
+        fits = list(outcome.replies.values())
+        new, refused, sent = self.aggregation.aggregate(self._context(round_index), current, fits)
+        if new is not None:
+            self.ledger.hold(new)
+        for silo, reason in refused.items():
+            self.log.warning("round %d: update of %s refused: %s", round_index, silo, reason)
+            self.ledger.release(outcome.replies[silo].update if silo in outcome.replies else None)
+            outcome.refuse(silo, reason)
+        tag_left_out(self.tracker, self.notify, round_index, outcome)
+        check_quorum(self.scenario, outcome, label)
+        fits = aftermath.full_local_models(self, round_index, list(outcome.replies.values()), current)
+        self.ledger.release(current)
+        if round_index < self.scenario.federation.rounds:  # the last round's go on to the matrix
+            for fit in fits:
+                self.ledger.release(fit.update)
+        scored = self.evaluate(new, f"round-{round_index}")
+        tag_left_out(self.tracker, self.notify, round_index, scored, "evaluation")
+        figures |= {
+            "round_seconds": time.perf_counter() - started,
+            "bytes_exchanged": update_bytes(current, len(fits), sent),
+            "silos_answered": len(fits),
+        }
+        final = list(scored.replies.values())
+        model_id = self._record(round_index, new, final, fits, figures, privacy, outcome)
+        return new, fits, final, model_id
+
+    def _context(self, round_index: int) -> RoundContext:
+        return RoundContext(
+            round_index,
+            self.paths,
+            lambda step, silos: self.ask(step, step.label, silos),
+            self.phase,
+            self.ledger,
+            lambda silos, label: check_quorum(self.scenario, silos, label),
+            self.log,
+        )
+
+    def _record(self, round_index, current, final, fits, figures, privacy, outcome) -> str | None:
+        left_out = sorted(outcome.left_out()) if round_index else []
+        strategy_state = self.aggregation.state_dict()
+        per_silo = silo_metrics(final, fits, privacy)
+        record, model_id = self.recorder.record(
+            round_index, current, final, fits, figures, per_silo, left_out, strategy_state
+        )
+        self.history.append(record)
+        self.notify("round_done", record, self.history)
+        return model_id
+
+    # -- asking silos ----------------------------------------------------------------------------
+
+    def ask(self, step: Step, label: str, silos: Sequence[str] | None = None) -> Outcome:
+        """Ask `step` of `silos` (all by default) through the transport; the replies screened."""
+        asked = list(silos) if silos is not None else self.scenario.silo_names()
+        outcome = screen(step, asked, self.transport.ask(self.scenario, step, asked))
+        for silo, reason in outcome.refused.items():
+            self.log.warning("%s: reply of %s refused: %s", label, silo, reason)
+        return outcome
+
+    def evaluate(self, weights: WeightRef, name: str) -> Outcome:
+        """Every silo scores `weights` on its test split; evaluations that do not fit are refused."""
+        outcome = screen_evaluations(
+            self.ask(Evaluate(weights, name), name), len(self.scenario.data.labels or [])
+        )
+        for silo, reason in outcome.left_out().items():
+            self.log.warning("%s: evaluation of %s left out: %s", name, silo, reason)
+        if not outcome.replies:
+            raise FederationError(f"{name}: no silo's evaluation counts ({outcome.left_out()})")
+        return outcome
+
+    def notify(self, method: str, *args) -> None:
+        for reporter in self.reporters:
+            try:
+                getattr(reporter, method)(*args)
+            except Exception as exc:  # a reporter decides nothing, and cannot fail the job either
+                self.log.warning("reporter %s failed on %s: %s", type(reporter).__name__, method, exc)

@@ -1,0 +1,107 @@
+"""Reply screening: which silos count in a step, and one word for each that does not.
+
+Replies are untrusted input. A silo is **absent** when it gave no reply, has **declined** when it
+said no under its own rules (its privacy budget), and is **refused** when it answered but the
+coordinator refused the reply (it speaks for another silo, is of the wrong type, or fails a check).
+"""
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsilo.errors import FederationError
+from fedsilo.messages import Evaluation
+from fedsilo.scenario import Scenario
+from fedsilo.steps import Step
+from fedsilo.transport import Answers
+
+
+@dataclass
+class Outcome:
+    """The silos' answers to one step after screening: the replies that count, by silo, and the
+    silos that do not, with why."""
+
+    replies: dict[str, Any]
+    absent: list[str] = field(default_factory=list)
+    declined: dict[str, str] = field(default_factory=dict)
+    refused: dict[str, str] = field(default_factory=dict)
+
+    def refuse(self, silo: str, reason: str) -> None:
+        self.replies.pop(silo, None)
+        self.refused[silo] = reason
+
+    def decline(self, silo: str, reason: str) -> None:
+        self.replies.pop(silo, None)
+        self.declined[silo] = reason
+
+    def left_out(self) -> dict[str, str]:
+        """Every silo that does not count, with why."""
+        return dict.fromkeys(self.absent, "did not answer") | self.declined | self.refused
+
+    def counted(self) -> list[str]:
+        return sorted(self.replies)
+
+
+def screen(step: Step, asked: list[str], answers: Answers) -> Outcome:
+    """The replies of the asked silos that are of the step's reply type and speak for the silo
+    they were addressed to; any other reply is refused, naming what it claimed."""
+    outcome = Outcome({}, absent=[s for s in asked if s in answers.absent or s not in answers.replies])
+    for silo, reply in answers.replies.items():
+        if silo not in asked:
+            continue
+        if not isinstance(reply, step.reply):
+            outcome.refuse(silo, f"answered {step.label} with a {type(reply).__name__}")
+        elif getattr(reply, "silo", silo) != silo:
+            outcome.refuse(silo, f"its reply to {step.label} names silo {reply.silo!r}")
+        else:
+            outcome.replies[silo] = reply
+    return outcome
+
+
+def check_quorum(scenario: Scenario, outcome_or_counted, step: str) -> None:
+    """Fail the step (e.g. "round 3"), naming each silo left out and why, when fewer than
+    `min_silos` count."""
+    if isinstance(outcome_or_counted, Outcome):
+        counted, reasons = outcome_or_counted.counted(), outcome_or_counted.left_out()
+    else:
+        counted, reasons = list(outcome_or_counted), {}
+    if len(counted) >= scenario.min_silos:
+        return
+    missing = sorted(set(scenario.silo_names()) - set(counted))
+    named = [f"{silo} ({reasons[silo]})" if silo in reasons else silo for silo in missing]
+    raise FederationError(
+        f"{step}: only {len(counted)} of {len(scenario.silos)} silos answered "
+        f"(min_silos is {scenario.min_silos}); missing: {', '.join(named)}"
+    )
+
+
+def evaluation_problem(evaluation: Evaluation, num_labels: int) -> str | None:
+    """Why a silo's evaluation cannot enter the union metrics, or None: its confusion matrix must
+    be num_labels x num_labels non-negative integer counts, not all zero."""
+    matrix = evaluation.confusion
+    if len(matrix) != num_labels or any(len(row) != num_labels for row in matrix):
+        return f"confusion matrix is not {num_labels} x {num_labels}"
+    cells = [cell for row in matrix for cell in row]
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells) or not sum(cells):
+        return "confusion matrix must hold non-negative integer counts, not all zero"
+    return None
+
+
+def screen_evaluations(outcome: Outcome, num_labels: int) -> Outcome:
+    """Refuse evaluations whose confusion matrix does not fit the labels."""
+    for silo, evaluation in list(outcome.replies.items()):
+        if problem := evaluation_problem(evaluation, num_labels):
+            outcome.refuse(silo, problem)
+    return outcome
+
+
+def hold_updates(outcome: Outcome, paths, round_index: int, ledger) -> None:
+    """Hold each update at the URI derived for its silo; refuse one anywhere else (it is not
+    the coordinator's to read or delete). Silos absent may still write theirs late."""
+    for silo, fit in list(outcome.replies.items()):
+        expected = paths.update_uri(round_index, silo)
+        if fit.update is not None and fit.update.uri != expected:
+            outcome.refuse(silo, f"its update is at {fit.update.uri[:200]}, not at {expected}")
+        elif fit.update is not None:
+            ledger.hold(fit.update)
+    for silo in [*outcome.absent, *outcome.refused]:
+        ledger.expect_late(paths.update_uri(round_index, silo))

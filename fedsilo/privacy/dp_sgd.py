@@ -1,0 +1,80 @@
+"""Record-level DP-SGD: the silo's training hook and the coordinator's accounting wrapper.
+
+At the silo, `DPTraining` replaces plain training (Opacus, fedsilo.privacy.dp) and declines a
+round that would pass `privacy.dp.target_epsilon`. At the coordinator, `DPSGDAccounting` refuses
+an epsilon no accountant gives, logs each silo's epsilon and the worst one, and states the
+guarantee. Scenario fields: `privacy.dp` (noise_multiplier or target_epsilon, delta, max_grad_norm).
+"""
+
+import math
+
+from fedsilo.engine.aggregation import Aggregation, Wrapper
+from fedsilo.errors import PrivacyBudgetExhausted
+from fedsilo.messages import FitReport
+from fedsilo.privacy import dp
+from fedsilo.scenario import Scenario
+
+
+def plausible_epsilon(value: float) -> bool:
+    """An epsilon an accountant can give: finite and not negative (a silo's report is untrusted)."""
+    return math.isfinite(value) and value >= 0
+
+
+class DPTraining:
+    """DP-SGD as a silo's training hook; see fedsilo.silo.Training."""
+
+    def __init__(self, spec):
+        self.spec = spec
+        self.plan: dp.DPPlan | None = None
+
+    def budget(self, silo, settings, round_index: int) -> float:
+        rounds = silo.scenario.federation.rounds
+        self.plan = dp.plan(self.spec, silo.num_examples, settings, rounds)
+        try:
+            return self.plan.check_budget(round_index)
+        except PrivacyBudgetExhausted as exc:
+            exc.spent = self.plan.epsilon_after(round_index - 1)
+            raise
+
+    def train(self, silo, settings, progress):
+        return dp.dp_fit(silo.model, silo.train, settings, self.plan, progress), self.plan.steps_per_round
+
+
+def training_for(scenario: Scenario) -> DPTraining | None:
+    """The silo's training hook: DP-SGD when the scenario asks for it, else plain (None)."""
+    return DPTraining(scenario.privacy.dp) if scenario.privacy.dp else None
+
+
+class DPSGDAccounting(Wrapper):
+    """What the coordinator does about DP-SGD: screen and log the silos' epsilons, state the bound."""
+
+    def __init__(self, inner: Aggregation, spec):
+        super().__init__(inner)
+        self.spec = spec
+        self.spent_by_round: dict[int, dict[str, float]] = {}
+
+    def fit_reply_problem(self, reply: FitReport, expects_update: bool = True) -> str | None:
+        if reply.epsilon is not None and not plausible_epsilon(reply.epsilon):
+            return f"reported epsilon {reply.epsilon!r}"
+        return self.inner.fit_reply_problem(reply, expects_update)
+
+    def account(self, round_index, replies):
+        """Each silo's epsilon so far (also of silos that declined because theirs ran out)."""
+        figures, per_silo = self.inner.account(round_index, replies)
+        spent = {r.silo: r.epsilon for r in replies if r.epsilon is not None and plausible_epsilon(r.epsilon)}
+        self.spent_by_round[round_index] = spent
+        if spent:
+            figures = figures | {"max_silo_epsilon": max(spent.values())}
+        for silo, value in spent.items():
+            per_silo = per_silo | {silo: per_silo.get(silo, {}) | {"epsilon": value}}
+        return figures, per_silo
+
+    def statement(self, rounds: int) -> str:
+        worst = max((e for r in self.spent_by_round.values() for e in r.values()), default=0.0)
+        own = f"record-level DP-SGD at each silo, epsilon <= {worst:.3g} (delta {self.spec.delta:g})"
+        return "; ".join(filter(None, [own, self.inner.statement(rounds)]))
+
+
+def wrap(scenario: Scenario, inner: Aggregation) -> Aggregation:
+    """`inner` with DP-SGD's accounting when the scenario turns DP-SGD on."""
+    return DPSGDAccounting(inner, scenario.privacy.dp) if scenario.privacy.dp else inner
