@@ -2,9 +2,10 @@
 
 An update must have the global model's layout (the same tensor names, shapes and dtypes), hold only
 finite values, claim a positive integer example count no larger than the training count the silo
-reported when it described its data, and, when `federation.max_update_norm` is set, move the
-model by at most that L2 norm. An update that fails is left out of the round with the reason,
-exactly like a silo that did not answer; it never reaches the strategy.
+reported when it described its data, keep the global model's integer constants (a counter may
+only grow), and, when `federation.max_update_norm` is set, move the model by at most that L2
+norm (computed in float64: a norm that overflows is refused). An update that fails is left out of
+the round with the reason, exactly like a silo that did not answer; it never reaches the strategy.
 """
 
 import math
@@ -56,6 +57,27 @@ def _check_count(num_examples: object, trained_on: int | None) -> None:
         )
 
 
+COUNTER = "num_batches_tracked"  # the one integer buffer local training changes
+MAX_COUNTER_STEP = 10**7
+
+
+def _check_integers(state: State, current: State) -> None:
+    """Integer tensors are constants (BERT's position_ids) or counters (BatchNorm's batches seen):
+    a constant must equal the global model's, a counter may only grow, and by a plausible step."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point():
+            continue
+        base = current[name]
+        if name.endswith(COUNTER):
+            step = tensor.long() - base.long()
+            if bool((step < 0).any()) or bool((step > MAX_COUNTER_STEP).any()):
+                raise UpdateRefused(f"counter {name!r} moved by an impossible step")
+        elif not torch.equal(tensor, base):
+            raise UpdateRefused(
+                f"integer tensor {name!r} differs from the global model's (it is not trained)"
+            )
+
+
 def update_norm(state: State, current: State) -> float:
     """L2 norm of the update's change to the floating tensors of the current global model."""
     total = 0.0
@@ -72,12 +94,16 @@ def check_update(
     layout: Layout,
     trained_on: int | None = None,
     max_norm: float | None = None,
-) -> None:
-    """Raise UpdateRefused naming the first problem of a silo's update; return when it is sound."""
+) -> float:
+    """Raise UpdateRefused naming the first problem of a silo's update; when it is sound, return
+    its L2 distance from the global model (float64)."""
     _check_count(num_examples, trained_on)
     _check_layout(state, layout)
     _check_finite(state)
-    if max_norm is not None:
-        norm = update_norm(state, current)
-        if norm > max_norm:
-            raise UpdateRefused(f"update norm {norm:.4g} exceeds federation.max_update_norm {max_norm:.4g}")
+    _check_integers(state, current)
+    norm = update_norm(state, current)
+    if not math.isfinite(norm):
+        raise UpdateRefused("the update's distance from the global model overflows float64")
+    if max_norm is not None and norm > max_norm:
+        raise UpdateRefused(f"update norm {norm:.4g} exceeds federation.max_update_norm {max_norm:.4g}")
+    return norm

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fedsilo.engine.aggregation import UpdateRules
-from fedsilo.engine.screening import check_quorum
+from fedsilo.engine.screening import Outcome, check_quorum, screen_summaries
 from fedsilo.engine.start import settle_data
 from fedsilo.errors import FederationError
 from fedsilo.messages import DataSummary, Evaluation, FitReport
@@ -51,10 +51,24 @@ def test_labels_come_from_what_silos_report_when_the_scenario_names_none(tmp_pat
     assert settle_data(named, summaries)[0] is named
 
 
-def test_silos_with_images_of_different_shapes_are_named():
-    summaries = [DataSummary("a", input_shape=(1, 28, 28)), DataSummary("b", input_shape=(3, 28, 28))]
+def summary(silo: str, shape: tuple[int, ...]) -> DataSummary:
+    return DataSummary(silo, {"x": 3}, {"x": 1}, input_shape=shape)
+
+
+def test_a_silo_whose_images_differ_from_the_majoritys_is_refused_and_a_tie_named():
+    shapes = {"a": (1, 28, 28), "b": (1, 28, 28), "c": (3, 28, 28)}
+    outcome = Outcome({silo: summary(silo, shape) for silo, shape in shapes.items()})
+    screen_summaries(outcome)
+    assert sorted(outcome.replies) == ["a", "b"] and "(3, 28, 28)" in outcome.refused["c"]
+    tie = Outcome({"a": summary("a", (1, 28, 28)), "b": summary("b", (3, 28, 28))})
     with pytest.raises(FederationError, match=r"a \(1, 28, 28\), b \(3, 28, 28\)"):
-        settle_data(load_scenario(REPO / "scenarios" / "smoke.yaml"), summaries)
+        screen_summaries(tie)
+
+
+def test_a_data_description_with_impossible_counts_is_refused():
+    outcome = Outcome({"a": DataSummary("a", {"x": -1}, {"x": 2}), "b": DataSummary("b", {"x": 3}, {})})
+    screen_summaries(outcome)
+    assert "non-negative" in outcome.refused["a"] and "no test examples" in outcome.refused["b"]
 
 
 def test_below_min_silos_the_message_names_the_missing_ones():

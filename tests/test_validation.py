@@ -13,11 +13,11 @@ from fedsilo.validation import Layout, UpdateRefused, check_update, update_norm
 from fedsilo.weights import read_state, write_state
 from tests.engine import aggregate
 
-GLOBAL = {"w": torch.zeros(3), "b": torch.zeros(2), "steps": torch.tensor(0)}
+GLOBAL = {"w": torch.zeros(3), "b": torch.zeros(2), "num_batches_tracked": torch.tensor(0)}
 
 
 def honest(value: float = 1.0) -> dict:
-    return {"w": torch.full((3,), value), "b": torch.full((2,), value), "steps": torch.tensor(4)}
+    return {"w": torch.full((3,), value), "b": torch.full((2,), value), "num_batches_tracked": torch.tensor(4)}
 
 
 BROKEN = {
@@ -27,7 +27,7 @@ BROKEN = {
     "other shape": (honest() | {"w": torch.ones(4)}, 10, "shape (4,), expected (3,)"),
     "integer in a float slot": (honest() | {"w": torch.ones(3, dtype=torch.int64)}, 10, "dtype torch.int64"),
     "half precision": (honest() | {"b": torch.ones(2, dtype=torch.float16)}, 10, "dtype torch.float16"),
-    "missing tensor": ({"w": torch.ones(3), "steps": torch.tensor(1)}, 10, "missing ['b']"),
+    "missing tensor": ({"w": torch.ones(3), "num_batches_tracked": torch.tensor(1)}, 10, "missing ['b']"),
     "extra tensor": (honest() | {"x": torch.ones(1)}, 10, "unexpected ['x']"),
     "zero examples": (honest(), 0, "positive integer, got 0"),
     "negative examples": (honest(), -5, "positive integer, got -5"),

@@ -22,7 +22,7 @@ def personalize(job, current: WeightRef) -> list[Evaluation]:
     outcome = job.ask(Personalize(current, steps), "personalize")
     labels = len(job.scenario.data.labels or [])
     for silo, evaluation in list(outcome.replies.items()):
-        if problem := evaluation_problem(evaluation, labels):
+        if problem := evaluation_problem(evaluation, labels, job.test_counts.get(silo)):
             outcome.refuse(silo, problem)
     if outcome.left_out():
         job.log.warning("personalization: left out %s", outcome.left_out())
@@ -64,7 +64,7 @@ def scored_models(job, models: dict[str, WeightRef], name: str) -> dict[str, lis
     for silo, reply in outcome.replies.items():
         for model, evaluation in reply.models.items():
             evaluation = replace(evaluation, silo=silo)  # a reply speaks only for its silo
-            problem = evaluation_problem(evaluation, labels)
+            problem = evaluation_problem(evaluation, labels, job.test_counts.get(silo))
             if model not in rows or problem:
                 job.log.warning(
                     "%s: score of %r by %s left out: %s", name, model, silo, problem or "unknown model"

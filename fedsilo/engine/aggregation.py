@@ -15,13 +15,13 @@ wraps and overrides what its mechanism changes: secure aggregation and central D
 the accounting. Strategy state (momentum, moments) is the wrapped strategy's.
 """
 
-import itertools
 import logging
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from fedsilo import transfer
+from fedsilo.engine import influence
 from fedsilo.errors import ChecksumError, UpdateRefused
 from fedsilo.messages import DataSummary, FitReport, WeightRef
 from fedsilo.paths import JobPaths
@@ -31,6 +31,16 @@ from fedsilo.validation import Layout, check_update
 from fedsilo.weights import State, read_state, write_state
 
 T = TypeVar("T")
+
+
+class UpdateChanged(Exception):
+    """Internal to one aggregation: a checked update's file changed before it was summed."""
+
+    def __init__(self, silo: str, reason: str):
+        super().__init__(reason)
+        self.silo = silo
+
+
 Aggregated = tuple[WeightRef | None, dict[str, str], list[WeightRef]]  # new model, refused, received
 Combine = Callable[[State, Iterator[SiloUpdate]], State]
 
@@ -42,13 +52,17 @@ class UpdateRules:
     trained_on: dict[str, int]  # each silo's training count, from its data summary
     max_norm: float | None = None
     transfer_dtype: str = "float32"  # 16 bits: updates arrive as changes from the global model
+    weight_cap: int | None = None  # the most FedAvg weight one silo carries (fedsilo.engine.influence)
 
     @classmethod
     def of(cls, scenario: Scenario, summaries: list[DataSummary]) -> "UpdateRules":
-        federation = scenario.federation
-        return cls(
-            {s.silo: s.num_train for s in summaries}, federation.max_update_norm, federation.transfer_dtype
-        )
+        federation, trained_on = scenario.federation, {s.silo: s.num_train for s in summaries}
+        cap = influence.weight_cap(list(trained_on.values()))
+        return cls(trained_on, federation.max_update_norm, federation.transfer_dtype, cap)
+
+    def weight(self, silo: str, claimed: int) -> int:
+        """A silo's FedAvg weight: what it claims, within what it reported and the cap."""
+        return min(claimed, self.weight_cap) if self.weight_cap is not None else claimed
 
 
 @dataclass
@@ -62,6 +76,7 @@ class RoundContext:
     ledger: Any  # fedsilo.engine.ledger.WeightLedger
     check_quorum: Callable[[list[str], str], None]
     log: logging.Logger | logging.LoggerAdapter
+    clipped: dict[str, float] = field(default_factory=dict)  # silo -> its update's norm, clipped
 
 
 class Aggregation:
@@ -82,7 +97,7 @@ class Aggregation:
 
     def weight_of(self, silos: list[str]) -> int:
         """The most the given silos' FedAvg weights can add up to."""
-        return sum(self.rules.trained_on.get(s, 0) for s in silos)
+        return sum(self.rules.weight(s, self.rules.trained_on.get(s, 0)) for s in silos)
 
     def aggregate(
         self, ctx: RoundContext, current: WeightRef, replies: list[FitReport], combine: Combine | None = None
@@ -93,20 +108,28 @@ class Aggregation:
         def run() -> tuple[WeightRef | None, dict[str, str]]:
             refused: dict[str, str] = {}
             global_state = read_state(current)
-            stream = self.checked_updates(global_state, replies, refused)
-            first = next(stream, None)
-            if first is None:
-                return None, refused
-            return write_state(combine(global_state, itertools.chain([first], stream)), out_uri), refused
+            norms = self.screened_norms(global_state, replies, refused)
+            bound = influence.norm_bound(list(norms.values()))
+            ctx.clipped.update({silo: norm for silo, norm in norms.items() if bound and norm > bound})
+            sound = [r for r in replies if r.silo in norms]
+            while sound:
+                try:
+                    state = combine(global_state, self.bounded_updates(global_state, sound, norms, bound))
+                    return write_state(state, out_uri), refused
+                except UpdateChanged as exc:  # its file changed after it was checked: refuse, sum again
+                    refused[exc.silo] = str(exc)
+                    sound = [r for r in sound if r.silo != exc.silo]
+            return None, refused
 
         new, refused = ctx.phase(f"aggregate-round-{ctx.round_index}", run)
         return new, refused, [r.update for r in replies if r.silo not in refused]
 
-    def checked_updates(
+    def screened_norms(
         self, global_state: State, replies: list[FitReport], refused: dict[str, str]
-    ) -> Iterator[SiloUpdate]:
-        """Each reply's update read, verified and checked once; a failure goes to `refused`."""
-        layout = Layout.of(global_state)
+    ) -> dict[str, float]:
+        """Each reply's update read, verified and checked once; its norm by silo when it passes,
+        the reason in `refused` when it fails."""
+        layout, norms = Layout.of(global_state), {}
         for reply in replies:
             if reply.silo not in self.rules.trained_on:
                 refused[reply.silo] = (
@@ -114,17 +137,32 @@ class Aggregation:
                 )
                 continue
             try:
-                wire = read_state(reply.update)
-                state = transfer.from_wire(wire, global_state, self.rules.transfer_dtype)
+                state = self._read(reply, global_state)
                 trained_on = self.rules.trained_on.get(reply.silo)
-                check_update(state, reply.num_examples, global_state, layout, trained_on, self.rules.max_norm)
+                norms[reply.silo] = check_update(
+                    state, reply.num_examples, global_state, layout, trained_on, self.rules.max_norm
+                )
             except (ChecksumError, UpdateRefused) as exc:
                 refused[reply.silo] = str(exc)
-                continue
             except Exception as exc:  # bytes that are not a safetensors file, a store error
                 refused[reply.silo] = f"unreadable update at {reply.update.uri}: {exc}"
-                continue
-            yield SiloUpdate(reply.silo, state, reply.num_examples)
+        return norms
+
+    def bounded_updates(
+        self, global_state: State, replies: list[FitReport], norms: dict[str, float], bound: float | None
+    ) -> Iterator[SiloUpdate]:
+        """The checked updates read again one at a time, each clipped to `bound` and weighted
+        within the cap; raises UpdateChanged when a file no longer is what was checked."""
+        for reply in replies:
+            try:
+                state = self._read(reply, global_state)
+            except Exception as exc:
+                raise UpdateChanged(reply.silo, f"its update changed after it was checked: {exc}") from None
+            state = influence.clipped(state, global_state, norms[reply.silo], bound)
+            yield SiloUpdate(reply.silo, state, self.rules.weight(reply.silo, reply.num_examples))
+
+    def _read(self, reply: FitReport, global_state: State) -> State:
+        return transfer.from_wire(read_state(reply.update), global_state, self.rules.transfer_dtype)
 
     def step_from_sum(self, current: State, average: State, delta_sum: State, total_weight: int) -> State:
         """The strategy's step from sum_k w_k delta_k over `total_weight` (what masking and central
@@ -168,8 +206,11 @@ class Wrapper(Aggregation):
     def aggregate(self, ctx, current, replies, combine=None) -> Aggregated:
         return self.inner.aggregate(ctx, current, replies, combine)
 
-    def checked_updates(self, global_state, replies, refused) -> Iterator[SiloUpdate]:
-        return self.inner.checked_updates(global_state, replies, refused)
+    def screened_norms(self, global_state, replies, refused) -> dict[str, float]:
+        return self.inner.screened_norms(global_state, replies, refused)
+
+    def bounded_updates(self, global_state, replies, norms, bound) -> Iterator[SiloUpdate]:
+        return self.inner.bounded_updates(global_state, replies, norms, bound)
 
     def step_from_sum(self, current, average, delta_sum, total_weight) -> State:
         return self.inner.step_from_sum(current, average, delta_sum, total_weight)

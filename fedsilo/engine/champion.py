@@ -1,12 +1,14 @@
 """The champion decision: does this job's final model take the registry's `champion` alias?
 
-The current champion is scored on this job's test data and the new model wins when it scores at
-least as well on the silos that scored both. A champion that cannot load into this model (other
-labels or architecture) is replaced without a comparison only when the scenario allows it; one
-that cannot be read at all is kept, never replaced on doubt.
+The current champion is scored on this job's test data and the new model wins when the median of
+its per-silo scores is at least the champion's, over the silos that scored both (each silo one
+vote, so no silo's claimed test-set size or scores decide alone). A champion that cannot load into
+this model (other labels or architecture) is replaced without a comparison only when the scenario
+allows it; one that cannot be read at all is kept, never replaced on doubt.
 """
 
 import math
+import statistics
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -56,17 +58,24 @@ def verdict(
 ) -> tuple[bool, str]:
     """Whether the candidate takes the alias from champion `version`, and why.
 
-    Both are scored on the test splits of the silos that evaluated both; at least as good wins.
+    Each silo that scored both models has one vote: the candidate wins when the median of its
+    per-silo scores is at least the champion's. No silo's test-set size, nor any one silo's
+    scores when three or more silos vote, can flip the verdict of the others.
     """
     common = {e.silo for e in candidate} & {e.silo for e in champion}
     if not common:
         return False, f"no silo could evaluate champion v{version}; champion kept"
-    new = global_metrics([e for e in candidate if e.silo in common])[metric]
-    old = global_metrics([e for e in champion if e.silo in common])[metric]
-    where = f"on the test data of {len(common)} silos"
+    new = per_silo_median([e for e in candidate if e.silo in common], metric)
+    old = per_silo_median([e for e in champion if e.silo in common], metric)
+    where = f"(median over {len(common)} silos' test data, one vote each)"
     if beats(new, old):
         return True, f"{metric} {new:.4f} >= champion v{version}'s {old:.4f} {where}"
     return False, f"{metric} {new:.4f} < champion v{version}'s {old:.4f} {where}; champion kept"
+
+
+def per_silo_median(evaluations: list[Evaluation], metric: str) -> float:
+    """The median of the silos' own scores: each silo one vote, whatever its test-set size."""
+    return float(statistics.median(getattr(e, metric) for e in evaluations))
 
 
 def beats(candidate: float, champion: float | None) -> bool:

@@ -14,12 +14,12 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fedsilo.engine import aftermath
+from fedsilo.engine import aftermath, influence, screening
 from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules, make_aggregation, update_bytes
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.protocols import Reporter, Tracker
 from fedsilo.engine.recording import RoundRecorder, silo_metrics, summary, tag_left_out
-from fedsilo.engine.screening import Outcome, check_quorum, hold_updates, screen, screen_evaluations
+from fedsilo.engine.screening import Outcome, check_quorum, screen
 from fedsilo.engine.start import resumed, settle_data, starting_point
 from fedsilo.errors import FederationError
 from fedsilo.messages import Evaluation, FitReport, WeightRef
@@ -112,12 +112,15 @@ class Coordinator:
     def _prepare(self) -> None:
         """Silos describe their data; labels and input shape are settled; privacy wraps the strategy."""
         outcome = self.ask(Prepare(), "prepare")
+        screening.screen_summaries(outcome)
         check_quorum(self.scenario, outcome, "prepare")
         summaries = list(outcome.replies.values())
+        self.test_counts = {s.silo: sum(s.test_counts.values()) for s in summaries}
         for data in summaries:
             self.tracker.log_data(data)
         self.scenario, self.input_shape = settle_data(self.scenario, summaries)
         rules = UpdateRules.of(self.scenario, summaries)
+        self.tracker.set_tags({"fedsilo.influence": influence.describe()})
         self.aggregation = make_aggregation(self.scenario, self.strategy, rules, self.wrap)
         meta = model_card(self.scenario, self.input_shape)
         self.recorder = RoundRecorder(self.scenario, self.tracker, self.input_shape, meta)
@@ -146,24 +149,14 @@ class Coordinator:
         started, label = time.perf_counter(), f"round {round_index}"
         config = self.aggregation.configure_fit(round_index)
         outcome = self.ask(Fit(round_index, current, self.paths.root, config), label)
-        hold_updates(outcome, self.paths, round_index, self.ledger)
+        screening.hold_updates(outcome, self.paths, round_index, self.ledger)
         figures, privacy = self.aggregation.account(round_index, list(outcome.replies.values()))
-        for silo, fit in list(outcome.replies.items()):
-            if fit.refused:
-                outcome.decline(silo, fit.refused)
-            elif problem := self.aggregation.fit_reply_problem(fit):
-                outcome.refuse(silo, problem)
-            if silo not in outcome.replies:
-                self.ledger.release(fit.update)
+        labels = len(self.scenario.data.labels or [])
+        screening.screen_fits(
+            outcome, self.aggregation.fit_reply_problem, labels, self.test_counts, self.ledger
+        )
         check_quorum(self.scenario, outcome, label)
-        fits = list(outcome.replies.values())
-        new, refused, sent = self.aggregation.aggregate(self._context(round_index), current, fits)
-        if new is not None:
-            self.ledger.hold(new)
-        for silo, reason in refused.items():
-            self.log.warning("round %d: update of %s refused: %s", round_index, silo, reason)
-            self.ledger.release(outcome.replies[silo].update if silo in outcome.replies else None)
-            outcome.refuse(silo, reason)
+        new, sent = influence.aggregate_round(self, round_index, current, outcome)
         tag_left_out(self.tracker, self.notify, round_index, outcome)
         check_quorum(self.scenario, outcome, label)
         fits = aftermath.full_local_models(self, round_index, list(outcome.replies.values()), current)
@@ -182,7 +175,8 @@ class Coordinator:
         model_id = self._record(round_index, new, final, fits, figures, privacy, outcome)
         return new, fits, final, model_id
 
-    def _context(self, round_index: int) -> RoundContext:
+    def context(self, round_index: int) -> RoundContext:
+        """What the round lends its aggregation (fedsilo.engine.aggregation.RoundContext)."""
         return RoundContext(
             round_index,
             self.paths,
@@ -216,9 +210,8 @@ class Coordinator:
 
     def evaluate(self, weights: WeightRef, name: str) -> Outcome:
         """Every silo scores `weights` on its test split; evaluations that do not fit are refused."""
-        outcome = screen_evaluations(
-            self.ask(Evaluate(weights, name), name), len(self.scenario.data.labels or [])
-        )
+        labels, asked = len(self.scenario.data.labels or []), self.ask(Evaluate(weights, name), name)
+        outcome = screening.screen_evaluations(asked, labels, self.test_counts)
         for silo, reason in outcome.left_out().items():
             self.log.warning("%s: evaluation of %s left out: %s", name, silo, reason)
         if not outcome.replies:

@@ -1,12 +1,14 @@
 """What a round records: the global model (with the strategy's state, and under LoRA the merged
 plain model), the job's and each silo's metrics linked to it, and what the reporters are told."""
 
+import math
 import tempfile
 from pathlib import Path
 
 import pandas as pd
 from safetensors.torch import load_file
 
+from fedsilo.engine.champion import per_silo_median
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.metrics import global_metrics
 from fedsilo.modeling import full_state
@@ -33,7 +35,12 @@ def silo_metrics(
             per_silo[fit.silo]["clipped_coordinates"] = fit.clipped
     for silo, values in privacy.items():
         per_silo.setdefault(silo, {}).update(values)
-    return per_silo
+    return {silo: {k: v for k, v in values.items() if _finite(v)} for silo, values in per_silo.items()}
+
+
+def _finite(value) -> bool:
+    """Only finite numbers are logged (a NaN loss under DP-SGD is not sent, not zero)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 class RoundRecorder:
@@ -56,6 +63,8 @@ class RoundRecorder:
         """Log one round (global model with the strategy's state, metrics linked to it)."""
         union = global_metrics(evaluations)
         job = {f"global_{k}": v for k, v in union.items()} | figures | {"silos_evaluated": len(evaluations)}
+        for metric in ("accuracy", "f1_macro"):  # each silo one vote, beside the example-weighted union
+            job[f"global_{metric}_median"] = per_silo_median(evaluations, metric)
         if round_index > 0:
             for silo in self.scenario.silo_names():
                 per_silo.setdefault(silo, {})["answered"] = float(silo not in left_out)

@@ -5,11 +5,14 @@ said no under its own rules (its privacy budget), and is **refused** when it ans
 coordinator refused the reply (it speaks for another silo, is of the wrong type, or fails a check).
 """
 
-from dataclasses import dataclass, field
+import math
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fedsilo.errors import FederationError
-from fedsilo.messages import Evaluation
+from fedsilo.messages import DataSummary, Evaluation
+from fedsilo.metrics import scores_from_confusion
 from fedsilo.scenario import Scenario
 from fedsilo.steps import Step
 from fedsilo.transport import Answers
@@ -74,24 +77,97 @@ def check_quorum(scenario: Scenario, outcome_or_counted, step: str) -> None:
     )
 
 
-def evaluation_problem(evaluation: Evaluation, num_labels: int) -> str | None:
+def evaluation_problem(evaluation: Evaluation, num_labels: int, test_count: int | None = None) -> str | None:
     """Why a silo's evaluation cannot enter the union metrics, or None: its confusion matrix must
-    be num_labels x num_labels non-negative integer counts, not all zero."""
+    be num_labels x num_labels non-negative integer counts adding up to the test count the silo
+    reported at prepare (so no silo outweighs its own test split), and its loss a finite number."""
     matrix = evaluation.confusion
     if len(matrix) != num_labels or any(len(row) != num_labels for row in matrix):
         return f"confusion matrix is not {num_labels} x {num_labels}"
     cells = [cell for row in matrix for cell in row]
     if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells) or not sum(cells):
         return "confusion matrix must hold non-negative integer counts, not all zero"
+    if test_count is not None and sum(cells) != test_count:
+        return f"confusion matrix counts {sum(cells)} examples; the silo reported {test_count} test examples"
+    if (
+        not isinstance(evaluation.loss, int | float)
+        or not math.isfinite(evaluation.loss)
+        or evaluation.loss < 0
+    ):
+        return f"loss {evaluation.loss!r} is not a finite non-negative number"
     return None
 
 
-def screen_evaluations(outcome: Outcome, num_labels: int) -> Outcome:
-    """Refuse evaluations whose confusion matrix does not fit the labels."""
-    for silo, evaluation in list(outcome.replies.items()):
-        if problem := evaluation_problem(evaluation, num_labels):
+def rescored(evaluation: Evaluation) -> Evaluation:
+    """The evaluation with accuracy and macro-F1 recomputed from its counts: a silo's counts are
+    checked, its claimed scores are not used."""
+    return replace(evaluation, **scores_from_confusion(evaluation.confusion))
+
+
+def screen_fits(
+    outcome: Outcome, reply_problem, num_labels: int, test_counts: dict[str, int], ledger
+) -> None:
+    """Sort a round's fit replies: a silo that declined, a reply the aggregation cannot take
+    (`reply_problem`) or whose local evaluation does not fit is refused and its update deleted;
+    the others keep their local evaluation rescored from its counts."""
+    for silo, fit in list(outcome.replies.items()):
+        local = fit.local
+        problem = reply_problem(fit)
+        if not fit.refused and not problem and local is not None:
+            problem = evaluation_problem(local, num_labels, test_counts.get(silo))
+        if fit.refused:
+            outcome.decline(silo, fit.refused)
+        elif problem:
             outcome.refuse(silo, problem)
+        else:
+            outcome.replies[silo] = replace(fit, local=rescored(local))
+        if silo not in outcome.replies:
+            ledger.release(fit.update)
+
+
+def screen_evaluations(
+    outcome: Outcome, num_labels: int, test_counts: dict[str, int] | None = None
+) -> Outcome:
+    """Refuse evaluations whose confusion matrix does not fit the labels or the test count."""
+    for silo, evaluation in list(outcome.replies.items()):
+        expected = test_counts.get(silo) if test_counts is not None else None
+        if test_counts is not None and expected is None:
+            outcome.refuse(silo, "it did not describe its data at prepare")
+        elif problem := evaluation_problem(evaluation, num_labels, expected):
+            outcome.refuse(silo, problem)
+        else:
+            outcome.replies[silo] = rescored(evaluation)
     return outcome
+
+
+def summary_problem(summary: DataSummary) -> str | None:
+    """Why a silo's data description cannot be used, or None: counts are non-negative integers
+    and it holds training and test examples."""
+    for split, counts in (("training", summary.train_counts), ("test", summary.test_counts)):
+        values = list(counts.values())
+        if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
+            return f"its {split} label counts must be non-negative integers"
+        if not sum(values):
+            return f"it reports no {split} examples"
+    return None
+
+
+def screen_summaries(outcome: Outcome) -> None:
+    """Refuse data descriptions that cannot be used, and those whose image shape differs from the
+    majority's (one silo cannot change the model's input for the others); a tie fails the job."""
+    for silo, summary in list(outcome.replies.items()):
+        if problem := summary_problem(summary):
+            outcome.refuse(silo, problem)
+    shapes = Counter(tuple(s.input_shape) for s in outcome.replies.values())
+    if len(shapes) <= 1:
+        return
+    (common, most), (_, runner_up) = shapes.most_common(2)
+    if most == runner_up:
+        detail = ", ".join(f"{s.silo} {tuple(s.input_shape)}" for s in outcome.replies.values())
+        raise FederationError(f"silos hold images of different shapes ({detail}); resize them to one")
+    for silo, summary in list(outcome.replies.items()):
+        if tuple(summary.input_shape) != common:
+            outcome.refuse(silo, f"its images are {tuple(summary.input_shape)}, the others' {common}")
 
 
 def hold_updates(outcome: Outcome, paths, round_index: int, ledger) -> None:

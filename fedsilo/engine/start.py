@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 
 from fedsilo.data import order_labels
 from fedsilo.engine.ledger import WeightLedger
-from fedsilo.errors import FederationError, JobNotFound
+from fedsilo.errors import JobNotFound
 from fedsilo.messages import DataSummary, WeightRef
 from fedsilo.paths import JobPaths
 from fedsilo.records import ResumePoint
@@ -63,7 +63,7 @@ def settle_data(scenario: Scenario, summaries: list[DataSummary]) -> tuple[Scena
 
     Every participant must agree on the model's output order, and in distributed mode no process
     sees every silo's data, so the coordinator settles it once from the label counts silos report
-    (when the scenario does not name them). Silos whose images differ in shape are named.
+    (when the scenario does not name them). Screening has refused silos whose shapes differ.
     """
     seen = {label for s in summaries for label in (*s.train_counts, *s.test_counts)}
     labels = order_labels(scenario, seen)
@@ -72,7 +72,4 @@ def settle_data(scenario: Scenario, summaries: list[DataSummary]) -> tuple[Scena
         raw["data"]["labels"] = labels
         scenario = Scenario.model_validate(raw)
     shapes = {tuple(s.input_shape) for s in summaries}
-    if len(shapes) > 1:
-        detail = ", ".join(f"{s.silo} {tuple(s.input_shape)}" for s in summaries)
-        raise FederationError(f"silos hold images of different shapes ({detail}); resize them to one")
     return scenario, (shapes.pop() if shapes else ())

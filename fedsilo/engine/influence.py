@@ -1,0 +1,102 @@
+"""How far one silo may move the global model: bounded by default, by numbers it does not control.
+
+- Its update is clipped to `NORM_FACTOR` x the round's median update norm (L2 distance from the
+  global model, in float64) when at least `MIN_SILOS` updates arrive; `federation.max_update_norm`
+  refuses updates beyond an absolute bound on top of that.
+- Its FedAvg weight is its example count, capped at `WEIGHT_FACTOR` x the lower median of the
+  counts all silos reported at prepare (the lower median of two is the smaller one).
+
+So with K >= 3 silos of which a majority is honest, one silo moves a FedAvg round's model by at
+most `NORM_FACTOR` times the median honest update's norm, whatever it sends or claims. The
+aggregated model is checked (finite) before it is evaluated, logged or kept.
+"""
+
+import math
+import statistics
+
+from fedsilo.privacy.central import clip_to_norm
+from fedsilo.weights import State, read_state, write_state
+
+NORM_FACTOR = 3.0
+WEIGHT_FACTOR = 4
+MIN_SILOS = 3
+
+
+def norm_bound(norms: list[float]) -> float | None:
+    """The round's clipping bound on one update's norm, or None with fewer than MIN_SILOS updates."""
+    if len(norms) < MIN_SILOS:
+        return None
+    return NORM_FACTOR * statistics.median(norms)
+
+
+def weight_cap(claims: list[int]) -> int | None:
+    """The most FedAvg weight one silo may carry, from every silo's training count at prepare."""
+    if len(claims) < 2:
+        return None
+    return max(1, WEIGHT_FACTOR * statistics.median_low(claims))
+
+
+def clipped(state: State, current: State, norm: float, bound: float | None) -> State:
+    """The update moved back toward `current` so its change has norm at most `bound`."""
+    if bound is None or norm <= bound:
+        return state
+    return clip_to_norm(state, current, bound)[0]
+
+
+def model_problem(state: State) -> str | None:
+    """Why an aggregated model or strategy state cannot be kept (a non-finite value), or None."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(tensor.isfinite().all()):
+            return f"tensor {name!r} of the aggregate is not finite"
+    return None
+
+
+def kept_sound(aggregation, before: State, new, current, out_uri: str, ledger) -> tuple[object, str | None]:
+    """The round's new global model, or the previous one (copied to `out_uri`) with why when the
+    aggregate or the strategy's state after it holds a non-finite value; the strategy's state
+    then goes back to `before`."""
+    problem = model_problem(read_state(new)) if new is not None else None
+    problem = problem or model_problem(aggregation.state_dict())
+    if problem is None:
+        return new, None
+    aggregation.load_state_dict(before)
+    if new is not None:
+        ledger.release(new)
+    return ledger.hold(write_state(read_state(current), out_uri)), problem
+
+
+def aggregate_round(job, round_index: int, current, outcome):
+    """The round's aggregate, kept only when sound (else the previous global model); refused
+    updates leave `outcome`, clipped ones are named. Returns the new model and what was sent."""
+    before = {name: t.clone() for name, t in job.aggregation.state_dict().items()}
+    context = job.context(round_index)
+    fits = list(outcome.replies.values())
+    new, refused, sent = job.aggregation.aggregate(context, current, fits)
+    if new is not None:
+        job.ledger.hold(new)
+    for silo, reason in refused.items():
+        job.log.warning("round %d: update of %s refused: %s", round_index, silo, reason)
+        job.ledger.release(outcome.replies[silo].update if silo in outcome.replies else None)
+        outcome.refuse(silo, reason)
+    if outcome.replies:
+        out_uri = job.paths.global_uri(round_index)
+        new, problem = kept_sound(job.aggregation, before, new, current, out_uri, job.ledger)
+        if problem:
+            job.log.warning("round %d: aggregate refused, previous model kept: %s", round_index, problem)
+            job.tracker.set_tags({f"fedsilo.refused.round_{round_index}.aggregate": problem})
+    if context.clipped:
+        clipped = ", ".join(f"{silo} (norm {norm:.3g})" for silo, norm in sorted(context.clipped.items()))
+        job.tracker.set_tags({f"fedsilo.clipped.round_{round_index}": clipped})
+    return new, sent
+
+
+def describe() -> str:
+    """The rule in one line, for the job's tags."""
+    return (
+        f"each update clipped to {NORM_FACTOR:g} x the round's median update norm (>= {MIN_SILOS} "
+        f"updates); each FedAvg weight capped at {WEIGHT_FACTOR} x the lower median training count"
+    )
+
+
+def is_finite_norm(norm: float) -> bool:
+    return math.isfinite(norm)

@@ -1,0 +1,165 @@
+"""No single silo decides: one attacker out of three, scripted (no training), against the engine.
+
+Each test is an attack from issue "No single silo decides": the honest two must finish the job,
+and nothing non-finite may be logged, registered or kept in strategy state.
+"""
+
+import math
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fedsilo.engine import influence
+from fedsilo.messages import DataSummary
+from fedsilo.steps import Evaluate, Fit, Prepare
+from fedsilo.transport import InProcess
+from fedsilo.weights import read_state, write_state
+from tests.engine import run
+from tests.scripted import Scripted, moved_by
+
+THREE = "silos=[{name: clinic-a}, {name: clinic-b}, {name: clinic-c}]"
+QUORUM = "federation.min_silos=2"
+ONE_ROUND = "federation.rounds=1"
+COUNTS = {"clinic-a": 30, "clinic-b": 30, "clinic-c": 30}
+SHIFT = {"clinic-a": 0.01, "clinic-b": 0.02, "clinic-c": 0.015}
+HONEST = (30 * 0.01 + 30 * 0.02) / 60  # FedAvg of clinic-a and clinic-b alone
+
+
+def with_attacker(change, silo="clinic-c", shift=SHIFT, counts=COUNTS) -> InProcess:
+    """Scripted silos where `change(scenario, step, reply)` rewrites `silo`'s replies."""
+    script = Scripted(shift, counts)
+
+    def handler(scenario, name, step):
+        reply = script(scenario, name, step)
+        return change(scenario, step, reply) if name == silo else reply
+
+    return InProcess(handler)
+
+
+def huge_update(scenario, step, reply):
+    """Every value a finite 3e38: a float32 sum of two of them is infinite."""
+    if not isinstance(step, Fit):
+        return reply
+    state = {
+        k: torch.full_like(v, 3e38) if v.is_floating_point() else v
+        for k, v in read_state(reply.update).items()
+    }
+    return replace(reply, update=write_state(state, reply.update.uri))
+
+
+def all_finite(tracker) -> bool:
+    models = [t for model in tracker.models.values() for t in model.values() if t.is_floating_point()]
+    states = [t for extra in tracker.extra_tensors.values() for s in extra.values() for t in s.values()]
+    metrics = [v for r in tracker.rounds.values() for v in r.values()]
+    return all(bool(t.isfinite().all()) for t in models + states) and all(math.isfinite(v) for v in metrics)
+
+
+def bound(tracker) -> float:
+    """The most one silo may move the model: the norm factor times the median update's norm."""
+    size = sum(t.numel() for t in tracker.models[0].values() if t.is_floating_point())
+    return influence.NORM_FACTOR * 0.015 * math.sqrt(size)
+
+
+def distance(a, b) -> float:
+    return math.sqrt(
+        sum(float((a[n].double() - b[n].double()).pow(2).sum()) for n in a if a[n].is_floating_point())
+    )
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedavgm", "fedadam"])
+def test_a_finite_3e38_update_is_clipped_and_the_model_stays_within_the_bound(tmp_path, strategy):
+    transport = with_attacker(huge_update)
+    _, tracker = run(tmp_path, THREE, QUORUM, f"federation.strategy={strategy}", transport=transport)
+    assert all_finite(tracker) and sorted(tracker.models) == [0, 1, 2]
+    assert "clinic-c" in tracker.tags[None]["fedsilo.clipped.round_1"]
+    if strategy == "fedavg":
+        honest = {k: v + HONEST if v.is_floating_point() else v for k, v in tracker.models[0].items()}
+        assert distance(tracker.models[1], honest) <= bound(tracker) / 3 * 1.0001  # its weight is 1/3
+
+
+def test_with_two_silos_an_unsound_aggregate_keeps_the_previous_model(tmp_path):
+    two = {"clinic-a": 0.01, "clinic-b": 0.02}
+    transport = with_attacker(
+        huge_update, silo="clinic-b", shift=two, counts={"clinic-a": 30, "clinic-b": 30}
+    )
+    result, tracker = run(tmp_path, "federation.strategy=fedavgm", transport=transport)
+    assert result.rounds == 2 and all_finite(tracker)
+    assert "not finite" in tracker.tags[None]["fedsilo.refused.round_1.aggregate"]
+    assert distance(tracker.models[1], tracker.models[0]) == 0  # the previous global, kept
+
+
+def test_a_claim_of_a_billion_examples_is_capped_by_the_others_counts(tmp_path):
+    def claims_a_billion(scenario, step, reply):
+        if isinstance(step, Prepare):
+            label = scenario.data.labels[0] if scenario.data.labels else "x"
+            return replace(reply, train_counts={**reply.train_counts, label: 10**9})
+        return replace(reply, num_examples=10**9) if isinstance(step, Fit) else reply
+
+    shift = {"clinic-a": 0.01, "clinic-b": 0.02, "clinic-c": 0.05}
+    _, tracker = run(
+        tmp_path, THREE, QUORUM, ONE_ROUND, transport=with_attacker(claims_a_billion, shift=shift)
+    )
+    cap = influence.WEIGHT_FACTOR * 30
+    expected = (30 * 0.01 + 30 * 0.02 + cap * 0.05) / (60 + cap)  # not ~0.05: capped at 4 x 30
+    assert moved_by(tracker.models[1], tracker.models[0]) == pytest.approx(expected, rel=1e-4)
+
+
+def test_an_inflated_confusion_matrix_is_refused_and_cannot_decide_the_union(tmp_path):
+    def claims_1e15_correct(scenario, step, reply):
+        if isinstance(step, Evaluate):
+            size = len(reply.confusion)
+            return replace(
+                reply, confusion=[[10**15 if i == j else 0 for j in range(size)] for i in range(size)]
+            )
+        return reply
+
+    _, tracker = run(tmp_path, THREE, QUORUM, ONE_ROUND, transport=with_attacker(claims_1e15_correct))
+    assert "reported" in tracker.tags["clinic-c"]["fedsilo.refused.round_1.evaluation"]
+    assert tracker.rounds[1]["silos_evaluated"] == 2
+    assert tracker.rounds[1]["global_accuracy_median"] == 1.0  # scripted evaluations are perfect
+
+
+def test_integer_constants_stay_and_counters_only_grow():
+    from fedsilo.errors import UpdateRefused
+    from fedsilo.validation import Layout, check_update
+
+    current = {"w": torch.zeros(2), "ids": torch.arange(4), "bn.num_batches_tracked": torch.tensor(5)}
+    layout = Layout.of(current)
+    assert check_update(current | {"bn.num_batches_tracked": torch.tensor(9)}, 3, current, layout) == 0
+    with pytest.raises(UpdateRefused, match="'ids' differs"):  # the max over silos would keep it
+        check_update(current | {"ids": torch.full((4,), 511)}, 3, current, layout)
+    for counter in (4, 10**12):
+        with pytest.raises(UpdateRefused, match="impossible step"):
+            check_update(current | {"bn.num_batches_tracked": torch.tensor(counter)}, 3, current, layout)
+
+
+def test_one_silo_reporting_another_image_shape_or_no_examples_is_refused_not_fatal(tmp_path):
+    def odd_shape(scenario, step, reply):
+        return replace(reply, input_shape=(3, 9, 9)) if isinstance(step, Prepare) else reply
+
+    _, tracker = run(tmp_path, THREE, QUORUM, ONE_ROUND, transport=with_attacker(odd_shape))
+    assert tracker.rounds[1]["silos_answered"] == 2
+
+    def negative(scenario, step, reply):
+        return DataSummary(reply.silo, {"x": -5}, reply.test_counts) if isinstance(step, Prepare) else reply
+
+    _, tracker = run(tmp_path / "b", THREE, QUORUM, ONE_ROUND, transport=with_attacker(negative))
+    assert tracker.rounds[1]["silos_answered"] == 2
+
+
+def test_the_champion_verdict_is_each_silos_vote():
+    from fedsilo.engine.champion import verdict
+    from fedsilo.messages import Evaluation
+
+    def scored(accuracies: dict[str, float], size: dict[str, int]) -> list[Evaluation]:
+        return [
+            Evaluation(s, a, a, 0.1, [[round(a * size[s]), 0], [0, size[s] - round(a * size[s])]])
+            for s, a in accuracies.items()
+        ]
+
+    honest = {"a": 10, "b": 10, "c": 10**9}  # c claims a huge test set
+    candidate = scored({"a": 0.9, "b": 0.9, "c": 0.0}, honest)
+    champion = scored({"a": 0.1, "b": 0.1, "c": 1.0}, honest)
+    promote, reason = verdict(candidate, champion, "accuracy", "1")
+    assert promote and "one vote each" in reason
