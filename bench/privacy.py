@@ -1,7 +1,7 @@
 """What privacy costs: secure aggregation's time, bytes and rounding error, and the accuracy of
 DP-SGD at the silos and of central DP, each next to plain FedAvg in the same run.
 
-    python -m bench.privacy secagg                  # 3 and 10 silos, CNN; 3 silos, MiniLM
+    python -m bench.privacy secagg                  # 3 and 10 silos, CNN and MiniLM; one dropout
     python -m bench.privacy dp --dataset pneumonia  # accuracy against epsilon (DP-SGD)
     python -m bench.privacy dp --dataset sms-spam --epsilons 1 4 8
     python -m bench.privacy central                 # client-level DP with 3 silos
@@ -29,6 +29,7 @@ from bench.quality import DATASETS, build_scenario, with_budget  # noqa: E402
 from fedsilo.engine import Coordinator, NullTracker  # noqa: E402
 from fedsilo.paths import JobPaths  # noqa: E402
 from fedsilo.privacy import secagg  # noqa: E402
+from fedsilo.privacy.secagg_steps import Mask  # noqa: E402
 from fedsilo.scenario import Scenario  # noqa: E402
 from fedsilo.silo import participant, release_participants  # noqa: E402
 from fedsilo.transport import InProcess  # noqa: E402
@@ -49,18 +50,38 @@ class ModelKeeper(NullTracker):
         return None
 
 
-def job(scenario: Scenario, scratch: str, **privacy) -> tuple[ModelKeeper, float]:
-    """One FedAvg job with the given `privacy` section; its tracker and wall seconds."""
+class LostAfterMasking:
+    """Real silos in this process (fedsilo.silo_steps.handle); `silo` is lost in each round's
+    masking step after it masked (its vector written, its answer never given): a dropout."""
+
+    def __init__(self, silo: str):
+        self.silo = silo
+
+    def __call__(self, scenario, silo, step):
+        from fedsilo.silo_steps import handle
+
+        reply = handle(scenario, silo, step)
+        if silo == self.silo and isinstance(step, Mask):
+            raise TimeoutError(f"{silo} was lost after masking")
+        return reply
+
+
+def job(scenario: Scenario, scratch: str, drop: str = "", **privacy) -> tuple[ModelKeeper, float]:
+    """One FedAvg job with the given `privacy` section (and `drop` lost after masking, if named);
+    its tracker and wall seconds."""
     raw = scenario.model_dump(mode="json")
     raw["privacy"] = privacy
     raw["tracking"]["log_models"] = True  # the keeper reads round 1's model; nothing is uploaded
     raw["evaluation"]["personalize_steps"] = 0
+    if drop:  # the round goes on without it
+        raw["federation"]["min_silos"] = len(raw["silos"]) - 1
     scenario = Scenario.model_validate(raw)
     paths = JobPaths.under(scratch, f"job-{time.monotonic_ns()}")
     tracker = ModelKeeper()
     began = time.perf_counter()
     try:
-        Coordinator(scenario, "bench", InProcess(), tracker, paths).run()
+        transport = InProcess(LostAfterMasking(drop) if drop else None)
+        Coordinator(scenario, "bench", transport, tracker, paths).run()
     finally:
         release_participants()
     return tracker, time.perf_counter() - began
@@ -90,18 +111,21 @@ def max_difference(a, b) -> tuple[float, float]:
 
 
 def secagg_cost(settings: list[tuple[str, int, int]], scratch: str) -> None:
-    """Round time and bytes per round with secure aggregation off and on, and the error of the
-    secure global model against the plain one after round 1."""
+    """Round time and bytes per round with secure aggregation off, on, and on with one silo lost
+    after masking each round (double masking recovers it), and the error of the secure global
+    model against the plain one after round 1."""
     for dataset_name, silos, rounds in settings:
         scenario = budgeted(dataset_name, silos, rounds)
         plain, plain_seconds = job(scenario, scratch)
         secure, secure_seconds = job(scenario, scratch, secure_aggregation=True)
+        lost = scenario.silo_names()[-1]
+        dropout, _ = job(scenario, scratch, drop=lost, secure_aggregation=True)
         tag = f"{dataset_name}_{silos}silos"
+        arms = (("off", plain), ("on", secure), ("on_one_dropout", dropout))
         per_round = {
-            name: sum(t.rounds[r]["round_seconds"] for r in range(1, rounds + 1)) / rounds
-            for name, t in (("off", plain), ("on", secure))
+            name: sum(t.rounds[r]["round_seconds"] for r in range(1, rounds + 1)) / rounds for name, t in arms
         }
-        sent = {name: t.rounds[1]["bytes_exchanged"] for name, t in (("off", plain), ("on", secure))}
+        sent = {name: t.rounds[1]["bytes_exchanged"] for name, t in arms}
         emit(
             f"{BENCH}-secagg",
             f"secagg_round_seconds_ratio_{tag}",
@@ -110,6 +134,8 @@ def secagg_cost(settings: list[tuple[str, int, int]], scratch: str) -> None:
             **per_round,
         )
         emit(f"{BENCH}-secagg", f"secagg_bytes_ratio_{tag}", sent["on"] / sent["off"], "x", **sent)
+        dropout_ratio = per_round["on_one_dropout"] / per_round["off"]
+        emit(f"{BENCH}-secagg", f"secagg_dropout_round_seconds_ratio_{tag}", dropout_ratio, "x", **per_round)
         total = sum(participant(scenario, n).num_examples for n in scenario.silo_names())
         release_participants()
         bound = secagg.rounding_bound(silos, secagg.Encoding(1.0, total), total)

@@ -394,6 +394,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     if args.data:
         os.environ[DATA_ENV] = str(Path(args.data).resolve())
+    if args.extension:  # imported now to fail early, and by each of the silo's job runs
+        from fedsilo.extensions import EXTENSIONS_ENV, load_extensions
+
+        os.environ[EXTENSIONS_ENV] = ",".join(load_extensions(",".join(args.extension)))
     from fedsilo.privacy.pending import STATE_ENV
 
     # secure aggregation keeps a silo's update between two of its flow runs, which the process
@@ -532,6 +536,13 @@ def parser() -> argparse.ArgumentParser:
     )
     worker.add_argument("--poll-seconds", type=float, default=2.0, help="how often to ask for new steps")
     worker.add_argument("--limit", type=int, default=1, help="steps run at once by this worker")
+    worker.add_argument(
+        "--extension",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module of yours that registers more silo steps (repeatable)",
+    )
     worker.set_defaults(handler=cmd_worker)
 
     validate = commands.add_parser("validate", help="check scenario files; exit 2 on problems")

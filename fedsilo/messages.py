@@ -58,7 +58,7 @@ class FitReport:
     seconds: float
     steps: int = 0  # optimizer steps taken this round
     epsilon: float | None = None  # DP-SGD: the silo's epsilon spent so far in this job
-    public_key: str = ""  # secure aggregation: X25519 public key, hex
+    public_key: str = ""  # secure aggregation: its two X25519 public keys (masking, sealing), 128 hex
     clipped: int = 0  # secure aggregation: coordinates of the update clipped to the range
     refused: str = ""
 
@@ -71,6 +71,29 @@ class MaskedUpdate:
     round: int
     attempt: int
     vector: WeightRef
+
+
+@dataclass(frozen=True)
+class SharedKeys:
+    """A silo's answer to secure aggregation's share step: its shares of its secrets, one sealed
+    for each peer, in a bundle at the URI derived for it (the coordinator cannot open them), and
+    a digest of its self-mask seed, to check the seed the survivors' shares rebuild."""
+
+    silo: str
+    round: int
+    bundle: WeightRef
+    seed_digest: str
+
+
+@dataclass(frozen=True)
+class RevealedShares:
+    """A surviving silo's answer to secure aggregation's unmask step, as hex: its share of each
+    surviving peer's self-mask seed and of each dropped peer's masking key, never both for one."""
+
+    silo: str
+    round: int
+    seeds: dict[str, str]
+    mask_keys: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -88,10 +111,12 @@ class DataSummary:
         return sum(self.train_counts.values())
 
 
-Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation, MaskedUpdate, Scores)
+Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation, MaskedUpdate, Scores, SharedKeys, RevealedShares)
 
 
-def dump_reply(reply: DataSummary | FitReport | Evaluation | MaskedUpdate | Scores) -> bytes:
+def dump_reply(
+    reply: DataSummary | FitReport | Evaluation | MaskedUpdate | Scores | SharedKeys | RevealedShares,
+) -> bytes:
     """A silo's answer as JSON, for the shared store when the silo runs in another process."""
     return TypeAdapter(type(reply)).dump_json(reply)
 

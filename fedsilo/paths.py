@@ -17,7 +17,8 @@ class JobPaths:
     """A job's folder in the shared store (a folder URL, `memory://...` or MLflow artifacts).
 
     `<root>/global-003.safetensors`, `<root>/round-003/<silo>.safetensors`, and under secure
-    aggregation `<root>/round-003/masked-<attempt>/<silo>.safetensors`.
+    aggregation `<root>/round-003/shares/<silo>.safetensors` (its sealed Shamir shares, relayed) and
+    `<root>/round-003/masked-0/<silo>.safetensors` (its masked vector).
     """
 
     root: str
@@ -34,6 +35,10 @@ class JobPaths:
 
     def masked_uri(self, round_index: int, attempt: int, silo: str) -> str:
         return f"{self.root}/round-{round_index:03d}/masked-{attempt}/{silo}.safetensors"
+
+    def shares_uri(self, round_index: int, silo: str) -> str:
+        """Secure aggregation: the shares a silo sealed for its peers (only they can open them)."""
+        return f"{self.root}/round-{round_index:03d}/shares/{silo}.safetensors"
 
     def champion_uri(self) -> str:
         return f"{self.root}/champion.safetensors"

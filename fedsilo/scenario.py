@@ -9,6 +9,7 @@ older scenarios wrote flat in `federation` are folded into it.
 """
 
 import codecs
+import math
 import os
 from datetime import datetime
 from pathlib import Path
@@ -433,6 +434,17 @@ class DPSpec(Strict):
     noise_multiplier: float | None = Field(
         None, gt=0, description="noise std / max_grad_norm; null: derived from target_epsilon"
     )
+    count_noise: float = Field(
+        10.0,
+        gt=0,
+        description="std of the Gaussian noise on the training count a silo reports (its FedAvg weight); "
+        "drawn once per data version and counted in epsilon",
+    )
+    secure_mode: bool = Field(
+        False,
+        description="draw sampling and noise from a cryptographically secure generator (ChaCha20) "
+        "and build the noise as Opacus's secure mode does; slower",
+    )
 
     @model_validator(mode="after")
     def _budget_or_noise(self) -> "DPSpec":
@@ -453,12 +465,28 @@ class PrivacySpec(Strict):
     """What protects the exchanged parameters; see "Privacy" in the README."""
 
     secure_aggregation: bool = Field(
-        False, description="pairwise-masked updates: the coordinator learns only their weighted sum"
+        False, description="double-masked updates: the coordinator learns only their weighted sum"
     )
     clipping_range: float = Field(
         1.0,
         gt=0,
         description="secure aggregation: each coordinate of a silo's change is clipped to +-this",
+    )
+    secagg_threshold: int | None = Field(
+        None,
+        ge=2,
+        description=(
+            "secure aggregation: shares that rebuild a silo's masking secrets (silos that must stay "
+            "to the end of a round); null: a strict majority of the round's silos, at least 2"
+        ),
+    )
+    secagg_norm_bound: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "secure aggregation: each silo clips its change to this L2 norm and the sum is checked "
+            "against it; null: federation.max_update_norm or central_dp.clipping_norm, else none"
+        ),
     )
     dp: DPSpec | None = Field(None, description="record-level DP-SGD at each silo; null: off")
     central_dp: CentralDPSpec | None = Field(
@@ -501,6 +529,40 @@ class Scenario(Strict):
         self._privacy_fits()
         return self
 
+    @model_validator(mode="after")
+    def _dp_settled_by_the_scenario(self) -> "Scenario":
+        """Under privacy.dp, what a silo would otherwise derive from its rows comes from the scenario:
+        the label names (a label set read from the data would leave the silo un-noised), and delta
+        below 1/n where the scenario fixes the silos' training counts (each silo checks it too)."""
+        dp = self.privacy.dp
+        if dp is None:
+            return self
+        if not self.data.labels:
+            raise ValueError(
+                "privacy.dp needs data.labels (the label names, in the model's output order): under "
+                "DP-SGD a silo must not reveal which labels its rows hold"
+            )
+        fewest = self._fewest_training_rows()
+        if fewest is not None and dp.delta * fewest >= 1:
+            raise ValueError(
+                f"privacy.dp.delta {dp.delta:g} must be below 1/n: a silo here trains on {fewest} rows or "
+                f"fewer, so delta must be below {1 / fewest:.3g}"
+            )
+        return self
+
+    def _fewest_training_rows(self) -> int | None:
+        """The smallest bound the scenario puts on a silo's training rows, or None when none is known
+        (generated data only: a silo has rows_per_silo rows, or at most all the shared rows)."""
+        shared = sum(1 for s in self.silos if s.data is None)
+        natural = isinstance(self.data.partition, NaturalPartition) and self.data.partition.column == "silo"
+        bounds = []
+        for silo in self.silos:
+            source = silo.data or self.data.source
+            if isinstance(source, GeneratedSource):
+                rows = source.rows_per_silo * (1 if silo.data or natural else shared)
+                bounds.append(rows - math.ceil(self.evaluation.test_fraction * rows))
+        return min(bounds, default=None)
+
     def _inputs_fit_the_model(self) -> None:
         """An image model needs image sources only, a text model text sources only."""
         images = [source.holds_images for source in self.sources()]
@@ -526,6 +588,11 @@ class Scenario(Strict):
             raise ValueError(
                 "federation.transfer_dtype has no effect with privacy.secure_aggregation (masked updates "
                 "are 32-bit integers); set it to float32"
+            )
+        if privacy.secure_aggregation and (privacy.secagg_threshold or 0) > len(self.silos):
+            raise ValueError(
+                f"privacy.secagg_threshold is {privacy.secagg_threshold} but the scenario has "
+                f"{len(self.silos)} silos"
             )
         if privacy.secure_aggregation and self.min_silos < 2:
             raise ValueError(

@@ -4,16 +4,20 @@ The same participant serves the embedded mode (one process) and a silo's own wor
 It receives the global model by reference and answers with small records.
 """
 
-import hashlib
+import hmac
+import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
-from fedsilo.data import Examples, label_names, load_silo_data
+from fedsilo import names
+from fedsilo.data import Examples, SiloData, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
 from fedsilo.errors import SiloDeclined
 from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightRef
@@ -27,6 +31,8 @@ from fedsilo.modeling import (
     shared_state,
     tokenizer_for,
 )
+from fedsilo.privacy.dp import draw_count
+from fedsilo.privacy.pending import STATE_ENV
 from fedsilo.scenario import Scenario
 from fedsilo.training import FitSettings, Progress, fit, predict
 from fedsilo.transfer import to_wire
@@ -36,8 +42,47 @@ EVAL_BATCH_SIZE = 64
 PERSONALIZE_SEED_KEY = 1_000_003  # seeds personalization apart from every round index
 
 
-def _digest(*parts: Examples) -> str:
-    hasher = hashlib.sha256()
+ALL_LABELS = "(all labels)"
+"""Under DP-SGD a DataSummary's counts are totals, under this one key: no per-label count leaves."""
+
+
+def state_folder(silo: str) -> Path:
+    """The silo's private folder (FEDSILO_SILO_STATE, default .fedsilo/silo-state/<silo>, mode 0700):
+    what it keeps and never sends."""
+    folder = Path(os.environ.get(STATE_ENV, ".fedsilo/silo-state"), names.file_name(silo))
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return folder
+
+
+def keep_once(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The content of `path`, written once from `make()` (mode 0600) when it does not exist yet.
+
+    Linking a finished temporary file makes the first writer win, so two processes never keep (or
+    send) two different values.
+    """
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(make())
+        try:
+            os.link(temporary, path)
+        except FileExistsError:
+            pass
+        finally:
+            temporary.unlink()
+    return path.read_bytes()
+
+
+def silo_secret(silo: str) -> bytes:
+    """32 random bytes the silo keeps in its state folder and never sends: the key of its data version."""
+    return keep_once(state_folder(silo) / "data-version.key", lambda: secrets.token_bytes(32))
+
+
+def _digest(key: bytes, *parts: Examples) -> str:
+    """HMAC-SHA256 of the rows under the silo's key: it changes exactly when the rows change, and
+    without the key no one can test a guess of them (a plain hash would confirm a guessed row)."""
+    hasher = hmac.new(key, digestmod="sha256")
     for examples in parts:
         inputs = examples.inputs
         hasher.update(inputs.tobytes() if examples.is_image else "\x1f".join(inputs).encode())
@@ -45,11 +90,34 @@ def _digest(*parts: Examples) -> str:
     return hasher.hexdigest()
 
 
+def data_version(silo: str, data: SiloData) -> str:
+    """The silo's data version: its rows (train, then test) keyed by its own secret."""
+    return _digest(silo_secret(silo), data.train, data.test)
+
+
+def stated_count(scenario: Scenario, silo: str, true_count: int, version: str) -> int:
+    """The training count the silo states: exact, or under DP-SGD its noised count (privacy.dp.count_noise),
+    drawn once per data version and noise level and kept, so every report repeats one release."""
+    dp = scenario.privacy.dp
+    if dp is None:
+        return true_count
+    path = state_folder(silo) / f"dp-count-{version[:32]}-{dp.count_noise:g}.txt"
+    return int(keep_once(path, lambda: str(draw_count(true_count, dp.count_noise)).encode()))
+
+
 def summarize(scenario: Scenario, silo: str) -> DataSummary:
-    """Load and split a silo's data and describe it; needs only this silo's own data."""
+    """Load and split a silo's data and describe it; needs only this silo's own data.
+
+    Under DP-SGD the counts are totals: the noised training count and the test split's size (the
+    test split is scored exactly, so its size is no secret from the coordinator).
+    """
     data = load_silo_data(scenario, silo)
-    counts = data.train.label_counts(), data.test.label_counts()
-    return DataSummary(silo, *counts, data.train.input_shape, _digest(data.train, data.test))
+    version = data_version(silo, data)
+    shape = data.train.input_shape
+    if scenario.privacy.dp:
+        train = {ALL_LABELS: stated_count(scenario, silo, len(data.train), version)}
+        return DataSummary(silo, train, {ALL_LABELS: len(data.test)}, shape, version)
+    return DataSummary(silo, data.train.label_counts(), data.test.label_counts(), shape, version)
 
 
 def with_local_data(scenario: Scenario, silo: str, path: str) -> Scenario:
@@ -87,6 +155,10 @@ class Training(Protocol):
         """Train `silo.model` in place; returns the mean loss and the optimizer steps taken."""
         ...
 
+    def release(self, report: FitReport) -> FitReport:
+        """The reply as it may leave the silo: DP-SGD leaves out what its noise does not cover."""
+        ...
+
 
 Upload = Callable[["SiloParticipant", State, str, dict], Sent]
 
@@ -99,6 +171,9 @@ class PlainTraining:
 
     def train(self, silo: "SiloParticipant", settings: FitSettings, progress: Progress | None):
         return fit(silo.model, silo.train, settings, progress), settings.total_steps(silo.num_examples)
+
+    def release(self, report: FitReport) -> FitReport:
+        return report
 
 
 def plain_upload(silo: "SiloParticipant", global_state: State, update_uri: str, config: dict) -> Sent:
@@ -119,12 +194,16 @@ class SiloParticipant:
         self.train = encode(data.train, self.labels, scenario.model, silo, tokenizer)
         self.test = encode(data.test, self.labels, scenario.model, silo, tokenizer)
         self.input_shape = data.train.input_shape
+        self.version = data_version(silo, data)
         self.model = pretrained_model(scenario, len(self.labels), self.input_shape)
         self._plain: torch.nn.Module | None = None  # under LoRA, for full weights (a champion)
+        self.job_folder: str | None = None  # under DP, the job whose models this silo scores
 
     @property
     def num_examples(self) -> int:
-        return len(self.train)
+        """The training count this silo states (its FedAvg weight): exact, or under DP-SGD the
+        noised count it released at prepare."""
+        return stated_count(self.scenario, self.silo, len(self.train), self.version)
 
     def _load(self, ref: WeightRef) -> None:
         load_shared(self.model, read_state(ref))
@@ -185,7 +264,8 @@ class SiloParticipant:
 
         `training` (plain, or DP-SGD with its budget) and `upload` (a plain file, or kept for
         secure aggregation's masking step) are the hooks privacy mechanisms plug in; a training
-        hook that declines (SiloDeclined) gives a reply with no update that says why.
+        hook that declines (SiloDeclined) gives a reply with no update that says why. Every reply
+        goes out through the hook's `release`.
         """
         started = time.perf_counter()
         config = config or {}
@@ -194,13 +274,15 @@ class SiloParticipant:
         try:
             spent = training.budget(self, settings, round_index)
         except SiloDeclined as exc:
-            return self._declined(round_index, str(exc), getattr(exc, "spent", None), started)
+            return training.release(
+                self._declined(round_index, str(exc), getattr(exc, "spent", None), started)
+            )
         global_state = read_state(ref)
         load_shared(self.model, global_state)
         train_loss, steps = training.train(self, settings, progress)
         local = self._evaluate_current()
         sent = upload(self, global_state, update_uri, config)
-        return FitReport(
+        report = FitReport(
             self.silo,
             round_index,
             sent.update,
@@ -213,6 +295,7 @@ class SiloParticipant:
             public_key=sent.public_key,
             clipped=sent.clipped,
         )
+        return training.release(report)
 
     def _declined(self, round_index: int, reason: str, spent: float | None, started: float) -> FitReport:
         elapsed = time.perf_counter() - started

@@ -6,9 +6,12 @@ pipelines/steps.py). The run builds the silo's participant (data, tokenizer, mod
 it for every step; each step is a task of the run, visible in the Prefect UI:
 
 - `prepare` describes the silo's data; `fit` trains from the global weights and writes the update;
-  under secure aggregation `fit` keeps the update on the silo's own disk and `mask` sends it masked;
+  under secure aggregation `fit` keeps the update on the silo's own disk, `share` sends its seeds'
+  Shamir shares sealed for each peer, `mask` sends the update double-masked, and `unmask` the
+  shares that remove the survivors' self masks and the dropped silos' pairwise masks;
 - `evaluate` scores weights on the silo's test split, `score` several models at once (the matrix);
-- `personalize` fine-tunes the final model on the silo's own data and reports its own score.
+- `personalize` fine-tunes the final model on the silo's own data and reports its own score;
+- steps of the operator's own extensions (`fedsilo worker --extension MODULE`).
 
 Weights come and go by URI with a sha256 checksum. The silo's data location comes from this
 process's environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the
@@ -25,6 +28,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from fedsilo import names
+from fedsilo.extensions import load_extensions
 from fedsilo.messages import dump_reply
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participants_built, release_participants, with_local_data
@@ -92,7 +96,10 @@ def _requests(client: SyncPrefectClient, coordinator: UUID):
 )
 def silo_job(scenario: Scenario, silo: str, coordinator_run: str) -> int:
     """Serve the steps the coordinator's run `coordinator_run` sends to `silo`; returns how many."""
+    loaded = load_extensions()  # the operator's own silo steps, if it named any
     logger, current = get_run_logger(), local_view(scenario, silo)
+    if loaded:
+        logger.info("%s serves the extensions %s", silo, ", ".join(loaded))
     coordinator, served, built = UUID(coordinator_run), 0, participants_built()
     try:
         with get_client(sync_client=True) as client:

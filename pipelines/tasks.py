@@ -5,6 +5,7 @@ Tasks pass weight references and small records, never tensors. Long steps (fit, 
 the scenario's retries and timeout; the others are retried once.
 """
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -37,13 +38,9 @@ def silo_step(scenario: Scenario, silo: str, step: Step):
     progress = _progress_logger(silo, step.label) if step.retried else None
     reply = handle(scenario, silo, step, progress)
     if isinstance(reply, FitReport) and reply.local is not None:
-        get_run_logger().info(
-            "%s round %d: local accuracy %.3f in %.1fs",
-            silo,
-            reply.round,
-            reply.local.accuracy,
-            reply.seconds,
-        )
+        took = f" in {reply.seconds:.1f}s" if math.isfinite(reply.seconds) else ""  # not sent under DP
+        accuracy = reply.local.accuracy
+        get_run_logger().info("%s round %d: local accuracy %.3f%s", silo, reply.round, accuracy, took)
     return reply
 
 

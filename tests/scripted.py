@@ -5,9 +5,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from fedsilo.handler import handle
 from fedsilo.messages import DataSummary, Evaluation, FitReport
 from fedsilo.paths import JobPaths
-from fedsilo.privacy import pending, secagg, secure_aggregation
+from fedsilo.privacy import secagg_silo
+from fedsilo.privacy.secagg_steps import Mask, ShareKeys, Unmask
 from fedsilo.steps import Evaluate, Fit, Prepare, Score
 from fedsilo.weights import read_state, write_state
 
@@ -15,8 +17,9 @@ from fedsilo.weights import read_state, write_state
 @dataclass
 class Scripted:
     """A transport handler (see fedsilo.transport.InProcess): `shift[silo]` is what that silo
-    adds to every floating weight, `counts[silo]` its training examples; silos in `drop_mask`
-    do not answer the first masking attempt."""
+    adds to every floating weight, `counts[silo]` its training examples. Under secure
+    aggregation the silos' own handlers answer its steps; silos in `drop_mask` are lost in the
+    masking step after writing their masked vector (as if it arrived late)."""
 
     shift: dict[str, float]
     counts: dict[str, int]
@@ -28,17 +31,18 @@ class Scripted:
         if isinstance(step, Prepare):
             labels = scenario.data.labels or ["x", "y"]
             train = {label: 0 for label in labels} | {labels[0]: self.counts[silo]}
-            return DataSummary(silo, train, dict.fromkeys(labels, 5))
+            return DataSummary(silo, train, dict.fromkeys(labels[:2], 5))
         if isinstance(step, Evaluate):
             return _evaluation(scenario, silo)
         if isinstance(step, Score):
             return None
         if isinstance(step, Fit):
             return self._fit(scenario, silo, step)
-        if isinstance(step, secure_aggregation.Mask):
-            if silo in self.drop_mask and step.attempt == 0:
-                raise TimeoutError(f"{silo} was lost after fitting")
-            return secure_aggregation.mask(scenario, silo, step)
+        if isinstance(step, ShareKeys | Mask | Unmask):
+            reply = handle(scenario, silo, step)
+            if silo in self.drop_mask and isinstance(step, Mask):
+                raise TimeoutError(f"{silo} was lost after masking")
+            return reply
         raise AssertionError(f"unexpected step {step}")
 
     def _fit(self, scenario, silo, step: Fit) -> FitReport:
@@ -50,20 +54,27 @@ class Scripted:
             return FitReport(
                 silo, step.round_index, write_state(local, uri), n, 0.1, _evaluation(scenario, silo), 0.0
             )
-        weight = 1 if scenario.privacy.central_dp else n
-        encoding = secagg.Encoding(scenario.privacy.clipping_range, int(step.config["secagg_weight_bound"]))
-        vector, _ = secagg.encode(local, current, weight, encoding)
-        private = secagg.new_private_key()
-        pending.keep(silo, uri, vector, private)
-        key = secagg.public_key(private)
+        sent = secagg_silo.keep_update(scenario, silo, local, current, n, step.config, uri)
+        evaluation = _evaluation(scenario, silo)
         return FitReport(
-            silo, step.round_index, None, n, 0.1, _evaluation(scenario, silo), 0.0, public_key=key
+            silo,
+            step.round_index,
+            None,
+            n,
+            0.1,
+            evaluation,
+            0.0,
+            public_key=sent.public_key,
+            clipped=sent.clipped,
         )
 
 
 def _evaluation(scenario, silo: str) -> Evaluation:
+    """All correct, on the 10 test examples prepare reported (5 of each of the first two labels)."""
     size = len(scenario.data.labels)
-    return Evaluation(silo, 1.0, 1.0, 0.1, [[5 if i == j else 0 for j in range(size)] for i in range(size)])
+    return Evaluation(
+        silo, 1.0, 1.0, 0.1, [[5 if i == j < 2 else 0 for j in range(size)] for i in range(size)]
+    )
 
 
 def moved_by(after: dict, before: dict) -> float:

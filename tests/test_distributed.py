@@ -34,7 +34,9 @@ from fedsilo.tracking import model_weights_path
 from fedsilo.weights import read_state, write_state
 from pipelines.silo_runs import SiloRuns
 from tests.conftest import REPO
+from tests.engine import Recorder
 from tests.stack import BIN, Stack, kill_tree, stop
+from tests.test_extension import AsksForSizes, Frozen, check
 
 pytestmark = pytest.mark.slow
 SMOKE = REPO / "scenarios" / "smoke.yaml"  # its silos' rows come from the silo_files fixture
@@ -278,6 +280,31 @@ def test_a_poisoned_update_from_a_distributed_silo_is_left_out(stack, silo_files
     version = client.get_model_version("smoke-global", result["registered_version"])
     weights = load_file(model_weights_path(version.source))
     assert all(bool(torch.isfinite(t).all()) for t in weights.values() if t.is_floating_point())
+
+
+@flow(name="extended-federation")
+def extended_federation(scenario: Scenario) -> Recorder:
+    tracker = Recorder()
+    run_job(
+        scenario, SiloRuns("extended"), job="extended", tracker=tracker, wrap=Frozen, coordinator=AsksForSizes
+    )
+    return tracker
+
+
+def test_a_new_step_and_a_new_wrapper_run_distributed(stack, silo_files, tmp_path):
+    """tests/test_extension.py's step and wrapper: the silos' operators load its module."""
+    exchange = f"federation.exchange={tmp_path / 'exchange'}"
+    scenario = load_scenario(SMOKE, ["federation.mode=distributed", "federation.rounds=1", exchange])
+    env = {"FEDSILO_EXTENSIONS": "tests.test_extension", "PYTHONPATH": str(REPO)}
+    workers = [stack.worker(silo, SMOKE, path, extra_env=env) for silo, path in silo_files.items()]
+    try:
+        with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
+            tracker = extended_federation(scenario)
+    finally:
+        for worker in workers:
+            stop(worker)
+        EventsWorker.drain_all()
+    check(tracker)
 
 
 def test_secure_aggregation_runs_distributed_and_no_plain_update_reaches_the_store(

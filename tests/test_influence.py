@@ -163,3 +163,47 @@ def test_the_champion_verdict_is_each_silos_vote():
     champion = scored({"a": 0.1, "b": 0.1, "c": 1.0}, honest)
     promote, reason = verdict(candidate, champion, "accuracy", "1")
     assert promote and "one vote each" in reason
+
+
+def test_absurd_counts_or_losses_are_refused_and_a_huge_test_split_does_not_decide_the_union(tmp_path):
+    def claims(test_total, loss=0.1):
+        def change(scenario, step, reply):
+            labels = scenario.data.labels
+            if isinstance(step, Prepare):
+                return replace(reply, test_counts={labels[0]: test_total})
+            if isinstance(step, Evaluate):  # all wrong, and as many as it claimed
+                size = len(labels)
+                confusion = [
+                    [test_total if (i, j) == (0, 1) else 0 for j in range(size)] for i in range(size)
+                ]
+                return replace(reply, confusion=confusion, loss=loss)
+            return reply
+
+        return with_attacker(change)
+
+    for total, loss in ((10**400, 0.1), (10, 1.7e308)):  # refused at prepare / at every evaluation
+        _, tracker = run(tmp_path / str(loss), THREE, QUORUM, ONE_ROUND, transport=claims(total, loss))
+        assert tracker.rounds[1]["global_accuracy"] == 1.0 and all_finite(tracker)
+    _, tracker = run(tmp_path / "split", THREE, QUORUM, ONE_ROUND, transport=claims(10**15))
+    assert tracker.rounds[1]["global_accuracy"] == pytest.approx(2 / 3)  # capped at the others' 10
+    assert tracker.rounds[1]["global_accuracy_median"] == 1.0
+
+
+def test_a_round_with_one_silo_absent_keeps_the_last_bound(tmp_path):
+    def absent_then_push(scenario, step, reply):
+        if isinstance(step, Fit) and step.round_index == 2:
+            state = {k: v + 1000 if v.is_floating_point() else v for k, v in read_state(step.weights).items()}
+            return replace(reply, update=write_state(state, reply.update.uri))
+        return reply
+
+    script = Scripted(SHIFT, COUNTS)
+
+    def handler(scenario, silo, step):
+        if silo == "clinic-a" and isinstance(step, Fit) and step.round_index == 2:
+            raise TimeoutError("clinic-a is down this round")
+        reply = script(scenario, silo, step)
+        return absent_then_push(scenario, step, reply) if silo == "clinic-c" else reply
+
+    _, tracker = run(tmp_path, THREE, QUORUM, transport=InProcess(handler))
+    assert "clinic-c" in tracker.tags[None]["fedsilo.clipped.round_2"]  # round 1's bound, kept
+    assert distance(tracker.models[2], tracker.models[1]) <= bound(tracker)

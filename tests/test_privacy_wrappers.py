@@ -33,8 +33,9 @@ def test_plain_fedavg_of_scripted_updates_is_the_weighted_mean(tmp_path):
 def test_secure_aggregation_gives_fedavg_and_survives_a_dropout_mid_masking(tmp_path):
     script = Scripted(SHIFT, COUNTS, drop_mask={"clinic-c"})
     _, tracker = run(tmp_path, THREE, *ONE_ROUND, *SECURE, transport=InProcess(script))
-    masks = [label for silo, label in script.asked if label.startswith("mask")]
-    assert masks == ["mask-round-1-attempt-0"] * 3 + ["mask-round-1-attempt-1"] * 2
+    secure_steps = [label for _, label in script.asked if label.split("-")[0] in ("share", "mask", "unmask")]
+    # every silo masks once; the survivors' shares remove clinic-c's masks: no second masking
+    assert secure_steps == ["share-round-1"] * 3 + ["mask-round-1-attempt-0"] * 3 + ["unmask-round-1"] * 2
     survivors = ["clinic-a", "clinic-b"]
     assert moved_by(tracker.models[1], tracker.models[0]) == pytest.approx(fedavg_shift(survivors), abs=1e-6)
     assert tracker.silos["clinic-c"]["answered"] == {1: 0.0}
@@ -55,7 +56,7 @@ def test_central_dp_counts_each_silo_once_and_clips_its_change(tmp_path):
 
 
 def test_central_dp_under_secure_aggregation_noises_the_unmasked_sum(tmp_path):
-    central = "privacy.central_dp={noise_multiplier: 1.0e-9, clipping_norm: 10.0}"
+    central = "privacy.central_dp={noise_multiplier: 1.0e-9, clipping_norm: 1.0e3}"  # nothing clipped
     script = Scripted(SHIFT, COUNTS)
     _, tracker = run(tmp_path, THREE, *ONE_ROUND, *SECURE, central, transport=InProcess(script))
     unweighted = sum(SHIFT.values()) / 3  # each silo counts once under central DP

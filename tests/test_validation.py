@@ -17,7 +17,8 @@ GLOBAL = {"w": torch.zeros(3), "b": torch.zeros(2), "num_batches_tracked": torch
 
 
 def honest(value: float = 1.0) -> dict:
-    return {"w": torch.full((3,), value), "b": torch.full((2,), value), "num_batches_tracked": torch.tensor(4)}
+    counter = {"num_batches_tracked": torch.tensor(4)}
+    return {"w": torch.full((3,), value), "b": torch.full((2,), value)} | counter
 
 
 BROKEN = {

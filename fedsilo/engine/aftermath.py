@@ -56,7 +56,7 @@ def compare_silos(
 def scored_models(job, models: dict[str, WeightRef], name: str) -> dict[str, list[Evaluation]]:
     """Every model scored by every silo in one step per silo: model name -> evaluations. A silo's
     score that does not fit the labels, or of a model it was not asked about, is left out."""
-    outcome = job.ask(Score(models, name), name)
+    outcome = job.ask(Score(models, name, job.paths.root), name)
     if outcome.left_out():
         job.log.warning("%s: no scores from %s", name, outcome.left_out())
     rows: dict[str, list[Evaluation]] = {model: [] for model in models}

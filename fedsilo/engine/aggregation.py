@@ -77,6 +77,7 @@ class RoundContext:
     check_quorum: Callable[[list[str], str], None]
     log: logging.Logger | logging.LoggerAdapter
     clipped: dict[str, float] = field(default_factory=dict)  # silo -> its update's norm, clipped
+    unsound: str = ""  # why no sound aggregate came of updates that passed their checks
 
 
 class Aggregation:
@@ -84,6 +85,7 @@ class Aggregation:
 
     def __init__(self, strategy: Strategy, rules: UpdateRules):
         self.strategy, self.rules = strategy, rules
+        self.last_bound: float | None = None  # for a round that sees too few updates for a median
 
     def configure_fit(self, round_index: int) -> dict[str, float]:
         return self.strategy.configure_fit(round_index)
@@ -109,7 +111,8 @@ class Aggregation:
             refused: dict[str, str] = {}
             global_state = read_state(current)
             norms = self.screened_norms(global_state, replies, refused)
-            bound = influence.norm_bound(list(norms.values()))
+            bound = influence.norm_bound(list(norms.values())) or self.last_bound
+            self.last_bound = bound
             ctx.clipped.update({silo: norm for silo, norm in norms.items() if bound and norm > bound})
             sound = [r for r in replies if r.silo in norms]
             while sound:

@@ -4,7 +4,9 @@
   global model, in float64) when at least `MIN_SILOS` updates arrive; `federation.max_update_norm`
   refuses updates beyond an absolute bound on top of that.
 - Its FedAvg weight is its example count, capped at `WEIGHT_FACTOR` x the lower median of the
-  counts all silos reported at prepare (the lower median of two is the smaller one).
+  counts all silos reported at prepare (the lower median of two is the smaller one); in the union
+  metrics its test split weighs at most `TEST_FACTOR` x the lower median test count.
+- A round with fewer than `MIN_SILOS` updates (one silo absent) keeps the last bound computed.
 
 So with K >= 3 silos of which a majority is honest, one silo moves a FedAvg round's model by at
 most `NORM_FACTOR` times the median honest update's norm, whatever it sends or claims. The
@@ -14,11 +16,15 @@ aggregated model is checked (finite) before it is evaluated, logged or kept.
 import math
 import statistics
 
+import numpy as np
+
+from fedsilo.metrics import union_metrics
 from fedsilo.privacy.central import clip_to_norm
 from fedsilo.weights import State, read_state, write_state
 
 NORM_FACTOR = 3.0
 WEIGHT_FACTOR = 4
+TEST_FACTOR = 1  # one silo's test split weighs at most the lower median split in the union metrics
 MIN_SILOS = 3
 
 
@@ -29,11 +35,23 @@ def norm_bound(norms: list[float]) -> float | None:
     return NORM_FACTOR * statistics.median(norms)
 
 
-def weight_cap(claims: list[int]) -> int | None:
-    """The most FedAvg weight one silo may carry, from every silo's training count at prepare."""
+def weight_cap(claims: list[int], factor: int = WEIGHT_FACTOR) -> int | None:
+    """The most weight one silo may carry, from every silo's count at prepare (training counts
+    for FedAvg, test counts for the union metrics)."""
     if len(claims) < 2:
         return None
-    return max(1, WEIGHT_FACTOR * statistics.median_low(claims))
+    return max(1, factor * statistics.median_low(claims))
+
+
+def bounded_union(evaluations, cap: int | None) -> dict[str, float]:
+    """accuracy, f1_macro and loss over the union of the silos' test splits, each split weighing
+    at most `cap` examples (a larger one's counts scaled down): no silo decides the union."""
+    confusions = []
+    for evaluation in evaluations:
+        matrix = np.asarray(evaluation.confusion, dtype=np.float64)
+        total = matrix.sum()
+        confusions.append(matrix * (cap / total) if cap is not None and total > cap else matrix)
+    return union_metrics(confusions, [e.loss for e in evaluations])
 
 
 def clipped(state: State, current: State, norm: float, bound: float | None) -> State:
@@ -51,12 +69,15 @@ def model_problem(state: State) -> str | None:
     return None
 
 
-def kept_sound(aggregation, before: State, new, current, out_uri: str, ledger) -> tuple[object, str | None]:
+def kept_sound(
+    aggregation, before: State, new, current, out_uri: str, ledger, unsound: str = ""
+) -> tuple[object, str | None]:
     """The round's new global model, or the previous one (copied to `out_uri`) with why when the
-    aggregate or the strategy's state after it holds a non-finite value; the strategy's state
-    then goes back to `before`."""
-    problem = model_problem(read_state(new)) if new is not None else None
-    problem = problem or model_problem(aggregation.state_dict())
+    aggregation found no sound sum (`unsound`), or the aggregate or the strategy's state after it
+    holds a non-finite value; the strategy's state then goes back to `before`."""
+    problem = unsound or None
+    if new is not None and problem is None:
+        problem = model_problem(read_state(new)) or model_problem(aggregation.state_dict())
     if problem is None:
         return new, None
     aggregation.load_state_dict(before)
@@ -80,7 +101,8 @@ def aggregate_round(job, round_index: int, current, outcome):
         outcome.refuse(silo, reason)
     if outcome.replies:
         out_uri = job.paths.global_uri(round_index)
-        new, problem = kept_sound(job.aggregation, before, new, current, out_uri, job.ledger)
+        args = (job.aggregation, before, new, current, out_uri, job.ledger, context.unsound)
+        new, problem = kept_sound(*args)
         if problem:
             job.log.warning("round %d: aggregate refused, previous model kept: %s", round_index, problem)
             job.tracker.set_tags({f"fedsilo.refused.round_{round_index}.aggregate": problem})

@@ -123,7 +123,8 @@ class Coordinator:
         self.tracker.set_tags({"fedsilo.influence": influence.describe()})
         self.aggregation = make_aggregation(self.scenario, self.strategy, rules, self.wrap)
         meta = model_card(self.scenario, self.input_shape)
-        self.recorder = RoundRecorder(self.scenario, self.tracker, self.input_shape, meta)
+        test_cap = influence.weight_cap(list(self.test_counts.values()), influence.TEST_FACTOR)
+        self.recorder = RoundRecorder(self.scenario, self.tracker, self.input_shape, meta, test_cap)
 
     def _start(self) -> tuple[WeightRef, str, str | None, list[Evaluation] | None]:
         """Round 0: the starting model scored and recorded, or the resumed job's last round."""
@@ -210,7 +211,10 @@ class Coordinator:
 
     def evaluate(self, weights: WeightRef, name: str) -> Outcome:
         """Every silo scores `weights` on its test split; evaluations that do not fit are refused."""
-        labels, asked = len(self.scenario.data.labels or []), self.ask(Evaluate(weights, name), name)
+        labels, asked = (
+            len(self.scenario.data.labels or []),
+            self.ask(Evaluate(weights, name, self.paths.root), name),
+        )
         outcome = screening.screen_evaluations(asked, labels, self.test_counts)
         for silo, reason in outcome.left_out().items():
             self.log.warning("%s: evaluation of %s left out: %s", name, silo, reason)

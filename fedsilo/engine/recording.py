@@ -9,8 +9,8 @@ import pandas as pd
 from safetensors.torch import load_file
 
 from fedsilo.engine.champion import per_silo_median
+from fedsilo.engine.influence import bounded_union
 from fedsilo.messages import Evaluation, FitReport, WeightRef
-from fedsilo.metrics import global_metrics
 from fedsilo.modeling import full_state
 from fedsilo.records import ADAPTER, RoundRecord
 from fedsilo.scenario import Scenario
@@ -46,8 +46,16 @@ def _finite(value) -> bool:
 class RoundRecorder:
     """Logs rounds through the tracker; builds what reporters are told."""
 
-    def __init__(self, scenario: Scenario, tracker, input_shape: tuple[int, ...], meta: dict):
+    def __init__(
+        self,
+        scenario: Scenario,
+        tracker,
+        input_shape: tuple[int, ...],
+        meta: dict,
+        test_cap: int | None = None,
+    ):
         self.scenario, self.tracker, self.input_shape, self.meta = scenario, tracker, input_shape, meta
+        self.test_cap = test_cap  # the most one silo's test split weighs in the union
 
     def record(
         self,
@@ -61,8 +69,9 @@ class RoundRecorder:
         strategy_state: dict,
     ) -> tuple[RoundRecord, str | None]:
         """Log one round (global model with the strategy's state, metrics linked to it)."""
-        union = global_metrics(evaluations)
+        union = bounded_union(evaluations, self.test_cap)
         job = {f"global_{k}": v for k, v in union.items()} | figures | {"silos_evaluated": len(evaluations)}
+        job = {k: v for k, v in job.items() if _finite(v)}
         for metric in ("accuracy", "f1_macro"):  # each silo one vote, beside the example-weighted union
             job[f"global_{metric}_median"] = per_silo_median(evaluations, metric)
         if round_index > 0:

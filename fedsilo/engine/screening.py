@@ -5,7 +5,6 @@ said no under its own rules (its privacy budget), and is **refused** when it ans
 coordinator refused the reply (it speaks for another silo, is of the wrong type, or fails a check).
 """
 
-import math
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -77,6 +76,10 @@ def check_quorum(scenario: Scenario, outcome_or_counted, step: str) -> None:
     )
 
 
+MAX_COUNT = 2**53  # counts stay exact as floats; a larger one is no data set's
+MAX_LOSS = 1e9  # a mean cross-entropy beyond this is no model's (and would overflow the union's)
+
+
 def evaluation_problem(evaluation: Evaluation, num_labels: int, test_count: int | None = None) -> str | None:
     """Why a silo's evaluation cannot enter the union metrics, or None: its confusion matrix must
     be num_labels x num_labels non-negative integer counts adding up to the test count the silo
@@ -87,14 +90,13 @@ def evaluation_problem(evaluation: Evaluation, num_labels: int, test_count: int 
     cells = [cell for row in matrix for cell in row]
     if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells) or not sum(cells):
         return "confusion matrix must hold non-negative integer counts, not all zero"
+    if sum(cells) > MAX_COUNT:
+        return f"confusion matrix counts more than {MAX_COUNT} examples"
     if test_count is not None and sum(cells) != test_count:
         return f"confusion matrix counts {sum(cells)} examples; the silo reported {test_count} test examples"
-    if (
-        not isinstance(evaluation.loss, int | float)
-        or not math.isfinite(evaluation.loss)
-        or evaluation.loss < 0
-    ):
-        return f"loss {evaluation.loss!r} is not a finite non-negative number"
+    loss = evaluation.loss
+    if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss <= MAX_LOSS:
+        return f"loss {loss!r} is not a number in [0, {MAX_LOSS:g}]"
     return None
 
 
@@ -147,6 +149,8 @@ def summary_problem(summary: DataSummary) -> str | None:
         values = list(counts.values())
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in values):
             return f"its {split} label counts must be non-negative integers"
+        if sum(values) > MAX_COUNT:
+            return f"it reports more than {MAX_COUNT} {split} examples"
         if not sum(values):
             return f"it reports no {split} examples"
     return None

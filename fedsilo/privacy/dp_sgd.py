@@ -1,15 +1,18 @@
 """Record-level DP-SGD: the silo's training hook and the coordinator's accounting wrapper.
 
-At the silo, `DPTraining` replaces plain training (Opacus, fedsilo.privacy.dp) and declines a
-round that would pass `privacy.dp.target_epsilon`. At the coordinator, `DPSGDAccounting` refuses
-an epsilon no accountant gives, logs each silo's epsilon and the worst one, and states the
-guarantee. Scenario fields: `privacy.dp` (noise_multiplier or target_epsilon, delta, max_grad_norm).
+At the silo, `DPTraining` replaces plain training (Opacus, fedsilo.privacy.dp), declines a round
+that would pass `privacy.dp.target_epsilon` or whose delta is not below 1/n, and releases its reply
+without the training loss or wall time (what the noise does not cover). At the coordinator,
+`DPSGDAccounting` refuses an epsilon no accountant gives, logs each silo's epsilon and the worst
+one, and states the guarantee. Scenario fields: `privacy.dp` (noise_multiplier or target_epsilon,
+delta, max_grad_norm, count_noise, secure_mode).
 """
 
 import math
+from dataclasses import replace
 
 from fedsilo.engine.aggregation import Aggregation, Wrapper
-from fedsilo.errors import PrivacyBudgetExhausted
+from fedsilo.errors import SiloDeclined
 from fedsilo.messages import FitReport
 from fedsilo.privacy import dp
 from fedsilo.scenario import Scenario
@@ -28,16 +31,24 @@ class DPTraining:
         self.plan: dp.DPPlan | None = None
 
     def budget(self, silo, settings, round_index: int) -> float:
+        """epsilon after this round, from the plan for the silo's noised count; declines (SiloDeclined,
+        with the epsilon spent so far) when delta is not below 1/n or the round passes the budget."""
         rounds = silo.scenario.federation.rounds
         self.plan = dp.plan(self.spec, silo.num_examples, settings, rounds)
         try:
-            return self.plan.check_budget(round_index)
-        except PrivacyBudgetExhausted as exc:
+            return self.plan.check(round_index)
+        except SiloDeclined as exc:
             exc.spent = self.plan.epsilon_after(round_index - 1)
             raise
 
     def train(self, silo, settings, progress):
         return dp.dp_fit(silo.model, silo.train, settings, self.plan, progress), self.plan.steps_per_round
+
+    def release(self, report: FitReport) -> FitReport:
+        """The reply without what DP-SGD's noise does not cover: the training loss (a plain average
+        over sampled rows) and the wall time (it grows with the rows sampled); both go out as NaN."""
+        nan = float("nan")
+        return replace(report, train_loss=nan, seconds=nan)
 
 
 def training_for(scenario: Scenario) -> DPTraining | None:

@@ -1,13 +1,17 @@
-"""A silo's encoded update and private key between its fit and its masking step, on its own disk.
+"""What a silo keeps between the steps of one secure round, on its own disk: its encoded update,
+its private keys and seed, the shares its peers sealed for it, and a record of what it has done.
 
-Under secure aggregation nothing plain leaves the silo, so what the masking step needs stays in
-the silo's private folder (FEDSILO_SILO_STATE, default .fedsilo/silo-state; mode 0700): one file
-per silo and job, overwritten each round. In distributed mode each step may be a new process, so
-memory would not do.
+Under secure aggregation nothing plain leaves the silo, so this stays in the silo's private folder
+(FEDSILO_SILO_STATE, default .fedsilo/silo-state; mode 0700): one file per silo and job,
+overwritten each round. In distributed mode each step may be a new process, so memory would not
+do. The record (JSON) is what lets a silo answer each step once per round: the view it shared
+under, the peers it masked with, and the survivors it revealed shares for.
 """
 
 import hashlib
+import json
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +25,15 @@ from fedsilo.errors import StepFailed
 STATE_ENV = "FEDSILO_SILO_STATE"
 
 
+@dataclass
+class Kept:
+    """A silo's state for one round: the vector, secrets by name, and the JSON record."""
+
+    vector: np.ndarray
+    secrets: dict[str, bytes] = field(default_factory=dict)
+    record: dict = field(default_factory=dict)
+
+
 def _path(silo: str, update_uri: str) -> Path:
     job_root = update_uri.rsplit("/", 2)[0]  # <root>/round-NNN/<silo>.safetensors
     folder = Path(os.environ.get(STATE_ENV, ".fedsilo/silo-state"), names.file_name(silo))
@@ -28,25 +41,34 @@ def _path(silo: str, update_uri: str) -> Path:
     return folder / f"{hashlib.sha256(job_root.encode()).hexdigest()[:24]}.safetensors"
 
 
-def keep(silo: str, update_uri: str, vector: np.ndarray, private_key: bytes) -> None:
+def save(silo: str, update_uri: str, kept: Kept) -> None:
+    """Keep `kept` for the round whose update would go to `update_uri` (replacing the last one)."""
     path = _path(silo, update_uri)
-    tensors = {
-        "vector": torch.from_numpy(vector.view(np.int32)),
-        "private_key": torch.frombuffer(bytearray(private_key), dtype=torch.uint8),
-    }
-    save_file(tensors, str(path), metadata={"update_uri": update_uri})
-    path.chmod(0o600)
+    tensors = {"vector": torch.from_numpy(kept.vector.view(np.int32))}
+    for name, secret in kept.secrets.items():
+        tensors[f"secret/{name}"] = torch.frombuffer(bytearray(secret), dtype=torch.uint8)
+    metadata = {"update_uri": update_uri, "record": json.dumps(kept.record)}
+    temporary = path.with_suffix(".tmp")
+    save_file(tensors, str(temporary), metadata=metadata)
+    temporary.chmod(0o600)
+    temporary.replace(path)
 
 
-def load(silo: str, update_uri: str) -> tuple[np.ndarray, bytes]:
-    """The vector and key kept for `update_uri`; an error naming the silo when there are none."""
+def load(silo: str, update_uri: str) -> Kept:
+    """What was kept for `update_uri`; an error naming the silo when there is none."""
     path = _path(silo, update_uri)
     try:
         with safe_open(str(path), "pt") as handle:
-            kept_for = handle.metadata().get("update_uri")
+            metadata = handle.metadata() or {}
         tensors = load_file(str(path))
     except (FileNotFoundError, OSError) as exc:
         raise StepFailed(f"silo {silo}: no update kept for {update_uri} ({exc})") from None
-    if kept_for != update_uri:
-        raise StepFailed(f"silo {silo}: the update kept is for {kept_for}, not {update_uri}")
-    return tensors["vector"].numpy().view(np.uint32), bytes(tensors["private_key"].numpy())
+    if metadata.get("update_uri") != update_uri:
+        raise StepFailed(
+            f"silo {silo}: the update kept is for {metadata.get('update_uri')}, not {update_uri}"
+        )
+    secrets = {
+        name.removeprefix("secret/"): bytes(t.numpy()) for name, t in tensors.items() if name != "vector"
+    }
+    record = json.loads(metadata.get("record", "{}"))
+    return Kept(tensors["vector"].numpy().view(np.uint32), secrets, record)
