@@ -112,12 +112,28 @@ def summarize(scenario: Scenario, silo: str) -> DataSummary:
     test split is scored exactly, so its size is no secret from the coordinator).
     """
     data = load_silo_data(scenario, silo)
+    _check_named_labels(scenario, silo, data)
     version = data_version(silo, data)
     shape = data.train.input_shape
     if scenario.privacy.dp:
         train = {ALL_LABELS: stated_count(scenario, silo, len(data.train), version)}
         return DataSummary(silo, train, {ALL_LABELS: len(data.test)}, shape, version)
     return DataSummary(silo, data.train.label_counts(), data.test.label_counts(), shape, version)
+
+
+def _check_named_labels(scenario: Scenario, silo: str, data) -> None:
+    """When the scenario names its labels, a silo whose rows hold others declines at prepare,
+    naming them: one silo's data must not change the model's head for everyone."""
+    named = scenario.data.labels
+    if not named:
+        return
+    held = {str(label) for split in (data.train, data.test) for label in split.label_counts()}
+    other = sorted(held - {str(label) for label in named})
+    if other:
+        raise SiloDeclined(
+            f"silo {silo}: its data holds labels {other[:10]} that data.labels does not name; "
+            "relabel them or add them to the scenario"
+        )
 
 
 def with_local_data(scenario: Scenario, silo: str, path: str) -> Scenario:

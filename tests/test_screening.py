@@ -76,3 +76,13 @@ def test_below_min_silos_the_message_names_the_missing_ones():
     check_quorum(scenario, ["clinic-a", "clinic-b"], "round 1")
     with pytest.raises(FederationError, match="round 2: only 1 of 2 silos answered .* missing: clinic-b"):
         check_quorum(scenario, ["clinic-a"], "round 2")
+
+
+def test_a_silo_with_labels_the_scenario_does_not_name_declines_at_prepare():
+    from fedsilo.errors import SiloDeclined
+    from fedsilo.silo import summarize
+
+    named = load_scenario(REPO / "scenarios" / "smoke.yaml", ["data.labels=[cardiology, neurology]"])
+    with pytest.raises(SiloDeclined, match="gastroenterology.*data.labels does not name"):
+        summarize(named, "clinic-a")
+    assert summarize(load_scenario(REPO / "scenarios" / "smoke.yaml"), "clinic-a").num_train == 30
