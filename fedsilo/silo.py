@@ -213,7 +213,6 @@ class SiloParticipant:
         self.version = data_version(silo, data)
         self.model = pretrained_model(scenario, len(self.labels), self.input_shape)
         self._plain: torch.nn.Module | None = None  # under LoRA, for full weights (a champion)
-        self.job_folder: str | None = None  # under DP, the job whose models this silo scores
 
     @property
     def num_examples(self) -> int:

@@ -6,10 +6,9 @@ training hook, secure aggregation as the upload hook (its mask step registers it
 
 Under DP-SGD a silo scores on its test split only this job's models (`only_job_models`): the global
 model of a round, a silo's local model (for the silo x silo matrix), or the champion copied in for
-comparison, each at the URI fedsilo.paths.JobPaths derives under the job's folder. Scoring any
-weights a caller names would make the exact confusion matrix an oracle on the test rows. The job's
-folder is the one the step names (a Fit's `exchange`); before the job's first fit it is the folder
-of the round-0 global model, the first model every new job asks to score.
+comparison, each at the URI fedsilo.paths.JobPaths derives under the job's folder, which the step
+names (`exchange`). Scoring any weights a caller names would make the exact confusion matrix an
+oracle on the test rows; until steps are signed, a caller can still name another folder.
 """
 
 from fedsilo.errors import SiloDeclined
@@ -18,11 +17,9 @@ from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightR
 from fedsilo.paths import JobPaths
 from fedsilo.privacy import dp_sgd, secure_aggregation
 from fedsilo.scenario import Scenario
-from fedsilo.silo import SiloParticipant, participant, summarize
-from fedsilo.steps import Evaluate, Fit, Personalize, Prepare, Score, Step
+from fedsilo.silo import participant, summarize
+from fedsilo.steps import Evaluate, Fit, Personalize, Prepare, Score
 from fedsilo.training import Progress
-
-ROUND_ZERO = JobPaths("").global_uri(0).lstrip("/")  # global-000.safetensors
 
 
 def job_models(scenario: Scenario, folder: str) -> set[str]:
@@ -34,19 +31,17 @@ def job_models(scenario: Scenario, folder: str) -> set[str]:
     return {paths.global_uri(r) for r in range(rounds + 1)} | local | {paths.champion_uri()}
 
 
-def only_job_models(scenario: Scenario, member: SiloParticipant, step: Step, refs: list[WeightRef]) -> None:
-    """Under DP-SGD, decline (SiloDeclined, naming the rule) to score any model that is not this
-    job's; the job's folder is the step's, the one pinned by a fit, or pinned by round 0's model."""
+def only_job_models(scenario: Scenario, silo: str, step: Evaluate | Score, refs: list[WeightRef]) -> None:
+    """Under DP-SGD, decline (SiloDeclined, naming the rule) to score any model that is not one of
+    the job's in the folder the step names."""
     if scenario.privacy.dp is None:
         return
-    folder = getattr(step, "exchange", "") or member.job_folder
+    models = job_models(scenario, step.exchange) if step.exchange else set()
     for ref in refs:
-        if folder is None and ref.uri.endswith(f"/{ROUND_ZERO}"):
-            folder = member.job_folder = ref.uri.rsplit("/", 1)[0]
-        if folder is None or ref.uri not in job_models(scenario, folder):
+        if ref.uri not in models:
             raise SiloDeclined(
-                f"silo {member.silo}: under privacy.dp a silo scores only this job's models (under "
-                f"{folder or 'the folder of its round-0 model'}); {ref.uri} is not one"
+                f"silo {silo}: under privacy.dp a silo scores only this job's models (under "
+                f"{step.exchange or 'the job folder the step must name'}); {ref.uri} is not one"
             )
 
 
@@ -57,9 +52,7 @@ def prepare(scenario: Scenario, silo: str, step: Prepare, progress: Progress | N
 
 @handles(Fit)
 def fit(scenario: Scenario, silo: str, step: Fit, progress: Progress | None) -> FitReport:
-    member = participant(scenario, silo)
-    member.job_folder = step.exchange  # where this job's models are
-    return member.fit(
+    return participant(scenario, silo).fit(
         step.weights,
         step.round_index,
         JobPaths(step.exchange).update_uri(step.round_index, silo),
@@ -72,16 +65,14 @@ def fit(scenario: Scenario, silo: str, step: Fit, progress: Progress | None) -> 
 
 @handles(Evaluate)
 def evaluate(scenario: Scenario, silo: str, step: Evaluate, progress: Progress | None) -> Evaluation:
-    member = participant(scenario, silo)
-    only_job_models(scenario, member, step, [step.weights])
-    return member.evaluate(step.weights)
+    only_job_models(scenario, silo, step, [step.weights])
+    return participant(scenario, silo).evaluate(step.weights)
 
 
 @handles(Score)
 def score(scenario: Scenario, silo: str, step: Score, progress: Progress | None) -> Scores:
-    member = participant(scenario, silo)
-    only_job_models(scenario, member, step, list(step.models.values()))
-    return member.evaluate_models(step.models)
+    only_job_models(scenario, silo, step, list(step.models.values()))
+    return participant(scenario, silo).evaluate_models(step.models)
 
 
 @handles(Personalize)

@@ -9,7 +9,7 @@ Add a step: subclass `Step` (a frozen dataclass with a unique `kind`), register 
 with `fedsilo.handler.handles`, and add the coordinator line that asks it (README "Architecture").
 """
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from pydantic import TypeAdapter
@@ -147,11 +147,6 @@ def load_step(data: dict[str, Any]) -> Step:
     return TypeAdapter(cls).validate_python(values)
 
 
-def step_fields(step: Step) -> dict[str, Any]:
-    """The step's own values (for logs and audit records)."""
-    return {f.name: getattr(step, f.name) for f in fields(step)}
-
-
 __all__ = [
     "STEP_KINDS",
     "Evaluate",
@@ -160,7 +155,6 @@ __all__ = [
     "Prepare",
     "Score",
     "Step",
-    "asdict",
     "dump_step",
     "load_step",
 ]

@@ -321,12 +321,13 @@ def test_under_dp_a_silo_scores_only_this_jobs_models(tmp_path):
     elsewhere = write_state(state, str(tmp_path / "crafted" / "global-001.safetensors"))
     try:
         with pytest.raises(SiloDeclined, match="only this job's models"):
-            handle(scenario, "clinic-a", Evaluate(elsewhere, "probe"))  # before the job: nothing pinned
-        assert handle(scenario, "clinic-a", Evaluate(first, "round-0")).silo == "clinic-a"  # pins the job
+            handle(scenario, "clinic-a", Evaluate(elsewhere, "probe"))  # a step that names no job
+        assert handle(scenario, "clinic-a", Evaluate(first, "round-0", job.root)).silo == "clinic-a"
         with pytest.raises(SiloDeclined, match="crafted/global-001.safetensors is not one"):
-            handle(scenario, "clinic-a", Score({"global": first, "probe": elsewhere}, "matrix"))
+            handle(scenario, "clinic-a", Score({"global": first, "probe": elsewhere}, "matrix", job.root))
         champion = write_state(state, job.champion_uri())
-        assert set(handle(scenario, "clinic-a", Score({"champion": champion}, "m")).models) == {"champion"}
+        scored = handle(scenario, "clinic-a", Score({"champion": champion}, "m", job.root))
+        assert set(scored.models) == {"champion"}
         with pytest.raises(SiloDeclined, match="outside the privacy budget"):
             handle(scenario, "clinic-a", Personalize(first, 5))
         plain = load_scenario(SMOKE)  # without DP nothing is checked

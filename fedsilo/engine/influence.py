@@ -13,7 +13,6 @@ most `NORM_FACTOR` times the median honest update's norm, whatever it sends or c
 aggregated model is checked (finite) before it is evaluated, logged or kept.
 """
 
-import math
 import statistics
 
 import numpy as np
@@ -118,7 +117,3 @@ def describe() -> str:
         f"each update clipped to {NORM_FACTOR:g} x the round's median update norm (>= {MIN_SILOS} "
         f"updates); each FedAvg weight capped at {WEIGHT_FACTOR} x the lower median training count"
     )
-
-
-def is_finite_norm(norm: float) -> bool:
-    return math.isfinite(norm)
