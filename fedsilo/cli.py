@@ -605,7 +605,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INVALID
     except FedsiloError as exc:
         print(f"fedsilo {args.command}: {exc}", file=sys.stderr)
-        return exit_code(exc) if isinstance(exc, FedsiloError) else EXIT_FAILED
+        return exit_code(exc)
     except KeyboardInterrupt:
         print(f"fedsilo {args.command}: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

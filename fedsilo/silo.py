@@ -16,7 +16,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedsilo import names
 from fedsilo.data import Examples, SiloData, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
 from fedsilo.errors import SiloDeclined
@@ -32,7 +31,7 @@ from fedsilo.modeling import (
     tokenizer_for,
 )
 from fedsilo.privacy.dp import draw_count
-from fedsilo.privacy.pending import STATE_ENV
+from fedsilo.privacy.pending import state_folder
 from fedsilo.scenario import Scenario
 from fedsilo.training import FitSettings, Progress, fit, predict
 from fedsilo.transfer import to_wire
@@ -44,14 +43,6 @@ PERSONALIZE_SEED_KEY = 1_000_003  # seeds personalization apart from every round
 
 ALL_LABELS = "(all labels)"
 """Under DP-SGD a DataSummary's counts are totals, under this one key: no per-label count leaves."""
-
-
-def state_folder(silo: str) -> Path:
-    """The silo's private folder (FEDSILO_SILO_STATE, default .fedsilo/silo-state/<silo>, mode 0700):
-    what it keeps and never sends."""
-    folder = Path(os.environ.get(STATE_ENV, ".fedsilo/silo-state"), names.file_name(silo))
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder
 
 
 def keep_once(path: Path, make: Callable[[], bytes]) -> bytes:

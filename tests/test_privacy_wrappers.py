@@ -91,3 +91,15 @@ def test_a_wrapper_from_outside_fedsilo_wraps_any_mechanism(tmp_path, mode):
     expected = fedavg_shift(COUNTS) / 2
     assert moved_by(tracker.models[1], tracker.models[0]) == pytest.approx(expected, abs=1e-6)
     assert tracker.tags[None]["fedsilo.privacy"].endswith("half steps")  # privacy wraps it
+
+
+def test_after_the_round_a_silo_keeps_no_secret_nor_its_encoded_update(tmp_path):
+    from safetensors import safe_open
+
+    run(tmp_path, THREE, *ONE_ROUND, *SECURE, transport=InProcess(Scripted(SHIFT, COUNTS)))
+    kept = list((tmp_path / "silo-state").rglob("*.safetensors"))
+    assert len(kept) == 3  # one record per silo for the round
+    for path in kept:
+        with safe_open(str(path), "pt") as handle:
+            assert list(handle.keys()) == ["vector"] and handle.get_tensor("vector").numel() == 0
+        assert path.parent.stat().st_mode & 0o077 == 0  # the silo's folder is its own

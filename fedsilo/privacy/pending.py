@@ -34,11 +34,18 @@ class Kept:
     record: dict = field(default_factory=dict)
 
 
-def _path(silo: str, update_uri: str) -> Path:
-    job_root = update_uri.rsplit("/", 2)[0]  # <root>/round-NNN/<silo>.safetensors
+def state_folder(silo: str) -> Path:
+    """The silo's private folder (FEDSILO_SILO_STATE, default .fedsilo/silo-state/<silo>, mode 0700,
+    enforced also when it already exists): what it keeps and never sends."""
     folder = Path(os.environ.get(STATE_ENV, ".fedsilo/silo-state"), names.file_name(silo))
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return folder / f"{hashlib.sha256(job_root.encode()).hexdigest()[:24]}.safetensors"
+    folder.chmod(0o700)
+    return folder
+
+
+def _path(silo: str, update_uri: str) -> Path:
+    job_root = update_uri.rsplit("/", 2)[0]  # <root>/round-NNN/<silo>.safetensors
+    return state_folder(silo) / f"{hashlib.sha256(job_root.encode()).hexdigest()[:24]}.safetensors"
 
 
 def save(silo: str, update_uri: str, kept: Kept) -> None:

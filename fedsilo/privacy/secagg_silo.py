@@ -199,9 +199,12 @@ def unmask(scenario: Scenario, silo: str, step: Unmask, progress=None) -> Reveal
     split = {"survivors": survivors, "dropped": dropped}
     if kept.record.get("revealed", split) != split:
         raise SecAggError(f"silo {silo}: it revealed shares for another split of this round: refused")
-    kept.record["revealed"] = split
-    pending.save(silo, paths.update_uri(step.round_index, silo), kept)
+    if "revealed" in kept.record:
+        raise SecAggError(f"silo {silo}: it already revealed this round's shares (they are deleted)")
     received = {peer: kept.secrets[f"from/{peer}"] for peer in survivors + dropped}
-    seeds = {peer: received[peer][:16].hex() for peer in survivors}
-    keys = {peer: received[peer][16:].hex() for peer in dropped}
+    seeds = {peer: received[peer][: shares.SEED_BYTES].hex() for peer in survivors}
+    keys = {peer: received[peer][shares.SEED_BYTES :].hex() for peer in dropped}
+    # the round is over for this silo: keep only the record that it revealed, not its secrets
+    forgotten = pending.Kept(np.zeros(0, dtype=np.uint32), {}, kept.record | {"revealed": split})
+    pending.save(silo, paths.update_uri(step.round_index, silo), forgotten)
     return RevealedShares(silo, step.round_index, seeds, keys)
