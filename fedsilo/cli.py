@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 from fedsilo import names
+from fedsilo.cli_trust import add_commands as add_trust_commands
 from fedsilo.errors import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -375,6 +376,28 @@ def _takes_part(scenario, args: argparse.Namespace, command: str) -> bool:
     return False
 
 
+def _check_trust(args: argparse.Namespace) -> None:
+    """The silo's key (made on first start), roster and policy, checked before it serves anything;
+    their paths go to its job runs through the environment."""
+    from fedsilo.privacy.pending import state_folder
+    from fedsilo.trust.credentials import POLICY_ENV
+    from fedsilo.trust.identity import load_or_make
+    from fedsilo.trust.policy import load_policy
+    from fedsilo.trust.roster import ROSTER_ENV, load_roster, roster_path
+
+    os.environ[ROSTER_ENV] = str(roster_path(args.roster).resolve())
+    roster = load_roster()
+    roster.coordinator_key()
+    identity, made = load_or_make(state_folder(args.silo), args.silo)
+    print(f"silo {args.silo} signs as {identity.public_key}{' (key made now)' if made else ''}")
+    if roster.silos.get(args.silo, None) is None or roster.silo_key(args.silo) != identity.public_key:
+        print(f"not enrolled with this key yet: fedsilo roster add {args.silo} {identity.public_key}")
+    if args.policy:
+        os.environ[POLICY_ENV] = str(Path(args.policy).resolve())
+        for rule in load_policy(args.policy).describe() or ["(empty: runs what a signed request asks)"]:
+            print(f"policy: {rule}")
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     """Register the silo's pool and deployment, check its data here, then become its Prefect worker.
 
@@ -402,7 +425,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     # secure aggregation keeps a silo's update between two of its flow runs, which the process
     # worker starts in fresh folders: pin the silo's private folder to where the worker started
-    os.environ.setdefault(STATE_ENV, str(Path(".fedsilo/silo-state").resolve()))
+    os.environ.setdefault(STATE_ENV, str(Path(args.state or ".fedsilo/silo-state").resolve()))
+    if args.state:
+        os.environ[STATE_ENV] = str(Path(args.state).resolve())
+    _check_trust(args)
     try:
         summary = summarize(local_view(scenario, args.silo), args.silo)
     except DataError as exc:
@@ -534,6 +560,13 @@ def parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--data", help="this silo's own data file (.csv, .parquet, .npz); default: the scenario's source"
     )
+    worker.add_argument(
+        "--state", help="the silo's private folder root: its key, replay store, audit trail, DP ledger"
+    )
+    worker.add_argument(
+        "--roster", help="this silo's copy of the roster: pins the coordinator's key and its peers'"
+    )
+    worker.add_argument("--policy", help="YAML policy of what this silo runs (see README 'Security')")
     worker.add_argument("--poll-seconds", type=float, default=2.0, help="how often to ask for new steps")
     worker.add_argument("--limit", type=int, default=1, help="steps run at once by this worker")
     worker.add_argument(
@@ -544,6 +577,8 @@ def parser() -> argparse.ArgumentParser:
         help="a module of yours that registers more silo steps (repeatable)",
     )
     worker.set_defaults(handler=cmd_worker)
+
+    add_trust_commands(commands)
 
     validate = commands.add_parser("validate", help="check scenario files; exit 2 on problems")
     validate.add_argument("files", nargs="+")

@@ -14,8 +14,13 @@
     │   │                             vector or evaluation); that silo is left out, the job goes on
     │   ├── UpdateRefused             an update fails its layout, value or norm checks
     │   └── ChecksumError             weights whose sha256 differs from the one announced
-    ├── SiloDeclined                  a silo declines a step under its own rules (its privacy budget)
+    ├── SiloDeclined                  a silo declines a step under its own rules (its policy, its
+    │   │                             privacy budget)
+    │   ├── PolicyViolation           the step breaks a rule of the silo's policy file
     │   └── PrivacyBudgetExhausted
+    ├── TrustError                    keys, roster or signatures: who is speaking cannot be established
+    │   └── SignatureError            a signed request or reply fails its check (signature, address,
+    │                                 expiry, replay); the message names which
     └── StepFailed                    a silo cannot do a step it was asked (e.g. nothing kept to mask);
                                       the transport reports it absent
 
@@ -87,6 +92,18 @@ class ChecksumError(ReplyRefused):
 
 class SiloDeclined(FedsiloError):
     """A silo declines a step under its own rules; the message names the rule."""
+
+
+class PolicyViolation(SiloDeclined):
+    """A step breaks a rule of the silo's policy file; the message names the rule."""
+
+
+class TrustError(FedsiloError):
+    """A key, the roster or a signature is missing or wrong; the message says which and what to do."""
+
+
+class SignatureError(TrustError):
+    """A signed request or reply fails its check: signature, address, expiry or replay."""
 
 
 class PrivacyBudgetExhausted(SiloDeclined):

@@ -5,6 +5,7 @@ label counts, confusion matrices. `fedsilo compare`, the tracker and the Prefect
 them without importing torch or transformers.
 """
 
+import json
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -117,10 +118,11 @@ Reply = TypeVar("Reply", DataSummary, FitReport, Evaluation, MaskedUpdate, Score
 def dump_reply(
     reply: DataSummary | FitReport | Evaluation | MaskedUpdate | Scores | SharedKeys | RevealedShares,
 ) -> bytes:
-    """A silo's answer as JSON, for the shared store when the silo runs in another process."""
-    return TypeAdapter(type(reply)).dump_json(reply)
+    """A silo's answer as JSON (NaN written as NaN: a DP-SGD silo sends its loss as NaN)."""
+    return json.dumps(TypeAdapter(type(reply)).dump_python(reply), allow_nan=True).encode()
 
 
 def load_reply(kind: type[Reply], payload: bytes) -> Reply:
-    """Read back what `dump_reply` wrote."""
-    return TypeAdapter(kind).validate_json(payload)
+    """Read back what `dump_reply` wrote; ValueError (pydantic's ValidationError among them) when
+    it is not JSON of a `kind`."""
+    return TypeAdapter(kind).validate_python(json.loads(payload))

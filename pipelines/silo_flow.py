@@ -15,7 +15,9 @@ it for every step; each step is a task of the run, visible in the Prefect UI:
 
 Weights come and go by URI with a sha256 checksum. The silo's data location comes from this
 process's environment (FEDSILO_SILO_DATA, set by `fedsilo worker --data`), never from the
-coordinator. The run ends on `stop`, or by itself once the coordinator's run has ended.
+coordinator. Every request is a JWS the coordinator signed, checked by the silo's gate
+(fedsilo.trust.gate) before anything runs; every reply is signed with the silo's own key. The run
+ends on `stop`, or by itself once the coordinator's run has ended.
 """
 
 import os
@@ -29,10 +31,11 @@ from prefect.runtime import flow_run
 
 from fedsilo import names
 from fedsilo.extensions import load_extensions
-from fedsilo.messages import dump_reply
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participants_built, release_participants, with_local_data
-from fedsilo.steps import load_step
+from fedsilo.trust.credentials import silo_gate
+from fedsilo.trust.envelope import peek
+from fedsilo.trust.gate import SiloGate
 from pipelines.steps import Backoff, StepReply, StepRequest, send_reply, take_new
 from pipelines.tasks import step_task
 
@@ -52,15 +55,14 @@ def local_view(scenario: Scenario, silo: str) -> Scenario:
     return with_local_data(scenario, silo, path) if path else scenario
 
 
-def answer(scenario: Scenario, silo: str, request: StepRequest) -> StepReply:
-    """The reply to one request: the step's record, or the error that stopped it (the run goes on)."""
-    try:
-        step = load_step(request.step or {})
-        record = step_task(scenario, step, silo)(scenario, silo, step)
-    except Exception as exc:  # reported to the coordinator, which leaves this silo out of the step
-        get_run_logger().warning("%s %s failed: %s", silo, request.label, exc)
-        return StepReply(request=request.request, silo=silo, error=f"{type(exc).__name__}: {exc}")
-    return StepReply(request=request.request, silo=silo, body=dump_reply(record).decode())
+def answer(gate: SiloGate, silo: str, request: StepRequest) -> StepReply:
+    """The signed reply to one request: the gate checks it (signature, address, expiry, replay,
+    policy) and runs the step as a task of this run only when it passes."""
+
+    def work(scenario: Scenario, step):
+        return step_task(scenario, step, silo)(scenario, silo, step)
+
+    return StepReply(request=request.request, silo=silo, token=gate.serve(request.token, work))
 
 
 def _coordinator_gone(client: SyncPrefectClient, coordinator: UUID) -> bool:
@@ -95,21 +97,28 @@ def _requests(client: SyncPrefectClient, coordinator: UUID):
     log_prints=True,
 )
 def silo_job(scenario: Scenario, silo: str, coordinator_run: str) -> int:
-    """Serve the steps the coordinator's run `coordinator_run` sends to `silo`; returns how many."""
+    """Serve the steps the coordinator's run `coordinator_run` sends to `silo`; returns how many.
+
+    `scenario` only names the run's job in the UI: what a step runs is read from its signed request.
+    """
     loaded = load_extensions()  # the operator's own silo steps, if it named any
-    logger, current = get_run_logger(), local_view(scenario, silo)
+    logger = get_run_logger()
     if loaded:
         logger.info("%s serves the extensions %s", silo, ", ".join(loaded))
+    gate = silo_gate(silo, lambda signed: local_view(signed, silo))
+    logger.info("%s signs as %s; requests are checked against the coordinator key %s", silo,
+                gate.identity.public_key, gate.coordinator_key)  # fmt: skip
+    for rule in gate.policy.describe() if gate.policy else []:
+        logger.info("%s policy: %s", silo, rule)
     coordinator, served, built = UUID(coordinator_run), 0, participants_built()
     try:
         with get_client(sync_client=True) as client:
             for request in _requests(client, coordinator):
-                if request.scenario is not None:  # sent only when it changed (labels after prepare)
-                    current = local_view(Scenario.model_validate(request.scenario), silo)
-                reply = answer(current, silo, request)
+                reply = answer(gate, silo, request)
                 send_reply(client, coordinator, reply)
                 served += 1
-                logger.info("%s %s: %s", silo, request.label, "answered" if not reply.error else "failed")
+                outcome = peek(reply.token).get("outcome")
+                logger.info("%s %s: %s", silo, request.label[:80], outcome)
     finally:
         release_participants()
     logger.info(

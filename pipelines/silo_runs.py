@@ -2,12 +2,14 @@
 
 The first step starts each silo's run for the job (`<job>:<silo>`, with `run_deployment`); every
 step is then a request to it (pipelines/steps.py), so a silo builds its data and model once per
-job. Each `ask` waits for all asked silos up to the scenario's limits; a silo whose run has not
-answered by then is cancelled and absent, and the next step starts a new run for it.
+job. Each step waits for all asked silos up to the scenario's limits; a silo whose run has not
+answered by then is cancelled and absent, and the next step starts a new run for it. Requests and
+replies are signed (fedsilo.trust): this courier only carries them, and waits past any reply that
+the addressed silo did not sign for its request.
 """
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from uuid import UUID
 
 from prefect import get_run_logger
@@ -17,14 +19,13 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.states import Cancelled
-from pydantic import ValidationError
 
 from fedsilo import names
 from fedsilo.errors import FederationError
-from fedsilo.messages import load_reply
 from fedsilo.scenario import Scenario
 from fedsilo.steps import Prepare, Step
-from fedsilo.transport import Answers
+from fedsilo.transport import Check, step_limit
+from fedsilo.trust.signer import Sent
 from pipelines.silo_flow import SILO_FLOW
 from pipelines.steps import Backoff, StepReply, StepRequest, new_request_id, send_request, take_new
 
@@ -38,28 +39,23 @@ class SiloRuns:
     def __init__(self, job: str):
         self.job = job
         self.sessions: dict[str, UUID] = {}
-        self.told: dict[str, dict] = {}  # the scenario each silo's run holds, to send only changes
 
-    def ask(self, scenario: Scenario, step: Step, silos: Sequence[str]) -> Answers:
+    def deliver(
+        self, scenario: Scenario, step: Step, requests: Mapping[str, Sent], check: Check
+    ) -> dict[str, str]:
+        """Send each silo its signed request and wait for the replies its silo signed."""
         if isinstance(step, Prepare):
-            self._await_deployments(scenario, silos)
-        federation = scenario.federation
-        attempts = federation.silo_retries + 1 if step.retried else 1
-        limit = federation.silo_timeout_seconds * attempts + federation.silo_pickup_seconds
-        request, waiting = new_request_id(), {}
-        shared = scenario.model_dump(mode="json")
+            self._await_deployments(scenario, requests)
+        batch, waiting = new_request_id(), {}
         with get_client(sync_client=True) as client:
-            for silo in silos:
+            for silo, sent in requests.items():
                 session = self._session(scenario, silo)
-                if session is None:
-                    continue
-                changed = shared if self.told.get(silo) != shared else None
-                send_request(client, session, StepRequest.of(request, step, changed))
-                self.told[silo] = shared
-                waiting[silo] = session
-            bodies = self._collect(client, request, waiting, limit)
-        replies = {silo: reply for silo in silos if (reply := _record(step, silo, bodies.get(silo)))}
-        return Answers(replies, [silo for silo in silos if silo not in replies])
+                if session is not None:
+                    send_request(
+                        client, session, StepRequest(request=batch, token=sent.token, label=step.label)
+                    )
+                    waiting[silo] = session
+            return self._collect(client, batch, waiting, requests, check, step_limit(scenario, step))
 
     @staticmethod
     def _coordinator() -> UUID:
@@ -89,7 +85,6 @@ class SiloRuns:
                 )
                 return None
             self.sessions[silo] = run.id
-            self.told[silo] = parameters["scenario"]
         return self.sessions[silo]
 
     def _ended(self, client, waiting: dict[str, UUID]) -> dict[str, str]:
@@ -104,22 +99,31 @@ class SiloRuns:
             if run in ended
         }
 
-    def _collect(self, client, request: str, waiting: dict[str, UUID], limit: float) -> dict[str, str]:
-        """Each silo's reply body for `request`, waiting up to `limit` seconds; silos that fail,
-        end or run out of time are logged, and their runs forgotten (cancelled when still going)."""
+    def _collect(
+        self,
+        client,
+        batch: str,
+        waiting: dict[str, UUID],
+        requests: Mapping[str, Sent],
+        check: Check,
+        limit: float,
+    ) -> dict[str, str]:
+        """Each silo's signed reply in `batch`, waiting up to `limit` seconds. A reply that its silo
+        did not sign for its request is refused (by `check`) and the wait goes on; silos that end
+        or run out of time are logged, and their runs forgotten (cancelled when still going)."""
         logger, coordinator = get_run_logger(), self._coordinator()
-        deadline, seen, bodies, backoff = time.monotonic() + limit, set(), {}, Backoff()
+        deadline, seen, replies, backoff = time.monotonic() + limit, set(), {}, Backoff()
         checked = time.monotonic()
         while waiting and time.monotonic() < deadline:
             backoff.wait()
-            for reply in take_new(client, coordinator, f"reply-{request}", seen, StepReply):
+            for reply in take_new(client, coordinator, f"reply-{batch}", seen, StepReply):
                 if reply.silo not in waiting:
                     continue
+                if problem := check(requests[reply.silo], reply.token):
+                    logger.warning("a reply claiming to be silo %s's was refused: %s", reply.silo, problem)
+                    continue
                 del waiting[reply.silo]
-                if reply.error:  # a silo's words: logged, never trusted, and kept short
-                    logger.warning("silo %s: %s", reply.silo, reply.error[:500])
-                else:
-                    bodies[reply.silo] = reply.body
+                replies[reply.silo] = reply.token
             if waiting and time.monotonic() - checked > STATE_CHECK_SECONDS:
                 checked = time.monotonic()
                 for silo, why in self._ended(client, waiting).items():
@@ -130,7 +134,7 @@ class SiloRuns:
             client.set_flow_run_state(run, Cancelled(message=message), force=True)
             logger.warning("silo %s: %s", silo, message)
             self.sessions.pop(silo, None)
-        return bodies
+        return replies
 
     def close(self) -> None:
         """Tell every silo's run that the job is over, so its worker is free for the next one."""
@@ -155,15 +159,3 @@ class SiloRuns:
                     time.sleep(POLL_SECONDS)
         if waiting:
             get_run_logger().warning("no worker registered yet for: %s", ", ".join(sorted(waiting)))
-
-
-def _record(step: Step, silo: str, body: str | None):
-    """A silo's reply record, or None when it sent none or an unreadable one (screening then
-    checks that it speaks for `silo`)."""
-    if body is None:
-        return None
-    try:
-        return load_reply(step.reply, body.encode())
-    except ValidationError as exc:
-        get_run_logger().warning("silo %s: unreadable reply left out: %s", silo, str(exc)[:300])
-        return None

@@ -2,46 +2,40 @@
 
 A step request is a flow run input of the silo's run (key `step-<request>`); the silo answers with
 a flow run input of the coordinator's run (key `reply-<request>-<nonce>`). Prefect's own run-input
-store carries them, so no shared folder is polled and the API's auth covers them. Weights never
-travel here: requests and replies hold WeightRefs and small records.
+store carries them, so no shared folder is polled. Anyone holding the Prefect API credential can
+write these inputs, so none is trusted for what it says: requests are JWS the coordinator signed
+and replies JWS the silo signed (fedsilo.trust). Weights never travel here: requests and replies
+hold WeightRefs and small records.
 """
 
 import time
 import uuid
-from typing import Any
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
 from pydantic import BaseModel, ValidationError
-
-from fedsilo.steps import Step, dump_step
 
 FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 0.5  # bounds what waiting adds to a step: see BENCHMARKS.md section 8
 
 
 class StepRequest(BaseModel):
-    """One step for a silo's run (fedsilo.steps.dump_step), with the scenario when it changed;
-    `stop` ends the run."""
+    """One signed step for a silo's run (a JWS the coordinator signed: fedsilo.trust.claims);
+    `request` is the step's batch id, which the replies' keys carry; `stop` ends the run."""
 
     request: str
-    step: dict[str, Any] | None = None
+    token: str = ""
     label: str = ""
-    scenario: dict[str, Any] | None = None  # the coordinator's view, sent only when it changed
     stop: bool = False
-
-    @classmethod
-    def of(cls, request: str, step: Step, scenario: dict[str, Any] | None) -> "StepRequest":
-        return cls(request=request, step=dump_step(step), label=step.label, scenario=scenario)
 
 
 class StepReply(BaseModel):
-    """A silo's answer to one request: its reply record as JSON, or why it could not give one."""
+    """A silo's signed reply (a JWS) to its request of batch `request`. `silo` is only who the
+    reply claims to be from: the coordinator checks the signature under that silo's roster key."""
 
     request: str
     silo: str
-    body: str = ""
-    error: str = ""
+    token: str
 
 
 def new_request_id() -> str:

@@ -181,6 +181,9 @@ def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, ml
     from fedsilo.silo import initial_state, summarize
     from fedsilo.steps import Evaluate
     from fedsilo.weights import write_state
+    from fedsilo.trust.audit import AuditTrail
+    from fedsilo.trust.credentials import ephemeral, local_gate
+    from fedsilo.trust.signer import Signer
     from pipelines.silo_flow import answer
     from pipelines.steps import StepRequest
 
@@ -188,11 +191,16 @@ def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, ml
     scenario, _ = settle_data(scenario, [summarize(scenario, "clinic-a")])
     good = write_state(initial_state(scenario, ()), str(tmp_path / "global.safetensors"))
     tampered = Evaluate(replace(good, sha256="0" * 64), "round-0")
-    request = StepRequest.of("r1", tampered, None)
-    reply = flow(name="one-silo-step")(answer)(scenario, "clinic-a", request)  # as in the silo's job run
+    keys = ephemeral(["clinic-a"])
+    signer = Signer(keys.coordinator, keys.roster, "job", AuditTrail(None, "coordinator"))
+    sent = signer.request(scenario, tampered, "clinic-a", 60)
+    gate = local_gate(keys, "clinic-a")
+    request = StepRequest(request="r1", token=sent.token, label=tampered.label)
+    reply = flow(name="one-silo-step")(answer)(gate, "clinic-a", request)  # as in the silo's job run
     release_participants()
-    assert reply.silo == "clinic-a" and reply.body == ""  # no score for weights it cannot trust
-    assert "sha256" in reply.error and "global.safetensors" in reply.error
+    verdict = signer.accept(sent, reply.token)
+    assert reply.silo == "clinic-a" and verdict.outcome == "failed"  # no score for weights it cannot trust
+    assert "sha256" in verdict.reason and "global.safetensors" in verdict.reason
 
 
 @pytest.mark.slow

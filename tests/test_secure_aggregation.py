@@ -47,7 +47,7 @@ class Capturing(InProcess):
         self.attempts = []
 
     def ask(self, scenario, step, silos):
-        replies, absent = super().ask(scenario, step, silos)
+        replies, absent = super().ask(scenario, step, silos)[:2]
         if isinstance(step, Fit):
             return self._fitted(scenario, step.round_index, replies, absent)
         if isinstance(step, Mask):

@@ -29,7 +29,8 @@ from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
 from fedsilo.steps import Evaluate, Fit, Prepare, Step
 from fedsilo.strategies import Strategy, make_strategy
-from fedsilo.transport import Transport
+from fedsilo.transport import Courier, Transport, secured
+from fedsilo.trust.credentials import ephemeral
 
 Phase = Callable[[str, Callable[[], Any]], Any]  # runs named coordinator work (a Prefect task)
 
@@ -45,7 +46,7 @@ class Coordinator:
         self,
         scenario: Scenario,
         job: str,
-        transport: Transport,
+        transport: Transport | Courier,
         tracker: Tracker,
         paths: JobPaths,
         reporters: Sequence[Reporter] = (),
@@ -55,6 +56,8 @@ class Coordinator:
         phase: Phase | None = None,
         wrap: Callable[[Aggregation], Aggregation] | None = None,
     ):
+        if hasattr(transport, "deliver"):  # a bare courier: signed under keys made for this job
+            transport = secured(transport, job, ephemeral(scenario.silo_names()))
         self.scenario, self.job, self.transport, self.tracker = scenario, job, transport, tracker
         self.paths, self.reporters, self.resume, self.wrap = paths, list(reporters), resume, wrap
         self.log = logger or logging.getLogger("fedsilo")

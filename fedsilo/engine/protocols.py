@@ -1,6 +1,7 @@
 """What the coordinator is given besides a transport (fedsilo.transport): a tracker that records
 the job, and reporters that are told what happened. Neither decides anything."""
 
+from pathlib import Path
 from typing import Protocol
 
 import pandas as pd
@@ -73,6 +74,11 @@ class Tracker(Protocol):
         """End the job's runs with `status` (FINISHED or FAILED)."""
         ...
 
+    def log_file(self, path: Path, folder: str) -> None:
+        """Keep a local file with the job's parent run under `folder` (the audit trail); nothing
+        when the job never started a run."""
+        ...
+
 
 class Reporter(Protocol):
     """Told what happened; decides nothing, and cannot fail the job (console table, Prefect
@@ -139,4 +145,7 @@ class NullTracker:
         return None
 
     def finish(self, status: str = "FINISHED") -> None:
+        pass
+
+    def log_file(self, path: Path, folder: str) -> None:
         pass

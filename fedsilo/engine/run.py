@@ -13,7 +13,9 @@ from fedsilo.engine.start import open_job
 from fedsilo.paths import JobPaths, exchange_root
 from fedsilo.records import JobResult
 from fedsilo.scenario import Scenario
-from fedsilo.transport import Transport
+from fedsilo.transport import Courier, secured
+from fedsilo.trust.audit import AuditTrail
+from fedsilo.trust.credentials import Credentials, job_credentials
 
 
 def job_name(
@@ -26,7 +28,7 @@ def job_name(
 
 def run_job(
     scenario: Scenario,
-    transport: Transport | Callable[[str, JobPaths], Transport],
+    transport: Courier | Callable[[str, JobPaths], Courier],
     reporters: Sequence[Reporter] = (),
     job: str = "",
     resume_job: str = "",
@@ -36,10 +38,15 @@ def run_job(
     logger: logging.Logger | logging.LoggerAdapter | None = None,
     wrap=None,
     coordinator: type[Coordinator] = Coordinator,
+    credentials: Credentials | None = None,
 ) -> JobResult:
     """Run one federated job of `scenario` through `transport` and record it (MLflow by default).
 
-    `transport` may be a factory `(job, paths) -> Transport` for transports that need the job's
+    `transport` is a courier (fedsilo.transport.Courier): every step goes out signed with the
+    coordinator's key and every reply is accepted only under its silo's roster key (`credentials`:
+    by default the files of distributed mode, or keys made for this job in embedded mode). The
+    coordinator's audit trail is logged with the job's parent run (`audit/`).
+    `transport` may be a factory `(job, paths) -> Courier` for couriers that need the job's
     name or folder; `wrap` adds an aggregation wrapper inside the privacy mechanisms, and
     `coordinator` may be a subclass that asks more steps (see README "Architecture"). Raises
     FederationError (JobNotFound for a `resume_job` MLflow does not hold) for expected
@@ -52,12 +59,30 @@ def run_job(
         tracker = FederationTracker(scenario, job)
     resume = open_job(tracker, resume_job, retrying)
     paths = JobPaths.under(exchange_root(scenario, tracker.artifact_uri), job)
-    if not hasattr(transport, "ask"):
-        transport = transport(job, paths)
+    courier = transport if hasattr(transport, "deliver") else transport(job, paths)
+    credentials = credentials or job_credentials(scenario)
+    signed = secured(courier, job, credentials)
+    audit = signed.signer.audit
     runner = coordinator(
-        scenario, job, transport, tracker, paths, reporters, logger, resume=resume, phase=phase, wrap=wrap
+        scenario, job, signed, tracker, paths, reporters, logger, resume=resume, phase=phase, wrap=wrap
     )
     try:
         return runner.run()
     finally:
-        transport.close()
+        signed.close()
+        log_audit(tracker, audit, credentials)
+
+
+def log_audit(tracker: Tracker, audit: AuditTrail, credentials: Credentials) -> None:
+    """The coordinator's audit trail (and, for per-job keys, the roster that checks it) with the
+    job's parent run, under `audit/`: `fedsilo audit verify coordinator.jsonl --roster roster.yaml`."""
+    import tempfile
+    from pathlib import Path
+
+    from fedsilo.trust.roster import save_roster
+
+    with tempfile.TemporaryDirectory() as folder:
+        chain = Path(folder) / "coordinator.jsonl"
+        audit.export(chain)
+        tracker.log_file(chain, "audit")
+        tracker.log_file(save_roster(credentials.roster, Path(folder) / "roster.yaml"), "audit")

@@ -46,7 +46,14 @@ class Outcome:
 def screen(step: Step, asked: list[str], answers: Answers) -> Outcome:
     """The replies of the asked silos that are of the step's reply type and speak for the silo
     they were addressed to; any other reply is refused, naming what it claimed."""
-    outcome = Outcome({}, absent=[s for s in asked if s in answers.absent or s not in answers.replies])
+    answered = {**answers.replies, **answers.declined, **answers.refused}
+    outcome = Outcome({}, absent=[s for s in asked if s in answers.absent or s not in answered])
+    for silo, reason in answers.declined.items():
+        if silo in asked:
+            outcome.decline(silo, reason)
+    for silo, reason in answers.refused.items():
+        if silo in asked:
+            outcome.refuse(silo, reason)
     for silo, reply in answers.replies.items():
         if silo not in asked:
             continue

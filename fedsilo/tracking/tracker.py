@@ -1,6 +1,8 @@
 """`FederationTracker`: the engine's one handle on MLflow, composed of the job's runs, the model
 packaging and the registry (each in its own module)."""
 
+from pathlib import Path
+
 import pandas as pd
 from mlflow import MlflowClient
 
@@ -133,3 +135,8 @@ class FederationTracker:
     def finish(self, status: str = "FINISHED") -> None:
         """End the silo runs and the parent run with `status` (FINISHED, FAILED or KILLED)."""
         self.runs.finish(status)
+
+    def log_file(self, path: Path, folder: str) -> None:
+        """Keep the local file `path` with the parent run under `folder` (also once it has ended)."""
+        if self.parent_id:
+            self.client.log_artifact(self.parent_id, str(path), folder)
