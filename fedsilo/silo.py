@@ -277,13 +277,13 @@ class SiloParticipant:
         config = config or {}
         training, upload = training or PlainTraining(), upload or plain_upload
         settings = self._settings(round_index, self.scenario.federation.local_steps, config)
+        global_state = read_state(ref)  # read (checksum checked) before any budget is charged
         try:
             spent = training.budget(self, settings, round_index)
         except SiloDeclined as exc:
             return training.release(
                 self._declined(round_index, str(exc), getattr(exc, "spent", None), started)
             )
-        global_state = read_state(ref)
         load_shared(self.model, global_state)
         train_loss, steps = training.train(self, settings, progress)
         local = self._evaluate_current()

@@ -58,7 +58,7 @@ def fit(scenario: Scenario, silo: str, step: Fit, progress: Progress | None) -> 
         JobPaths(step.exchange).update_uri(step.round_index, silo),
         progress,
         step.config,
-        training=dp_sgd.training_for(scenario),
+        training=dp_sgd.training_for(scenario, job=step.exchange),
         upload=secure_aggregation.upload_for(scenario),
     )
 

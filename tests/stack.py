@@ -72,8 +72,12 @@ class Stack:
             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{root}/prefect.db",
             "MLFLOW_TRACKING_URI": self.mlflow_uri,
             "TRANSFORMERS_VERBOSITY": "error",
+            # the coordinator's key and the roster its operator keeps (fedsilo keys init --coordinator)
+            "FEDSILO_COORDINATOR_STATE": str(root / "coordinator"),
+            "FEDSILO_ROSTER": str(root / "roster.yaml"),
         }
         self.env.pop("FEDSILO_WORKDIR", None)
+        cli(["keys", "init", "--coordinator", "--roster", self.env["FEDSILO_ROSTER"]], self.env)
         prefect = [
             str(BIN / "prefect"),
             "server",
@@ -91,14 +95,29 @@ class Stack:
         wait_http(f"{self.prefect_api}/health", self.processes[0], root / "prefect-server.log")
         wait_http(f"{self.mlflow_uri}/health", self.processes[1], root / "mlflow-server.log")
 
+    def enrol(self, silo: str) -> str:
+        """Make the silo's key in its own state folder and enrol it in the roster; its public key."""
+        state = self.silo_state(silo)
+        made = cli(["keys", "init", "--silo", silo, "--state", str(state)], self.env)
+        public_key = made.splitlines()[1].split()[1]
+        cli(["roster", "add", silo, public_key, "--replace"], self.env)
+        return public_key
+
+    def silo_state(self, silo: str) -> Path:
+        return self.root / "silos" / silo / "state"
+
     def worker(
-        self, silo: str, scenario: Path, data: Path | None = None, extra_env: dict | None = None
-    ) -> subprocess.Popen:
-        """`fedsilo worker` for one silo, in a folder of its own (its data is all it can see)."""
+        self, silo: str, scenario: Path, data: Path | None = None, extra_env: dict | None = None,
+        args: tuple[str, ...] = (),
+    ) -> subprocess.Popen:  # fmt: skip
+        """`fedsilo worker` for one silo, in a folder of its own (its data is all it can see),
+        enrolled in the roster and holding a copy of it."""
         home = self.root / "silos" / silo
         home.mkdir(parents=True, exist_ok=True)
+        self.enrol(silo)
         command = [str(BIN / "fedsilo"), "worker", "--silo", silo, "--scenario", str(scenario)]
         command += ["--data", str(data)] if data else []
+        command += ["--state", str(self.silo_state(silo)), *args]
         env = self.env | {"PREFECT_WORKER_QUERY_SECONDS": "1"} | (extra_env or {})
         process = start(command, home / "worker.log", env, cwd=home)
         self.processes.append(process)
@@ -107,6 +126,13 @@ class Stack:
     def close(self) -> None:
         for process in reversed(self.processes):
             stop(process)
+
+
+def cli(args: list[str], env: dict) -> str:
+    """Run a quick `fedsilo` command; its output, or an assertion naming its error."""
+    done = subprocess.run([str(BIN / "fedsilo"), *args], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"fedsilo {' '.join(args)}: {done.stderr[-2000:]}"
+    return done.stdout
 
 
 def export_silo_files(scenario, folder: Path) -> dict[str, Path]:

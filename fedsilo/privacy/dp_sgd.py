@@ -1,20 +1,21 @@
 """Record-level DP-SGD: the silo's training hook and the coordinator's accounting wrapper.
 
-At the silo, `DPTraining` replaces plain training (Opacus, fedsilo.privacy.dp), declines a round
-that would pass `privacy.dp.target_epsilon` or whose delta is not below 1/n, and releases its reply
-without the training loss or wall time (what the noise does not cover). At the coordinator,
-`DPSGDAccounting` refuses an epsilon no accountant gives, logs each silo's epsilon and the worst
-one, and states the guarantee. Scenario fields: `privacy.dp` (noise_multiplier or target_epsilon,
-delta, max_grad_norm, count_noise, secure_mode).
+At the silo, `DPTraining` replaces plain training (Opacus, fedsilo.privacy.dp), declines a fit
+whose delta is not below 1/n or that would take the silo's budget ledger
+(fedsilo.privacy.budget_ledger) past `privacy.dp.target_epsilon`, whatever round number the
+request carries, and releases its reply without the training loss or wall time (what the noise
+does not cover). At the coordinator, `DPSGDAccounting` refuses an epsilon no accountant gives,
+logs each silo's epsilon and the worst one, and states the guarantee. Scenario fields:
+`privacy.dp` (noise_multiplier or target_epsilon, delta, max_grad_norm, count_noise, secure_mode).
 """
 
 import math
 from dataclasses import replace
 
 from fedsilo.engine.aggregation import Aggregation, Wrapper
-from fedsilo.errors import SiloDeclined
 from fedsilo.messages import FitReport
 from fedsilo.privacy import dp
+from fedsilo.privacy.budget_ledger import BudgetKey, BudgetLedger, Charge, Reservation
 from fedsilo.scenario import Scenario
 
 
@@ -24,25 +25,46 @@ def plausible_epsilon(value: float) -> bool:
 
 
 class DPTraining:
-    """DP-SGD as a silo's training hook; see fedsilo.silo.Training."""
+    """DP-SGD as a silo's training hook; see fedsilo.silo.Training. `job` names the job in the
+    ledger's charges (for whoever reads the ledger; the budget does not depend on it)."""
 
-    def __init__(self, spec):
+    def __init__(self, spec, job: str = ""):
         self.spec = spec
+        self.job = job
         self.plan: dp.DPPlan | None = None
+        self.reservation: Reservation | None = None
 
     def budget(self, silo, settings, round_index: int) -> float:
-        """epsilon after this round, from the plan for the silo's noised count; declines (SiloDeclined,
-        with the epsilon spent so far) when delta is not below 1/n or the round passes the budget."""
+        """The silo's epsilon after this fit, from its budget ledger, in which the fit is reserved
+        here. Declines (SiloDeclined, with the epsilon spent so far) when delta is not below 1/n,
+        or when the ledger's charges with this fit's would pass target_epsilon: the ledger decides,
+        not `round_index`, which is only recorded."""
         rounds = silo.scenario.federation.rounds
         self.plan = dp.plan(self.spec, silo.num_examples, settings, rounds)
-        try:
-            return self.plan.check(round_index)
-        except SiloDeclined as exc:
-            exc.spent = self.plan.epsilon_after(round_index - 1)
-            raise
+        replace(self.plan, target_epsilon=None).check(0)  # only the delta < 1/n rule: the ledger budgets
+        plan = self.plan
+        key = BudgetKey(silo.version, silo.scenario.name, plan.delta)
+        charge = Charge(
+            plan.noise_multiplier,
+            plan.sample_rate,
+            plan.steps_per_round,
+            plan.count_noise,
+            job=self.job,
+            round=round_index,
+        )
+        self.reservation = BudgetLedger.for_silo(silo.silo).reserve(key, charge, plan.target_epsilon)
+        return self.reservation.epsilon
 
     def train(self, silo, settings, progress):
-        return dp.dp_fit(silo.model, silo.train, settings, self.plan, progress), self.plan.steps_per_round
+        """DP-SGD for one round. A training that fails (nothing has left the silo) gives its
+        reservation back; once it succeeds the charge stays, whatever happens to the reply."""
+        try:
+            loss = dp.dp_fit(silo.model, silo.train, settings, self.plan, progress)
+        except BaseException:
+            if self.reservation is not None:
+                self.reservation.cancel()
+            raise
+        return loss, self.plan.steps_per_round
 
     def release(self, report: FitReport) -> FitReport:
         """The reply without what DP-SGD's noise does not cover: the training loss (a plain average
@@ -51,9 +73,9 @@ class DPTraining:
         return replace(report, train_loss=nan, seconds=nan)
 
 
-def training_for(scenario: Scenario) -> DPTraining | None:
+def training_for(scenario: Scenario, job: str = "") -> DPTraining | None:
     """The silo's training hook: DP-SGD when the scenario asks for it, else plain (None)."""
-    return DPTraining(scenario.privacy.dp) if scenario.privacy.dp else None
+    return DPTraining(scenario.privacy.dp, job) if scenario.privacy.dp else None
 
 
 class DPSGDAccounting(Wrapper):

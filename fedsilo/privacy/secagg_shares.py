@@ -36,7 +36,11 @@ def key_bundle(mask_public: str, share_public: str) -> str:
 
 
 def keys_of(bundle: str) -> tuple[str, str]:
-    """The masking and share public keys (hex) of a silo's key bundle."""
+    """The masking and share public keys (hex) of a silo's key bundle (signed, or plain)."""
+    if isinstance(bundle, str) and "." in bundle:
+        from fedsilo.privacy.secagg_identity import bundle_text
+
+        bundle = bundle_text(bundle)
     if not isinstance(bundle, str) or len(bundle) != 2 * _KEY_HEX:
         raise SecAggError("a key bundle is two X25519 public keys, 128 hex characters")
     return bundle[:_KEY_HEX], bundle[_KEY_HEX:]

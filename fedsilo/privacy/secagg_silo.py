@@ -24,6 +24,7 @@ from fedsilo.paths import JobPaths
 from fedsilo.privacy import pending, secagg
 from fedsilo.privacy import secagg_shares as shares
 from fedsilo.privacy.secagg import Encoding, SecAggError
+from fedsilo.privacy.secagg_identity import bundle_text, check_peer_keys, signed_bundle
 from fedsilo.privacy.secagg_shares import View
 from fedsilo.privacy.secagg_steps import Mask, ShareKeys, Unmask
 from fedsilo.scenario import Scenario
@@ -68,7 +69,9 @@ def keep_update(
     keys = {"mask_key": secagg.new_private_key(), "share_key": secagg.new_private_key()}
     pending.save(silo, uri, pending.Kept(vector, keys, {"encoding": encoding.as_dict()}))
     bundle = shares.key_bundle(secagg.public_key(keys["mask_key"]), secagg.public_key(keys["share_key"]))
-    return Sent(None, bundle, clipped)
+    exchange, round_folder, _ = uri.rsplit("/", 2)  # <root>/round-NNN/<silo>.safetensors
+    signed = signed_bundle(silo, bundle, int(round_folder.removeprefix("round-")), exchange)
+    return Sent(None, signed, clipped)
 
 
 def keep_for_masking(silo, global_state: State, update_uri: str, config: dict) -> Sent:
@@ -93,7 +96,7 @@ def _checked_view(scenario: Scenario, silo: str, step: ShareKeys, kept: pending.
     """The round's view after every check a silo makes of what it receives."""
     view = View(step.round_index, step.exchange, dict(step.peers), Encoding.of(step.encoding), step.threshold)
     own = shares.key_bundle(*(secagg.public_key(kept.secrets[k]) for k in ("mask_key", "share_key")))
-    if view.peers.get(silo) != own:
+    if bundle_text(view.peers.get(silo, "")) != own:
         raise SecAggError(f"silo {silo}: the key list does not hold this silo's keys for the round")
     if len(view.peers) < 2 or not set(view.peers) <= set(scenario.silo_names()):
         raise SecAggError(f"silo {silo}: the peers must be two or more of the scenario's silos")
@@ -104,6 +107,7 @@ def _checked_view(scenario: Scenario, silo: str, step: ShareKeys, kept: pending.
         raise SecAggError(
             f"silo {silo}: threshold {view.threshold} for {len(view.peers)} peers; it needs {least} or more"
         )
+    check_peer_keys(silo, view.peers, step.round_index, step.exchange)
     problems = {p: problem for p, key in view.peers.items() if (problem := shares.bundle_problem(key))}
     if problems:
         raise SecAggError(f"silo {silo}: unusable keys of {', '.join(sorted(problems))}")
