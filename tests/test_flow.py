@@ -180,10 +180,10 @@ def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, ml
     from fedsilo.engine.start import settle_data
     from fedsilo.silo import initial_state, summarize
     from fedsilo.steps import Evaluate
-    from fedsilo.weights import write_state
     from fedsilo.trust.audit import AuditTrail
     from fedsilo.trust.credentials import ephemeral, local_gate
     from fedsilo.trust.signer import Signer
+    from fedsilo.weights import write_state
     from pipelines.silo_flow import answer
     from pipelines.steps import StepRequest
 
