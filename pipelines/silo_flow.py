@@ -117,8 +117,12 @@ def silo_job(scenario: Scenario, silo: str, coordinator_run: str) -> int:
                 reply = answer(gate, silo, request)
                 send_reply(client, coordinator, reply)
                 served += 1
-                outcome = peek(reply.token).get("outcome")
-                logger.info("%s %s: %s", silo, request.label[:80], outcome)
+                said = peek(reply.token)
+                if said.get("outcome") in ("refused", "declined"):  # what the silo said no to, and why
+                    logger.warning("%s %s the request %s: %s", silo, said["outcome"], request.label[:80],
+                                   said.get("reason", "")[:500])  # fmt: skip
+                else:
+                    logger.info("%s %s: %s", silo, request.label[:80], said.get("outcome"))
     finally:
         release_participants()
     logger.info(

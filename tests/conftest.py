@@ -47,7 +47,11 @@ def stack(tmp_path_factory):
     from tests.stack import Stack
 
     servers = Stack(tmp_path_factory.mktemp("stack"))
+    keys = {name: servers.env[name] for name in ("FEDSILO_COORDINATOR_STATE", "FEDSILO_ROSTER")}
+    os.environ.update(keys)  # flows run in this process sign with the stack's coordinator key
     yield servers
+    for name in keys:
+        os.environ.pop(name, None)
     servers.close()
 
 
