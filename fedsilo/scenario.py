@@ -477,7 +477,8 @@ class PrivacySpec(Strict):
         ge=2,
         description=(
             "secure aggregation: shares that rebuild a silo's masking secrets (silos that must stay "
-            "to the end of a round); null: a strict majority of the round's silos, at least 2"
+            "to the end of a round); a strict majority at least (silos also refuse a lower one); "
+            "null: a strict majority of the round's silos, at least 2"
         ),
     )
     secagg_norm_bound: float | None = Field(
@@ -593,6 +594,12 @@ class Scenario(Strict):
             raise ValueError(
                 f"privacy.secagg_threshold is {privacy.secagg_threshold} but the scenario has "
                 f"{len(self.silos)} silos"
+            )
+        if privacy.secagg_threshold is not None and 2 * privacy.secagg_threshold <= len(self.silos):
+            raise ValueError(
+                f"privacy.secagg_threshold {privacy.secagg_threshold} is not a strict majority of the "
+                f"{len(self.silos)} silos: two halves of a round could then each rebuild one secret of "
+                "the same silo and unmask its update; raise it or leave it null"
             )
         if privacy.secure_aggregation and self.min_silos < 2:
             raise ValueError(

@@ -4,6 +4,7 @@ The same participant serves the embedded mode (one process) and a silo's own wor
 It receives the global model by reference and answers with small records.
 """
 
+import hashlib
 import hmac
 import os
 import secrets
@@ -84,6 +85,17 @@ def _digest(key: bytes, *parts: Examples) -> str:
 def data_version(silo: str, data: SiloData) -> str:
     """The silo's data version: its rows (train, then test) keyed by its own secret."""
     return _digest(silo_secret(silo), data.train, data.test)
+
+
+def rows_version(silo: str, data: SiloData) -> str:
+    """The silo's rows as a set, keyed by its own secret: the same whatever seed or test fraction
+    split them (the DP budget is kept per rows, so a changed split cannot start a fresh one)."""
+    key, rows = silo_secret(silo), []
+    for part in (data.train, data.test):
+        for row, label in zip(part.inputs, part.labels, strict=True):
+            content = row.tobytes() if part.is_image else str(row).encode()
+            rows.append(hashlib.sha256(content + b"\x1f" + str(label).encode()).hexdigest())
+    return hmac.new(key, "".join(sorted(rows)).encode(), digestmod="sha256").hexdigest()
 
 
 def stated_count(scenario: Scenario, silo: str, true_count: int, version: str) -> int:
@@ -202,6 +214,7 @@ class SiloParticipant:
         self.test = encode(data.test, self.labels, scenario.model, silo, tokenizer)
         self.input_shape = data.train.input_shape
         self.version = data_version(silo, data)
+        self.rows_version = rows_version(silo, data)
         self.model = pretrained_model(scenario, len(self.labels), self.input_shape)
         self._plain: torch.nn.Module | None = None  # under LoRA, for full weights (a champion)
 

@@ -96,7 +96,8 @@ class SignedTransport:
         sent = {silo: self.signer.request(scenario, step, silo, valid) for silo in silos}
         replies = self.courier.deliver(scenario, step, sent, self._check)
         answers = Answers({}, [], {}, {})
-        for silo in silos:
+        arrived = [silo for silo in replies if silo in sent]  # the order replies came in
+        for silo in arrived + [silo for silo in silos if silo not in replies]:
             verdict = self.signer.accept(sent[silo], replies.get(silo))
             if verdict.outcome == "served":
                 answers.replies[silo] = verdict.record
@@ -109,6 +110,12 @@ class SignedTransport:
             if verdict.outcome in ("refused", "failed"):
                 log.warning("silo %s, %s: %s", silo, step.label, verdict.reason[:500])
         return answers
+
+    @property
+    def pins(self) -> dict[str, int]:
+        """The most training examples the roster lets each silo claim (silos with a pin only)."""
+        silos = self.signer.roster.silos
+        return {silo: entry.max_examples for silo, entry in silos.items() if entry.max_examples}
 
     def _check(self, sent: Sent, reply: str) -> str | None:
         """Why a reply a courier received is not the addressed silo's answer (recorded as refused in

@@ -13,8 +13,9 @@ import uuid
 from uuid import UUID
 
 from prefect.client.orchestration import SyncPrefectClient
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+REQUEST_ID = r"^[a-z0-9-]{1,64}$"  # what a Prefect run-input key may hold; anything else is dropped unread
 FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 0.5  # bounds what waiting adds to a step: see BENCHMARKS.md section 8
 
@@ -23,9 +24,9 @@ class StepRequest(BaseModel):
     """One signed step for a silo's run (a JWS the coordinator signed: fedsilo.trust.claims);
     `request` is the step's batch id, which the replies' keys carry; `stop` ends the run."""
 
-    request: str
+    request: str = Field(pattern=REQUEST_ID)
     token: str = ""
-    label: str = ""
+    label: str = Field("", max_length=200)
     stop: bool = False
 
 
@@ -33,8 +34,8 @@ class StepReply(BaseModel):
     """A silo's signed reply (a JWS) to its request of batch `request`. `silo` is only who the
     reply claims to be from: the coordinator checks the signature under that silo's roster key."""
 
-    request: str
-    silo: str
+    request: str = Field(pattern=REQUEST_ID)
+    silo: str = Field(max_length=200)
     token: str
 
 

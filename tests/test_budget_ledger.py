@@ -33,10 +33,10 @@ def ledger_file(silo: str = "clinic-a"):
     return state_folder(silo) / LEDGER_FILE
 
 
-def file_epsilon(path, version: str, scenario: str = "smoke") -> float:
+def file_epsilon(path, version: str) -> float:
     """epsilon of one budget in a ledger file, as Opacus's PrivacyEngine counts it: the accountant
     stepped once per optimizer step of every charge, then once for each count release."""
-    entry = json.loads(path.read_text())["budgets"][f"{version}:{scenario}"]
+    entry = json.loads(path.read_text())["budgets"][version]
     accountant = RDPAccountant()
     for charge in entry["charges"]:
         for _ in range(charge["steps"]):
@@ -64,7 +64,7 @@ class Silo:
 
     @property
     def key(self) -> BudgetKey:
-        return BudgetKey(self.member.version, "smoke", DELTA)
+        return BudgetKey(self.member.rows_version, DELTA)
 
 
 def test_repeated_and_out_of_range_rounds_never_spend_past_the_target(tmp_path):
@@ -72,7 +72,7 @@ def test_repeated_and_out_of_range_rounds_never_spend_past_the_target(tmp_path):
     reports = [silo.fit(r) for r in (1, 1, 0, 7)]
     trained, declined = reports[:2], reports[2:]
     assert [r.refused for r in trained] == ["", ""] and all(r.update for r in trained)
-    spent = file_epsilon(ledger_file(), silo.member.version)
+    spent = file_epsilon(ledger_file(), silo.member.rows_version)
     assert trained[0].epsilon < trained[1].epsilon == pytest.approx(spent, rel=1e-9)
     assert TARGET - 0.1 < spent <= TARGET  # two fits spend the job's whole budget, never more
     for report in declined:  # the ledger decides, not the round index (0 and 7 included)
@@ -80,7 +80,7 @@ def test_repeated_and_out_of_range_rounds_never_spend_past_the_target(tmp_path):
         assert f"round {report.round} would take epsilon to" in report.refused
         assert "privacy.dp.target_epsilon" in report.refused and str(ledger_file()) in report.refused
         assert report.epsilon == pytest.approx(spent, rel=1e-9)
-    entry = json.loads(ledger_file().read_text())["budgets"][f"{silo.member.version}:smoke"]
+    entry = json.loads(ledger_file().read_text())["budgets"][silo.member.rows_version]
     assert [(c["job"], c["round"]) for c in entry["charges"]] == [("test-job", 1), ("test-job", 1)]
     assert ledger_file().stat().st_mode & 0o777 == 0o600
 
@@ -88,14 +88,14 @@ def test_repeated_and_out_of_range_rounds_never_spend_past_the_target(tmp_path):
 def test_a_restart_keeps_what_was_spent(tmp_path):
     first = Silo(tmp_path)
     assert [first.fit(r).refused for r in (1, 2)] == ["", ""]
-    spent = file_epsilon(ledger_file(), first.member.version)
+    spent = file_epsilon(ledger_file(), first.member.rows_version)
     assert BudgetLedger(ledger_file()).spent(first.key) == pytest.approx(spent, rel=1e-9)
     again = Silo(tmp_path)  # a new process: a new participant, the same state folder
     assert again.member.version == first.member.version
     report = again.fit(1)  # a second job on the same data and scenario, from round 1
-    assert report.update is None and "a new data version or a higher" in report.refused
+    assert report.update is None and "new rows or a higher" in report.refused
     assert report.epsilon == pytest.approx(spent, rel=1e-9)
-    assert file_epsilon(ledger_file(), first.member.version) == pytest.approx(spent, rel=1e-9)
+    assert file_epsilon(ledger_file(), first.member.rows_version) == pytest.approx(spent, rel=1e-9)
 
 
 RESERVE = """
@@ -103,7 +103,7 @@ import pathlib, sys, time
 from fedsilo.errors import PrivacyBudgetExhausted
 from fedsilo.privacy.budget_ledger import BudgetKey, BudgetLedger, Charge, composed_epsilon
 path, ready, go = sys.argv[1:]
-ledger, key = BudgetLedger(path), BudgetKey("v1", "smoke", 1e-5)
+ledger, key = BudgetLedger(path), BudgetKey("v1", 1e-5)
 composed_epsilon([Charge(1.0, 0.05, 20, 10.0)], 1e-5)  # Opacus imported before the start
 pathlib.Path(ready).touch()
 while not pathlib.Path(go).exists():
@@ -134,7 +134,7 @@ def test_two_processes_reserving_at_once_never_pass_the_target(tmp_path):
         for run in runs:
             run.kill()
     allowed = 0  # how many such charges fit in epsilon 8, one after the other
-    ledger, key = BudgetLedger(tmp_path / "alone.json"), BudgetKey("v1", "smoke", 1e-5)
+    ledger, key = BudgetLedger(tmp_path / "alone.json"), BudgetKey("v1", 1e-5)
     with pytest.raises(PrivacyBudgetExhausted):
         while True:
             ledger.reserve(key, Charge(1.0, 0.05, 20, 10.0), 8.0)
@@ -144,7 +144,7 @@ def test_two_processes_reserving_at_once_never_pass_the_target(tmp_path):
 
 
 def test_a_training_that_fails_gives_its_reservation_back(tmp_path, monkeypatch):
-    ledger, key = BudgetLedger(tmp_path / LEDGER_FILE), BudgetKey("v1", "smoke", DELTA)
+    ledger, key = BudgetLedger(tmp_path / LEDGER_FILE), BudgetKey("v1", DELTA)
     kept = ledger.reserve(key, Charge(1.0, 0.05, 20, 10.0), TARGET)
     cancelled = ledger.reserve(key, Charge(1.0, 0.05, 20, 10.0), TARGET)
     assert ledger.spent(key) == pytest.approx(cancelled.epsilon) and cancelled.epsilon > kept.epsilon
@@ -170,19 +170,29 @@ def test_new_data_starts_a_new_budget(tmp_path):
     new = Silo(tmp_path / "new", "data.source.rows_per_silo=44")  # other rows: a new data version
     assert new.member.version != old.member.version
     assert [new.fit(r).refused for r in (1, 2)] == ["", ""]
-    for version in (old.member.version, new.member.version):
+    for version in (old.member.rows_version, new.member.rows_version):
         assert TARGET - 0.1 < file_epsilon(ledger_file(), version) <= TARGET
+
+
+def test_another_split_or_scenario_name_on_the_same_rows_draws_from_the_same_budget(tmp_path):
+    first = Silo(tmp_path / "a")
+    assert [first.fit(r).refused for r in (1, 2)] == ["", ""]
+    renamed = Silo(tmp_path / "b", "evaluation.test_fraction=0.3", "name=renamed")  # a coordinator's choice
+    assert renamed.member.version != first.member.version  # another split, another reported version
+    assert renamed.member.rows_version == first.member.rows_version  # the same records
+    report = renamed.fit(1)
+    assert report.update is None and "new rows or a higher" in report.refused
 
 
 def test_a_budget_keeps_its_delta_and_a_silo_with_an_unusable_ledger_declines(tmp_path):
     ledger = BudgetLedger(tmp_path / LEDGER_FILE)
-    ledger.reserve(BudgetKey("v1", "smoke", DELTA), Charge(1.0, 0.05, 20), None)
+    ledger.reserve(BudgetKey("v1", DELTA), Charge(1.0, 0.05, 20), None)
     with pytest.raises(SiloDeclined, match="at delta 1e-05"):
-        ledger.reserve(BudgetKey("v1", "smoke", 1e-6), Charge(1.0, 0.05, 20), None)
-    ledger.reserve(BudgetKey("v2", "smoke", 1e-6), Charge(1.0, 0.05, 20), None)  # another budget
+        ledger.reserve(BudgetKey("v1", 1e-6), Charge(1.0, 0.05, 20), None)
+    ledger.reserve(BudgetKey("v2", 1e-6), Charge(1.0, 0.05, 20), None)  # another budget
     (tmp_path / LEDGER_FILE).write_text("{not json")
     with pytest.raises(SiloDeclined, match="cannot be read"):
-        ledger.reserve(BudgetKey("v1", "smoke", DELTA), Charge(1.0, 0.05, 20), None)
+        ledger.reserve(BudgetKey("v1", DELTA), Charge(1.0, 0.05, 20), None)
     silo = Silo(tmp_path / "fit")
     ledger_file().mkdir()  # a ledger that cannot be read: the silo declines rather than train uncounted
     report = silo.fit(1)

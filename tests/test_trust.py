@@ -191,3 +191,89 @@ def test_a_key_bundle_swapped_by_the_coordinator_is_caught_before_masking(keys):
             check_peer_keys("clinic-a", tokens | {"clinic-b": own_key}, 1, "file:///job")
         with pytest.raises(SecAggError, match="another silo, round or job"):
             check_peer_keys("clinic-a", tokens, 2, "file:///job")  # last round's keys, replayed
+
+
+def test_a_silo_claiming_more_examples_than_the_roster_pins_is_refused_at_prepare(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSILO_SILO_STATE", str(tmp_path / "state"))
+    monkeypatch.setenv("FEDSILO_WORKDIR", str(tmp_path / "jobs"))
+    three = ["clinic-a", "clinic-b", "clinic-c"]
+    scenario = load_scenario(SMOKE, ["silos=[{name: clinic-a}, {name: clinic-b}, {name: clinic-c}]",
+                                     "federation.min_silos=2", "federation.rounds=1"])  # fmt: skip
+    credentials = ephemeral(three)
+    pinned = credentials.roster.silos["clinic-c"].model_copy(update={"max_examples": 100})
+    credentials.roster = credentials.roster.model_copy(
+        update={"silos": credentials.roster.silos | {"clinic-c": pinned}}
+    )
+    script = Scripted(dict.fromkeys(three, 0.01), {"clinic-a": 30, "clinic-b": 30, "clinic-c": 10**9})
+    tracker = Keeping(tmp_path / "logged")
+    run_job(scenario, InProcess(script), tracker=tracker, job="pinned", credentials=credentials)
+    assert "roster pins at most 100" in tracker.tags["clinic-c"]["fedsilo.refused.round_0.prepare"]
+
+
+def _b64(value) -> str:
+    return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+
+def test_malformed_requests_are_refused_and_recorded_never_a_traceback(keys):
+    gate, work = local_gate(keys, "clinic-a"), Counting()
+    nested = "[" * 5000 + "]" * 5000
+    tokens = [
+        "junk",
+        f"{_b64([])}.{_b64({})}.AAAA",  # a header that is not an object
+        f"{_b64(5)}.{_b64([])}.AAAA",
+        f"{base64.urlsafe_b64encode(nested.encode()).decode()}.{_b64({})}.AAAA",
+        "a" * (5 * 1024 * 1024),  # a flood: refused unread
+    ]
+    for token in tokens:
+        claims = envelope.verify(gate.serve(token, work), keys.roster.silo_key("clinic-a"), "clinic-a")
+        assert claims["outcome"] == "refused"
+    assert work.calls == 0 and len(gate.audit.records) == len(tokens)
+    from pipelines.steps import StepRequest
+
+    with pytest.raises(ValueError):  # a request id Prefect could not key a reply by is dropped unread
+        StepRequest(request="Not/A-Key", token="x")
+
+
+def test_a_silos_malformed_reply_or_unsigned_keys_are_refused_not_a_crash(keys):
+    from fedsilo.messages import FitReport, WeightRef
+    from fedsilo.steps import Fit
+    from fedsilo.trust.claims import ReplyContent, reply_claims
+
+    scenario, signer = load_scenario(SMOKE), signer_of(keys)
+    sent = signer.request(scenario, Prepare(), "clinic-a", 60)
+    claims = reply_claims("clinic-a", envelope.peek(sent.token), sent.token, ReplyContent("served"))
+    deep = claims | {"body": "[" * 5000, "body_sha256": envelope.digest("[" * 5000)}
+    verdict = signer.accept(sent, envelope.sign(keys.silos["clinic-a"], deep))
+    assert verdict.outcome == "refused" and "cannot be read" in verdict.reason
+
+    ref = WeightRef("file:///job/global-000.safetensors", "0" * 64, 1)
+    gate = local_gate(keys, "clinic-a")
+    for bundle in ("e30.W10.AAAA", "ab" * 64):  # a payload that is not an object; a plain, unsigned bundle
+        report = FitReport("clinic-a", 1, None, 30, 0.1, None, 0.0, public_key=bundle)
+        fresh = signer.request(scenario, Fit(1, ref, "file:///job"), "clinic-a", 60)
+        verdict = signer.accept(fresh, gate.serve(fresh.token, lambda scenario, step, r=report: r))
+        assert (
+            verdict.outcome == "refused" and "secure-aggregation keys are not signed by it" in verdict.reason
+        )
+
+
+def test_a_secagg_threshold_below_a_majority_is_refused_everywhere():
+    from fedsilo.errors import ScenarioError
+    from fedsilo.privacy.secagg_shares import threshold_for
+
+    four = "silos=[{name: a}, {name: b}, {name: c}, {name: d}]"
+    with pytest.raises(ScenarioError, match="not a strict majority"):
+        load_scenario(SMOKE, [four, "privacy.secure_aggregation=true", "privacy.secagg_threshold=2"])
+    assert threshold_for(2, 4) == 3 and threshold_for(None, 3) == 2 and threshold_for(4, 4) == 4
+
+
+def test_a_policy_with_max_rounds_declines_a_fit_of_a_round_outside_the_job(keys):
+    from fedsilo.messages import WeightRef
+    from fedsilo.steps import Fit
+
+    policy = SiloPolicy.model_validate({"limits": {"max_rounds": 5}})
+    scenario = load_scenario(SMOKE, ["federation.rounds=2"])
+    ref = WeightRef("file:///job/global-000.safetensors", "0" * 64, 1)
+    assert policy.violation(scenario, Fit(2, ref, "file:///job")) is None
+    for asked in (0, 3, 10_000):
+        assert "limits.max_rounds" in policy.violation(scenario, Fit(asked, ref, "file:///job"))

@@ -115,7 +115,8 @@ class Coordinator:
     def _prepare(self) -> None:
         """Silos describe their data; labels and input shape are settled; privacy wraps the strategy."""
         outcome = self.ask(Prepare(), "prepare")
-        screening.screen_summaries(outcome)
+        screening.screen_summaries(outcome, getattr(self.transport, "pins", {}))
+        tag_left_out(self.tracker, self.notify, 0, outcome, "prepare")
         check_quorum(self.scenario, outcome, "prepare")
         summaries = list(outcome.replies.values())
         self.test_counts = {s.silo: sum(s.test_counts.values()) for s in summaries}

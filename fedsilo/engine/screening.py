@@ -163,12 +163,17 @@ def summary_problem(summary: DataSummary) -> str | None:
     return None
 
 
-def screen_summaries(outcome: Outcome) -> None:
-    """Refuse data descriptions that cannot be used, and those whose image shape differs from the
+def screen_summaries(outcome: Outcome, max_examples: dict[str, int] | None = None) -> None:
+    """Refuse data descriptions that cannot be used, that claim more training examples than the
+    roster pins for the silo (`max_examples`), and those whose image shape differs from the
     majority's (one silo cannot change the model's input for the others); a tie fails the job."""
     for silo, summary in list(outcome.replies.items()):
+        pin = (max_examples or {}).get(silo)
         if problem := summary_problem(summary):
             outcome.refuse(silo, problem)
+        elif pin is not None and sum(summary.train_counts.values()) > pin:
+            claimed = sum(summary.train_counts.values())
+            outcome.refuse(silo, f"it claims {claimed} training examples; the roster pins at most {pin}")
     shapes = Counter(tuple(s.input_shape) for s in outcome.replies.values())
     if len(shapes) <= 1:
         return

@@ -4,16 +4,18 @@ The round number a coordinator sends is not evidence of what a silo has already 
 round 1 twice, round 0, or a second job on the same rows would each train uncounted. So the silo
 records every training it does in a ledger in its private state folder
 (`FEDSILO_SILO_STATE/<silo>/dp-ledger.json`, mode 0600) and spends from it, whatever the request
-says. A budget is kept per (data version, scenario name): new rows (a new keyed data version) or
-another scenario start a new one. Its delta is fixed by its first charge: epsilons at different
-deltas do not compose into one (epsilon, delta) statement, so a charge at another delta for the
-same budget is declined.
+says. A budget is kept per set of rows (`rows_version`: the silo's rows keyed by its own secret,
+whatever scenario, seed or test split a request names, so no coordinator can start a fresh budget
+on the same records by renaming the job or changing its split). Its delta is fixed by its first
+charge: epsilons at different deltas do not compose into one (epsilon, delta) statement, so a
+charge at another delta for the same budget is declined.
 
 A budget's epsilon composes all its charges with Opacus's RDP accountant (history entries of
-(sigma, q, steps)), plus the release of the silo's noised training count once per count noise (the
-count is drawn once per data version and noise level, fedsilo.silo.stated_count). Writers take an
-fcntl lock and replace the file atomically, so concurrent fits (threads or processes) each see
-the others' reservations; a ledger that cannot be read or written declines the fit.
+(sigma, q, steps)), plus the release of the silo's noised training count once per draw (a count
+is drawn once per split of the rows and noise level, fedsilo.silo.stated_count; each draw is a
+release). Writers take an fcntl lock and replace the file atomically, so concurrent fits (threads
+or processes) each see the others' reservations; a ledger that cannot be read or written declines
+the fit.
 """
 
 import fcntl
@@ -32,20 +34,19 @@ from fedsilo.privacy.pending import state_folder
 
 LEDGER_FILE = "dp-ledger.json"
 FORMAT = 1
-NEW_BUDGET = "a new data version or a higher privacy.dp.target_epsilon is what allows more training"
+NEW_BUDGET = "new rows or a higher privacy.dp.target_epsilon is what allows more training"
 
 
 @dataclass(frozen=True)
 class BudgetKey:
-    """One budget: the silo's data version (as reported at prepare) and the scenario's name, at `delta`."""
+    """One budget: the silo's rows (`rows_version`, independent of the split), at `delta`."""
 
-    data_version: str
-    scenario: str
+    rows: str
     delta: float
 
     @property
     def name(self) -> str:
-        return f"{self.data_version}:{self.scenario}"
+        return self.rows
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,7 @@ class Charge:
     sample_rate: float
     steps: int
     count_noise: float | None = None
+    count_draw: str = ""  # which noised count the fit used (its split's data version)
     job: str = ""
     round: int = 0
     when: str = ""
@@ -64,16 +66,16 @@ class Charge:
 
 def composed_epsilon(charges: Iterable[Charge], delta: float) -> float:
     """epsilon at `delta` of all `charges` composed (RDP orders add), with the noised count's release
-    counted once per distinct count noise; charges of equal (sigma, q) are merged into one entry."""
+    counted once per distinct draw; charges of equal (sigma, q) are merged into one entry."""
     steps: dict[tuple[float, float], int] = {}
-    counts: list[float] = []
+    counts: dict[tuple[float, str], float] = {}
     for charge in charges:
         if charge.steps > 0:
             rate = (charge.noise_multiplier, charge.sample_rate)
             steps[rate] = steps.get(rate, 0) + charge.steps
-        if charge.count_noise and charge.count_noise not in counts:
-            counts.append(charge.count_noise)
-    history = [(sigma, q, n) for (sigma, q), n in steps.items()] + [(c, 1.0, 1) for c in counts]
+        if charge.count_noise:
+            counts[(charge.count_noise, charge.count_draw)] = charge.count_noise
+    history = [(sigma, q, n) for (sigma, q), n in steps.items()] + [(c, 1.0, 1) for c in counts.values()]
     if not history:
         return 0.0
     from opacus.accountants import RDPAccountant  # about 3 s to import: only DP jobs pay it
@@ -128,7 +130,7 @@ class BudgetLedger:
             entry = content["budgets"].setdefault(key.name, _new_entry(key))
             if entry["charges"] and entry["delta"] != key.delta:
                 raise SiloDeclined(
-                    f"the privacy ledger {self.path} holds this data version and scenario at delta "
+                    f"the privacy ledger {self.path} holds these rows at delta "
                     f"{entry['delta']:g}; epsilons at another delta ({key.delta:g}) do not compose with it, "
                     f"so this silo does not train; use privacy.dp.delta {entry['delta']:g} or new data"
                 )
@@ -138,7 +140,7 @@ class BudgetLedger:
             if target is not None and after > target:
                 error = PrivacyBudgetExhausted(
                     f"round {charge.round} would take epsilon to {after:.3f} > privacy.dp.target_epsilon "
-                    f"{target:g} (spent so far on this data version and scenario: {before:.3f}, ledger "
+                    f"{target:g} (spent so far on these rows: {before:.3f}, ledger "
                     f"{self.path}); this silo stops training: {NEW_BUDGET}"
                 )
                 error.spent = before
@@ -206,7 +208,7 @@ class BudgetLedger:
 
 
 def _new_entry(key: BudgetKey) -> dict:
-    return {"data_version": key.data_version, "scenario": key.scenario, "delta": key.delta, "charges": []}
+    return {"rows": key.rows, "delta": key.delta, "charges": []}
 
 
 def _charges(content: dict, key: BudgetKey) -> list[Charge]:

@@ -43,12 +43,13 @@ class DPTraining:
         self.plan = dp.plan(self.spec, silo.num_examples, settings, rounds)
         replace(self.plan, target_epsilon=None).check(0)  # only the delta < 1/n rule: the ledger budgets
         plan = self.plan
-        key = BudgetKey(silo.version, silo.scenario.name, plan.delta)
+        key = BudgetKey(silo.rows_version, plan.delta)
         charge = Charge(
             plan.noise_multiplier,
             plan.sample_rate,
             plan.steps_per_round,
             plan.count_noise,
+            count_draw=silo.version,
             job=self.job,
             round=round_index,
         )

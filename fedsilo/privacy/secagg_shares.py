@@ -62,6 +62,13 @@ def default_threshold(peers: int) -> int:
     return max(2, peers // 2 + 1)
 
 
+def threshold_for(asked: int | None, peers: int) -> int:
+    """The shares a round needs: what the scenario asks, never below a strict majority of the
+    round's peers (below it, two halves of a round given different dropped lists would each
+    rebuild one secret of the same silo: its seed and its masking key, and so its update)."""
+    return max(asked or 0, default_threshold(peers))
+
+
 def view_digest(round_index: int, job: str, peers: dict[str, str], encoding: Encoding, threshold: int) -> str:
     """sha256 of what every silo of a round must agree on; part of every key it derives."""
     view = {

@@ -102,7 +102,7 @@ def _checked_view(scenario: Scenario, silo: str, step: ShareKeys, kept: pending.
         raise SecAggError(f"silo {silo}: the peers must be two or more of the scenario's silos")
     if view.encoding != Encoding.of(kept.record["encoding"]):
         raise SecAggError(f"silo {silo}: the round's encoding differs from the one its fit received")
-    least = scenario.privacy.secagg_threshold or shares.default_threshold(len(view.peers))
+    least = shares.threshold_for(scenario.privacy.secagg_threshold, len(view.peers))
     if not least <= view.threshold <= len(view.peers):
         raise SecAggError(
             f"silo {silo}: threshold {view.threshold} for {len(view.peers)} peers; it needs {least} or more"

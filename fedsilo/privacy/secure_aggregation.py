@@ -66,7 +66,7 @@ class SecureAggregation(Wrapper):
         left_out: dict[str, str] = {}
         fits = _distinct_keys(replies, left_out)
         peers = {fit.silo: fit.public_key for fit in fits}
-        threshold = self.threshold or shares.default_threshold(len(peers))
+        threshold = shares.threshold_for(self.threshold, len(peers))
         steps = SecureRound(
             ctx, View(ctx.round_index, ctx.paths.root, peers, self.encoding, threshold), left_out
         )
@@ -115,14 +115,17 @@ class SecureAggregation(Wrapper):
 
 
 def _distinct_keys(replies: list[FitReport], left_out: dict[str, str]) -> list[FitReport]:
-    """The fit replies whose keys no other silo also sent (a copied key masks nothing)."""
-    seen: dict[str, list[str]] = {}
+    """The fit replies whose keys no silo sent before (a copied key masks nothing). Replies come
+    in the order they arrived, so a silo that copies a key it read on the wire is the later one
+    and is left out, not the silo it copied."""
+    owner: dict[str, str] = {}
     for fit in replies:
-        for key in shares.keys_of(fit.public_key):
-            seen.setdefault(key, []).append(fit.silo)
-    copied = {silo for silos in seen.values() if len(silos) > 1 for silo in silos}
-    left_out |= dict.fromkeys(copied, "it sent a public key another silo also sent")
-    return [fit for fit in replies if fit.silo not in copied]
+        keys = shares.keys_of(fit.public_key)
+        if any(owner.get(key, fit.silo) != fit.silo for key in keys):
+            left_out[fit.silo] = "it sent a public key another silo sent first"
+            continue
+        owner.update(dict.fromkeys(keys, fit.silo))
+    return [fit for fit in replies if fit.silo not in left_out]
 
 
 def wrap(scenario: Scenario, inner: Aggregation) -> Aggregation:

@@ -18,7 +18,7 @@ from fedsilo.scenario import Scenario
 from fedsilo.trust.audit import AuditTrail
 from fedsilo.trust.gate import SiloGate
 from fedsilo.trust.identity import COORDINATOR, Identity, coordinator_folder, load_identity, load_or_make
-from fedsilo.trust.roster import Roster, RosterEntry, load_roster
+from fedsilo.trust.roster import Roster, RosterEntry, load_roster, roster_path
 from fedsilo.trust.seen import SeenRequests
 
 POLICY_ENV = "FEDSILO_POLICY"
@@ -61,7 +61,14 @@ def from_files(roster: str | Path | None = None, folder: str | Path | None = Non
 def job_credentials(scenario: Scenario) -> Credentials:
     """The credentials of a job of `scenario`: from files when distributed, made now when embedded."""
     if scenario.federation.mode == "distributed":
-        return from_files()
+        credentials = from_files()
+        missing = [silo for silo in scenario.silo_names() if silo not in credentials.roster.silos]
+        if missing:
+            raise TrustError(
+                f"silos {', '.join(missing)} are not in the roster {roster_path()}: enrol each with "
+                "`fedsilo roster add SILO PUBLIC_KEY` (its worker prints its key), or leave it out"
+            )
+        return credentials
     return ephemeral(scenario.silo_names())
 
 

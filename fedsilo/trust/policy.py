@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedsilo.errors import TrustError
 from fedsilo.scenario import Scenario
-from fedsilo.steps import Evaluate, Personalize, Score, Step
+from fedsilo.steps import Evaluate, Fit, Personalize, Score, Step
 
 
 class Section(BaseModel):
@@ -213,8 +213,20 @@ class SiloPolicy(Section):
         """The rules on one kind of step; other kinds have none."""
         if isinstance(step, Personalize):
             return self._personalize(step)
+        if isinstance(step, Fit) and self.limits.max_rounds is not None:
+            return self._fit_round(scenario, step)
         if isinstance(step, Evaluate | Score) and not self.score_other_models:
             return self._only_job_models(scenario, step)
+        return None
+
+    def _fit_round(self, scenario: Scenario, step: Fit) -> str | None:
+        """A fit's round must be one of the job's: 1 to its rounds (within limits.max_rounds)."""
+        last = min(scenario.federation.rounds, self.limits.max_rounds or scenario.federation.rounds)
+        if not 1 <= step.round_index <= last:
+            return _broken(
+                "limits.max_rounds",
+                f"this silo fits rounds 1 to {last} of a job; the step asks round {step.round_index}",
+            )
         return None
 
     def _personalize(self, step: Personalize) -> str | None:

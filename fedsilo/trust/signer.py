@@ -103,13 +103,30 @@ class Signer:
             return Verdict(claims["outcome"], reason=reason)
         try:
             record = load_reply(sent.step.reply, claims["body"].encode())
-        except (ValueError, AttributeError, TypeError) as exc:
+        except (ValueError, AttributeError, TypeError, RecursionError) as exc:
             return Verdict(
                 "refused", reason=f"its reply to {sent.step.label} cannot be read: {str(exc)[:300]}"
             )
         if weight_digests(record) != claims.get("weights"):
             return Verdict("refused", reason="the weights its reply references differ from those it signed")
+        if problem := self._key_problem(sent.silo, record):
+            return Verdict("refused", reason=problem)
         return Verdict("served", record=record)
+
+    def _key_problem(self, silo: str, record: Any) -> str | None:
+        """Why a fit reply's secure-aggregation keys are not its own for its round, or None: the
+        coordinator drops such a silo before the round's key exchange, which every honest peer
+        would otherwise refuse whole."""
+        bundle = getattr(record, "public_key", "")
+        if not bundle:
+            return None
+        try:
+            claims = envelope.verify(bundle, self.roster.silo_key(silo), f"silo {silo}")
+        except (SignatureError, TrustError) as exc:
+            return f"its secure-aggregation keys are not signed by it: {exc}"
+        if claims.get("iss") != silo or claims.get("round") != getattr(record, "round", None):
+            return "its secure-aggregation keys are signed for another silo or round"
+        return None
 
     def _record(self, sent: Sent, reply: str, verdict: Verdict) -> Verdict:
         decision = {"served": "accepted"}.get(verdict.outcome, verdict.outcome)
