@@ -37,12 +37,16 @@ COPY pipelines ./pipelines
 COPY scenarios ./scenarios
 COPY prefect.yaml ./
 COPY docker/*.sh docker/*.py ./docker/
-# /mlartifacts: the MLflow server's artifact volume in docker/compose.yaml, owned by the user.
+# /mlartifacts: the MLflow server's artifact volume in docker/compose.yaml, owned by the user; so
+# are the trust volumes under /var/lib/fedsilo (a silo's key, the coordinator's, the roster, the
+# enrolment): Docker gives a new named volume the owner of the folder it is mounted on.
 RUN pip install --quiet --no-deps . \
  && useradd --create-home --uid 10001 fedsilo \
  && fedsilo pretrain --no-mlflow --output /app/pretrained/cnn-digits.safetensors \
- && mkdir -p /mlartifacts /home/fedsilo/jobs \
- && chown -R fedsilo /app /mlartifacts /home/fedsilo
+ && mkdir -p /mlartifacts /home/fedsilo/jobs /var/lib/fedsilo/state /var/lib/fedsilo/coordinator \
+    /var/lib/fedsilo/roster /var/lib/fedsilo/enrolment \
+ && chmod 700 /var/lib/fedsilo/state /var/lib/fedsilo/coordinator \
+ && chown -R fedsilo /app /mlartifacts /home/fedsilo /var/lib/fedsilo
 
 USER fedsilo
 # The Prefect server writes its UI (with the API URL filled in) here; site-packages is read-only

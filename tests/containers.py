@@ -22,6 +22,10 @@ POSTGRES_IMAGE = "localhost/fedsilo-postgres:test"
 COMPOSE = REPO / "docker" / "compose.yaml"
 PROJECT = "fedsilo-stack-test"
 SILOS = ("clinic-a", "clinic-b")  # the smoke profile's silos
+# the smoke profile's services: the servers, the set-up one-shots, the coordinator and the silos
+SERVICES = ("postgres", "prefect", "mlflow", "mlflow-users", "coordinator-key", "enrol-smoke", "serve")
+SERVICES += SILOS
+ROSTER = "/var/lib/fedsilo/roster/roster.yaml"  # inside the containers that mount the roster volume
 
 
 def podman(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
@@ -100,6 +104,21 @@ class ComposeStack:
 
     def container(self, service: str) -> str:
         return f"{PROJECT}_{service}_1"
+
+    def mounts(self, service: str) -> dict[str, bool]:
+        """The project's named volumes mounted in the service's container, each with whether it is
+        writable there (volume names without the project's prefix)."""
+        found = podman(
+            "inspect", self.container(service), "--format",
+            "{{range .Mounts}}{{if .Name}}{{.Name}}={{.RW}} {{end}}{{end}}",
+        ).stdout.split()  # fmt: skip
+        prefix = f"{PROJECT}_"
+        pairs = (mount.rsplit("=", 1) for mount in found)
+        return {name.removeprefix(prefix): rw == "true" for name, rw in pairs if name.startswith(prefix)}
+
+    def roster(self) -> str:
+        """The stack's roster, as the coordinator reads it ("" while there is none)."""
+        return podman("exec", self.container("serve"), "cat", ROSTER, check=False).stdout
 
     def prefect_healthy(self) -> bool:
         return status(f"{self.prefect_api}/health", self.secrets["PREFECT_AUTH"]) == 200

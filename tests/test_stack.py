@@ -1,18 +1,34 @@
 """docker/compose.yaml brought up for real with podman-compose: PostgreSQL, Prefect and MLflow
 behind auth, `fedsilo serve` as the coordinator, a worker container per silo of the smoke
-scenario with only its own data volume. One stack for the module; torn down at the end.
+scenario with only its own data volume and its own key volume, enrolled by the stack's set-up;
+the job runs signed, and its audit trail checks against the roster. One stack for the module;
+torn down at the end.
 
 Needs podman, runc and debootstrap (`make system-deps`); skips, saying why, without them.
 """
 
+import json
 import re
+import subprocess
 import time
 from functools import partial
+from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from tests.containers import PROJECT, SILOS, ComposeStack, build_postgres_image, podman, status, wait_for
+from tests.containers import (
+    PROJECT,
+    SERVICES,
+    SILOS,
+    ComposeStack,
+    build_postgres_image,
+    podman,
+    status,
+    wait_for,
+)
+from tests.stack import BIN
 
 pytestmark = pytest.mark.slow
 PROBE = """
@@ -41,10 +57,16 @@ def compose_stack(fedsilo_image, silo_files, tmp_path_factory):
         smoke = f"{stack.mlflow_uri}/api/2.0/mlflow/experiments/get-by-name?experiment_name=smoke"
         users = partial(stack.diagnosis, ("mlflow", "mlflow-users"))
         wait_for(lambda: status(smoke, clinic) == 200, "the silos' MLflow users", diagnosis=users)
+
+        def enrolled() -> bool:
+            roster = yaml.safe_load(stack.roster() or "{}") or {}
+            return bool(roster.get("coordinator")) and set(SILOS) <= set(roster.get("silos") or {})
+
+        trust = partial(stack.diagnosis, ("coordinator-key", "enrol-smoke", *SILOS))
+        wait_for(enrolled, "the coordinator's key and the silos enrolled in the roster", diagnosis=trust)
         yield stack
     finally:
-        services = ("postgres", "prefect", "mlflow", "mlflow-users", "serve", *SILOS)
-        logs = {s: podman("logs", stack.container(s), check=False) for s in services}
+        logs = {s: podman("logs", stack.container(s), check=False) for s in SERVICES}
         stack.compose("down", "--volumes", timeout=300)
         print(f"stack up and down in {time.monotonic() - began:.0f}s")
         for service, log in logs.items():
@@ -88,9 +110,25 @@ def test_a_silo_container_holds_no_server_secret_and_cannot_reach_postgres(compo
     server = podman("exec", stack.container("mlflow"), "python", "-c", probe, "postgres", check=False).stdout
     assert "reached postgres" in server  # the servers do reach it: the probe itself works
 
+    # keys: a silo's volume is mounted in its own container only, the coordinator's in the
+    # coordinator's two; only the set-up writes the roster, and the enrolment holds public keys only
+    mounts = {service: stack.mounts(service) for service in SERVICES}
+    holders = lambda volume: sorted(s for s, found in mounts.items() if volume in found)  # noqa: E731
+    for silo in SILOS:
+        assert holders(f"{silo}-state") == [silo], mounts
+    assert holders("coordinator-state") == ["coordinator-key", "serve"], mounts
+    assert holders("roster") == sorted(["coordinator-key", "enrol-smoke", "serve", *SILOS]), mounts
+    writers = sorted(s for s, found in mounts.items() if found.get("roster"))
+    assert writers == ["coordinator-key", "enrol-smoke"], mounts
+    keys = podman("exec", stack.container("clinic-a"), "find", "/var/lib/fedsilo", "-name", "identity.key",
+                  "-perm", "600").stdout.split()  # fmt: skip
+    assert keys == ["/var/lib/fedsilo/state/clinic-a/identity.key"]
+    enrolment = podman("exec", stack.container("clinic-a"), "ls", "-A", "/var/lib/fedsilo/enrolment").stdout
+    assert sorted(enrolment.split()) == sorted(f"{silo}.pub" for silo in SILOS)
 
-def test_the_served_scenarios_have_their_schedules_and_a_run_completes_through_the_silos(
-    compose_stack, monkeypatch
+
+def test_the_served_scenarios_have_their_schedules_and_a_signed_run_completes_through_the_silos(
+    compose_stack, monkeypatch, tmp_path
 ):
     from prefect.client.orchestration import get_client
     from prefect.deployments import run_deployment
@@ -123,10 +161,26 @@ def test_the_served_scenarios_have_their_schedules_and_a_run_completes_through_t
     children = client.search_runs([experiment], f"tags.`mlflow.parentRunId` = '{job.info.run_id}'")
     assert sorted(child.data.tags["fedsilo.silo"] for child in children) == list(SILOS)
     assert [m.step for m in client.get_metric_history(job.info.run_id, "global_accuracy")] == [0, 1, 2]
-    for silo in SILOS:  # each silo read only its own file
+    roster = tmp_path / "roster.yaml"
+    roster.write_text(stack.roster())
+    pinned = yaml.safe_load(roster.read_text())
+    for silo in SILOS:  # each silo read only its own file, and signed with the key it was enrolled with
         logs = podman("logs", stack.container(silo))
         log = logs.stdout + logs.stderr  # the worker's own lines on stdout, its job runs' on stderr
-        assert "/data/notes.csv" in log and f"{silo} fit-round-2: answered" in log
+        assert "/data/notes.csv" in log and f"{silo} fit-round-2: served" in log
+        key, coordinator = pinned["silos"][silo]["public_key"], pinned["coordinator"]
+        assert f"{silo} signs as {key}; requests are checked against the coordinator key {coordinator}" in log
+
+    # the coordinator's audit trail, logged with the job: every silo's replies accepted under its
+    # roster key, and the chain and its signatures check against the stack's roster
+    assert "audit/coordinator.jsonl" in {a.path for a in client.list_artifacts(job.info.run_id, "audit")}
+    chain = Path(client.download_artifacts(job.info.run_id, "audit/coordinator.jsonl", str(tmp_path)))
+    records = [json.loads(line) for line in chain.read_text().splitlines() if line.strip()]
+    accepted = [r for r in records if r["decision"] == "accepted"]
+    assert {r["silo"] for r in accepted} == set(SILOS) and all(r["reply_jws"] for r in accepted)
+    verify = [str(BIN / "fedsilo"), "audit", "verify", str(chain), "--roster", str(roster)]
+    verified = subprocess.run(verify, capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0 and "chain OK" in verified.stdout, verified.stdout + verified.stderr
 
 
 def test_a_silo_user_sees_only_its_own_scenarios_experiments(compose_stack):
