@@ -123,6 +123,16 @@ class Stack:
         self.processes.append(process)
         return process
 
+    def wait_ready(self, silo: str, seconds: float = 180) -> None:
+        """Wait until the silo's Prefect worker polls its pool (its log says it started): a job
+        started before that finds the silo's old deployment and may give up on the silo first."""
+        log, deadline = self.root / "silos" / silo / "worker.log", time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if log.exists() and "started!" in log.read_text(errors="replace"):
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"the worker of {silo} did not start within {seconds:.0f}s: see {log}")
+
     def close(self) -> None:
         for process in reversed(self.processes):
             stop(process)

@@ -186,6 +186,7 @@ def test_a_killed_silo_is_left_out_and_below_min_silos_the_job_fails(stack, silo
 
         # Below the minimum: clinic-b comes back, then dies in round 2 of a job that needs both.
         doomed = stack.worker("clinic-b", SMOKE, silo_files["clinic-b"])
+        stack.wait_ready("clinic-b")  # a job started sooner may find it absent at prepare and end there
         job = fedsilo(
             stack,
             "run",
