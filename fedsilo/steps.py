@@ -12,10 +12,8 @@ with `fedsilo.handler.handles`, and add the coordinator line that asks it (READM
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from pydantic import TypeAdapter
-
 from fedsilo.errors import UnknownKind
-from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightRef, adapter
 
 STEP_KINDS: dict[str, type["Step"]] = {}
 
@@ -134,7 +132,7 @@ def _origin(cls: type) -> tuple[str, str]:
 
 def dump_step(step: Step) -> dict[str, Any]:
     """The step as JSON-ready values, with its `kind`."""
-    return {"kind": step.kind, **TypeAdapter(type(step)).dump_python(step, mode="json")}
+    return {"kind": step.kind, **adapter(type(step)).dump_python(step, mode="json")}
 
 
 def load_step(data: dict[str, Any]) -> Step:
@@ -144,7 +142,7 @@ def load_step(data: dict[str, Any]) -> Step:
     cls = STEP_KINDS.get(kind)
     if cls is None:
         raise UnknownKind("step", kind, list(STEP_KINDS))
-    return TypeAdapter(cls).validate_python(values)
+    return adapter(cls).validate_python(values)
 
 
 __all__ = [
