@@ -8,7 +8,6 @@ import contextlib
 import subprocess
 import threading
 import time
-from dataclasses import replace
 
 import pytest
 import torch
@@ -29,9 +28,7 @@ from safetensors.torch import load_file
 
 from fedsilo.engine import run_job
 from fedsilo.scenario import Scenario, load_scenario
-from fedsilo.steps import Fit
 from fedsilo.tracking import model_weights_path
-from fedsilo.weights import read_state, write_state
 from pipelines.silo_runs import SiloRuns
 from tests.conftest import REPO
 from tests.engine import Recorder
@@ -241,25 +238,9 @@ def test_prefect_yaml_registers_the_deployment_of_every_shipped_silo(stack, tmp_
                 assert deployment.entrypoint == "pipelines/silo_flow.py:silo_job"
 
 
-class PoisonedSilos(SiloRuns):
-    """clinic-b's worker is honest, but what reaches the store from it holds NaN with a valid
-    checksum: the coordinator sees exactly what a dishonest or broken silo would send."""
-
-    def ask(self, scenario, step, silos):
-        answers = super().ask(scenario, step, silos)
-        report = answers.replies.get("clinic-b")
-        if isinstance(step, Fit) and report is not None:
-            state = {
-                k: v.fill_(float("nan")) if v.is_floating_point() else v
-                for k, v in read_state(report.update).items()
-            }
-            answers.replies["clinic-b"] = replace(report, update=write_state(state, report.update.uri))
-        return answers
-
-
 @flow(name="poisoned-federation")
 def poisoned_federation(scenario: Scenario) -> dict:
-    return run_job(scenario, PoisonedSilos("poisoned"), job="poisoned").model_dump()
+    return run_job(scenario, SiloRuns("poisoned"), job="poisoned").model_dump()
 
 
 def test_a_poisoned_update_from_a_distributed_silo_is_left_out(stack, silo_files, tmp_path, monkeypatch):
@@ -267,7 +248,11 @@ def test_a_poisoned_update_from_a_distributed_silo_is_left_out(stack, silo_files
     scenario = load_scenario(
         SMOKE, ["federation.mode=distributed", "federation.min_silos=1", "federation.rounds=1"]
     )
-    workers = [stack.worker(silo, SMOKE, path) for silo, path in silo_files.items()]
+    liar = {"FEDSILO_EXTENSIONS": "tests.poisoned_silo", "PYTHONPATH": str(REPO)}  # clinic-b's own lie
+    workers = [
+        stack.worker(silo, SMOKE, path, extra_env=liar if silo == "clinic-b" else None)
+        for silo, path in silo_files.items()
+    ]
     try:
         with temporary_settings({PREFECT_API_URL: stack.prefect_api}):
             result = poisoned_federation(scenario)
@@ -336,7 +321,7 @@ def test_secure_aggregation_runs_distributed_and_no_plain_update_reaches_the_sto
     assert not [p for p in seen if "/exchange/secure/round-001/clinic-" in p]  # no plain update
     for silo in silo_files:
         log = (stack.root / "silos" / silo / "worker.log").read_text()
-        assert f"{silo} mask-round-1-attempt-0: answered" in log
+        assert f"{silo} mask-round-1-attempt-0: served" in log
 
 
 def test_container_work_pools_and_their_templates_are_accepted_by_the_server(stack, tmp_path):
