@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from fedsilo.errors import TrustError
 
 KEY_FILE = "identity.key"
+PREFIX = "ed25519:"
 COORDINATOR = "coordinator"  # the coordinator's name in signed claims, rosters and audit trails
 COORDINATOR_STATE_ENV = "FEDSILO_COORDINATOR_STATE"
 
@@ -39,19 +40,22 @@ class Identity:
 
 
 def public_text(key: Ed25519PublicKey) -> str:
+    """`ed25519:` and the 32 raw bytes in base64url (the prefix also keeps a key that would start
+    with `-` from reading as a command-line option)."""
     raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    return PREFIX + base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 def parse_public_key(text: str, whose: str = "public key") -> Ed25519PublicKey:
     """Roster text back to a key; a clear TrustError naming `whose` when it is not one."""
     try:
-        raw = base64.urlsafe_b64decode(text.strip() + "=" * (-len(text.strip()) % 4))
+        body = text.strip().removeprefix(PREFIX)
+        raw = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
         return Ed25519PublicKey.from_public_bytes(raw)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         raise TrustError(
-            f"{whose} {text[:60]!r} is not an Ed25519 public key (43 base64url characters, as "
-            "`fedsilo keys show` prints)"
+            f"{whose} {str(text)[:60]!r} is not an Ed25519 public key (`ed25519:` and 43 base64url "
+            "characters, as `fedsilo keys show` prints)"
         ) from exc
 
 

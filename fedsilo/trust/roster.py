@@ -20,7 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from fedsilo.errors import TrustError
-from fedsilo.trust.identity import parse_public_key
+from fedsilo.trust.identity import parse_public_key, public_text
 
 ROSTER_ENV = "FEDSILO_ROSTER"
 
@@ -36,8 +36,7 @@ class RosterEntry(BaseModel):
     @field_validator("public_key")
     @classmethod
     def _is_key(cls, value: str) -> str:
-        parse_public_key(value)
-        return value.strip()
+        return public_text(parse_public_key(value))  # one spelling, so keys compare as text
 
 
 class Roster(BaseModel):
@@ -51,8 +50,8 @@ class Roster(BaseModel):
     @classmethod
     def _coordinator_key(cls, value: str | None) -> str | None:
         if value is not None:
-            parse_public_key(value, "the coordinator's public key")
-        return value.strip() if value else value
+            return public_text(parse_public_key(value, "the coordinator's public key"))
+        return value
 
     def silo_key(self, silo: str) -> str:
         """The silo's public key; TrustError naming the command that enrols it when it has none."""
