@@ -36,6 +36,7 @@ class Answers(NamedTuple):
     absent: list[str]
     declined: dict[str, str] = {}
     refused: dict[str, str] = {}
+    arrived: list[str] = []  # silos in the order their replies came (records keep the asked order)
 
 
 class Transport(Protocol):
@@ -95,9 +96,8 @@ class SignedTransport:
         valid = lifetime(scenario, step)
         sent = {silo: self.signer.request(scenario, step, silo, valid) for silo in silos}
         replies = self.courier.deliver(scenario, step, sent, self._check)
-        answers = Answers({}, [], {}, {})
-        arrived = [silo for silo in replies if silo in sent]  # the order replies came in
-        for silo in arrived + [silo for silo in silos if silo not in replies]:
+        answers = Answers({}, [], {}, {}, [silo for silo in replies if silo in sent])
+        for silo in silos:
             verdict = self.signer.accept(sent[silo], replies.get(silo))
             if verdict.outcome == "served":
                 answers.replies[silo] = verdict.record

@@ -277,3 +277,16 @@ def test_a_policy_with_max_rounds_declines_a_fit_of_a_round_outside_the_job(keys
     assert policy.violation(scenario, Fit(2, ref, "file:///job")) is None
     for asked in (0, 3, 10_000):
         assert "limits.max_rounds" in policy.violation(scenario, Fit(asked, ref, "file:///job"))
+
+
+def test_a_silo_that_copies_anothers_key_is_the_one_left_out():
+    from fedsilo.messages import FitReport
+    from fedsilo.privacy.secure_aggregation import _distinct_keys
+
+    def fit(silo, bundle):
+        return FitReport(silo, 1, None, 30, 0.1, None, 0.0, public_key=bundle)
+
+    fits = [fit("clinic-a", "ab" * 64), fit("clinic-b", "ab" * 64), fit("clinic-c", "cd" * 64)]
+    left_out: dict[str, str] = {}
+    kept = _distinct_keys(fits, left_out, ["clinic-b", "clinic-c", "clinic-a"])  # a copied b's, later
+    assert sorted(f.silo for f in kept) == ["clinic-b", "clinic-c"] and list(left_out) == ["clinic-a"]

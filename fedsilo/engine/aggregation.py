@@ -78,6 +78,7 @@ class RoundContext:
     log: logging.Logger | logging.LoggerAdapter
     clipped: dict[str, float] = field(default_factory=dict)  # silo -> its update's norm, clipped
     unsound: str = ""  # why no sound aggregate came of updates that passed their checks
+    arrived: list[str] = field(default_factory=list)  # the order the fit replies came in
 
 
 class Aggregation:

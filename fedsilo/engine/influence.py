@@ -90,6 +90,7 @@ def aggregate_round(job, round_index: int, current, outcome):
     updates leave `outcome`, clipped ones are named. Returns the new model and what was sent."""
     before = {name: t.clone() for name, t in job.aggregation.state_dict().items()}
     context = job.context(round_index)
+    context.arrived = list(outcome.arrived)
     fits = list(outcome.replies.values())
     new, refused, sent = job.aggregation.aggregate(context, current, fits)
     if new is not None:

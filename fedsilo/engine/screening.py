@@ -26,6 +26,7 @@ class Outcome:
     absent: list[str] = field(default_factory=list)
     declined: dict[str, str] = field(default_factory=dict)
     refused: dict[str, str] = field(default_factory=dict)
+    arrived: list[str] = field(default_factory=list)  # the order replies came in
 
     def refuse(self, silo: str, reason: str) -> None:
         self.replies.pop(silo, None)
@@ -48,6 +49,7 @@ def screen(step: Step, asked: list[str], answers: Answers) -> Outcome:
     they were addressed to; any other reply is refused, naming what it claimed."""
     answered = {**answers.replies, **answers.declined, **answers.refused}
     outcome = Outcome({}, absent=[s for s in asked if s in answers.absent or s not in answered])
+    outcome.arrived = [silo for silo in answers.arrived if silo in asked]
     for silo, reason in answers.declined.items():
         if silo in asked:
             outcome.decline(silo, reason)

@@ -64,7 +64,7 @@ class SecureAggregation(Wrapper):
 
     def aggregate(self, ctx: RoundContext, current: WeightRef, replies: list[FitReport], combine=None):
         left_out: dict[str, str] = {}
-        fits = _distinct_keys(replies, left_out)
+        fits = _distinct_keys(replies, left_out, ctx.arrived)
         peers = {fit.silo: fit.public_key for fit in fits}
         threshold = shares.threshold_for(self.threshold, len(peers))
         steps = SecureRound(
@@ -114,12 +114,13 @@ class SecureAggregation(Wrapper):
         return "; ".join(filter(None, [own, self.inner.statement(rounds)]))
 
 
-def _distinct_keys(replies: list[FitReport], left_out: dict[str, str]) -> list[FitReport]:
-    """The fit replies whose keys no silo sent before (a copied key masks nothing). Replies come
-    in the order they arrived, so a silo that copies a key it read on the wire is the later one
-    and is left out, not the silo it copied."""
+def _distinct_keys(replies: list[FitReport], left_out: dict[str, str], arrived: list[str]) -> list[FitReport]:
+    """The fit replies whose keys no silo sent before (a copied key masks nothing), taken in the
+    order they `arrived`: a silo that copies a key it read on the wire is the later one and is
+    left out, not the silo it copied."""
     owner: dict[str, str] = {}
-    for fit in replies:
+    order = {silo: index for index, silo in enumerate(arrived)}
+    for fit in sorted(replies, key=lambda fit: order.get(fit.silo, len(order))):
         keys = shares.keys_of(fit.public_key)
         if any(owner.get(key, fit.silo) != fit.silo for key in keys):
             left_out[fit.silo] = "it sent a public key another silo sent first"
