@@ -324,6 +324,19 @@ def _print_result(scenario, result) -> None:
         steps = scenario.evaluation.personalize_steps
         scores = ", ".join(f"{silo} {accuracy:.1%}" for silo, accuracy in result.personalized.items())
         print(f"Personalized ({steps} steps on each silo's own data, its own test split): {scores}.")
+    if result.kept:
+        print(
+            "Each silo keeps its best model on its own validation rows "
+            "(scores: its test split; alone: trained on its own rows only):"
+        )
+        for silo, choice in result.kept.items():
+            alone = result.alone_accuracy.get(silo)
+            versus = (
+                f", alone {alone:.1%}, gain {result.kept_accuracy[silo] - alone:+.1%}"
+                if alone is not None
+                else ""
+            )
+            print(f"  {silo}: keeps {choice} {result.kept_accuracy[silo]:.1%}{versus}")
     if result.privacy:
         print(f"Privacy: {result.privacy}.")
     if result.registered_version:
@@ -413,8 +426,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         print("fedsilo worker: set PREFECT_API_URL to the coordinator's Prefect server", file=sys.stderr)
         return EXIT_INVALID
     from pipelines.deploy import register_silo
-    from pipelines.silo_flow import DATA_ENV, local_view
+    from pipelines.silo_flow import DATA_ENV, SILO_ENV, local_view
 
+    os.environ[SILO_ENV] = args.silo  # its runs serve this silo only, whatever a run's parameters say
     if args.data:
         os.environ[DATA_ENV] = str(Path(args.data).resolve())
     if args.extension:  # imported now to fail early, and by each of the silo's job runs

@@ -33,6 +33,25 @@ class Evaluation:
     confusion: list[list[int]]  # rows: true label, columns: predicted; counts only, never rows
 
 
+KEPT_CHOICES = ("global", "personalized", "alone")  # a silo's candidates, preferred in this order on a tie
+
+
+@dataclass(frozen=True)
+class Kept:
+    """The model a silo keeps after the job, and what it would have had alone. Only the choice and
+    scores leave the silo: `validation` holds each candidate's accuracy on its validation rows
+    (global, personalized, alone), `kept` the best of them, `kept_evaluation` that model on its test
+    split, `alone` its alone model there (None when it trained none: `note` says why)."""
+
+    silo: str
+    kept: str
+    validation: dict[str, float]
+    kept_evaluation: Evaluation
+    alone: Evaluation | None = None
+    alone_reused: bool = False
+    note: str = ""
+
+
 @dataclass(frozen=True)
 class Scores:
     """One silo's evaluations of several models on its test split, by model name: its column of

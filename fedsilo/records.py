@@ -44,6 +44,9 @@ class JobResult(BaseModel):
     final_accuracy: float
     curve: list[float] = []  # global accuracy on the union of test splits, round 0 first
     personalized: dict[str, float] = {}  # each silo's personalized accuracy on its own test split
+    kept: dict[str, str] = {}  # the model each silo keeps: global, personalized or alone
+    kept_accuracy: dict[str, float] = {}  # that model on the silo's own test split
+    alone_accuracy: dict[str, float] = {}  # what the silo would have had alone, there
     registered_model: str | None = None
     registered_version: str | None = None  # MLflow version number, as a string
     champion: bool = False

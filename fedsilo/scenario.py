@@ -368,6 +368,23 @@ class EvaluationSpec(Strict):
             "training split and scores it on its own test split; 0: off"
         ),
     )
+    validation_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=0.5,
+        description=(
+            "share of each silo's training rows held out to choose the model it keeps (global, "
+            "personalized or alone); never trained on by any model; 0: the silo keeps the global model"
+        ),
+    )
+    alone: bool = Field(
+        True,
+        description=(
+            "each silo also trains the starting model on its own rows alone, for the same steps as its "
+            "federated work, and reports it beside the model it keeps (reused while its rows, the model "
+            "and the budget are unchanged)"
+        ),
+    )
 
 
 class RetrainingSpec(Strict):

@@ -84,14 +84,17 @@ def _digest(key: bytes, *parts: Examples) -> str:
 
 def data_version(silo: str, data: SiloData) -> str:
     """The silo's data version: its rows (train, then test) keyed by its own secret."""
-    return _digest(silo_secret(silo), data.train, data.test)
+    parts = (data.train, data.test) + ((data.validation,) if data.validation is not None else ())
+    return _digest(silo_secret(silo), *parts)
 
 
 def rows_version(silo: str, data: SiloData) -> str:
     """The silo's rows as a set, keyed by its own secret: the same whatever seed or test fraction
     split them (the DP budget is kept per rows, so a changed split cannot start a fresh one)."""
     key, rows = silo_secret(silo), []
-    for part in (data.train, data.test):
+    for part in (data.train, data.test, data.validation):
+        if part is None:
+            continue
         for row, label in zip(part.inputs, part.labels, strict=True):
             content = row.tobytes() if part.is_image else str(row).encode()
             rows.append(hashlib.sha256(content + b"\x1f" + str(label).encode()).hexdigest())
@@ -119,6 +122,9 @@ def summarize(scenario: Scenario, silo: str) -> DataSummary:
     version = data_version(silo, data)
     shape = data.train.input_shape
     if scenario.privacy.dp:
+        from fedsilo.privacy.budget_ledger import charge_count_release
+
+        charge_count_release(silo, rows_version(silo, data), version, scenario.privacy.dp)
         train = {ALL_LABELS: stated_count(scenario, silo, len(data.train), version)}
         return DataSummary(silo, train, {ALL_LABELS: len(data.test)}, shape, version)
     return DataSummary(silo, data.train.label_counts(), data.test.label_counts(), shape, version)
@@ -212,6 +218,11 @@ class SiloParticipant:
         tokenizer = tokenizer_for(scenario.model)
         self.train = encode(data.train, self.labels, scenario.model, silo, tokenizer)
         self.test = encode(data.test, self.labels, scenario.model, silo, tokenizer)
+        self.validation = (
+            encode(data.validation, self.labels, scenario.model, silo, tokenizer)
+            if data.validation is not None
+            else None
+        )
         self.input_shape = data.train.input_shape
         self.version = data_version(silo, data)
         self.rows_version = rows_version(silo, data)
@@ -254,6 +265,12 @@ class SiloParticipant:
     def _evaluate_with(self, model: torch.nn.Module) -> Evaluation:
         probs = predict(model, self.test, EVAL_BATCH_SIZE)
         return Evaluation(self.silo, **classification_metrics(self.test.labels.numpy(), probs))
+
+    def settings(
+        self, seed_key: int, steps: int | None, config: dict[str, float] | None = None
+    ) -> FitSettings:
+        """The scenario's local training settings, seeded for this silo and `seed_key`."""
+        return self._settings(seed_key, steps, config or {})
 
     def _settings(self, seed_key: int, steps: int | None, config: dict[str, float]) -> FitSettings:
         federation = self.scenario.federation

@@ -13,12 +13,12 @@ oracle on the test rows; until steps are signed, a caller can still name another
 
 from fedsilo.errors import SiloDeclined
 from fedsilo.handler import handle, handles
-from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightRef
+from fedsilo.messages import DataSummary, Evaluation, FitReport, Kept, Scores, WeightRef
 from fedsilo.paths import JobPaths
 from fedsilo.privacy import dp_sgd, secure_aggregation
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participant, summarize
-from fedsilo.steps import Evaluate, Fit, Personalize, Prepare, Score
+from fedsilo.steps import Evaluate, Fit, Keep, Personalize, Prepare, Score
 from fedsilo.training import Progress
 
 
@@ -73,6 +73,13 @@ def evaluate(scenario: Scenario, silo: str, step: Evaluate, progress: Progress |
 def score(scenario: Scenario, silo: str, step: Score, progress: Progress | None) -> Scores:
     only_job_models(scenario, silo, step, list(step.models.values()))
     return participant(scenario, silo).evaluate_models(step.models)
+
+
+@handles(Keep)
+def keep(scenario: Scenario, silo: str, step: Keep, progress: Progress | None) -> Kept:
+    from fedsilo.keeping import keep as keep_best
+
+    return keep_best(scenario, participant(scenario, silo), step, progress)
 
 
 @handles(Personalize)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from fedsilo.errors import UnknownKind
-from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightRef, adapter
+from fedsilo.messages import DataSummary, Evaluation, FitReport, Kept, Scores, WeightRef, adapter
 
 STEP_KINDS: dict[str, type["Step"]] = {}
 
@@ -124,6 +124,20 @@ class Personalize(Step):
     retried: ClassVar[bool] = True
 
 
+@dataclass(frozen=True)
+class Keep(Step):
+    """After the last round: score the final global model, a personalized one (`personalize_steps`
+    fine-tuning) and the silo's alone model (the starting model trained on its rows alone for
+    `rounds` rounds' steps) on the silo's validation rows, and keep the best (fedsilo.keeping)."""
+
+    weights: WeightRef
+    personalize_steps: int
+    rounds: int
+    kind: ClassVar[str] = "keep"
+    reply: ClassVar[type] = Kept
+    retried: ClassVar[bool] = True
+
+
 def _origin(cls: type) -> tuple[str, str]:
     """Where a step class is defined; one module imported under two names (a test module imported
     by pytest and by another test) counts as one place."""
@@ -149,6 +163,7 @@ __all__ = [
     "STEP_KINDS",
     "Evaluate",
     "Fit",
+    "Keep",
     "Personalize",
     "Prepare",
     "Score",

@@ -30,6 +30,7 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 
 from fedsilo import names
+from fedsilo.errors import FederationError
 from fedsilo.extensions import load_extensions
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participants_built, release_participants, with_local_data
@@ -41,6 +42,7 @@ from pipelines.tasks import step_task
 
 SILO_FLOW = "silo-job"
 DATA_ENV = "FEDSILO_SILO_DATA"
+SILO_ENV = "FEDSILO_SILO"  # the one silo this worker's runs serve (`fedsilo worker --silo`)
 COORDINATOR_CHECK_SECONDS = 5.0
 
 
@@ -101,6 +103,9 @@ def silo_job(scenario: Scenario, silo: str, coordinator_run: str) -> int:
 
     `scenario` only names the run's job in the UI: what a step runs is read from its signed request.
     """
+    own = os.environ.get(SILO_ENV)
+    if own and silo != own:  # a run started for another silo's name must not touch this one's data
+        raise FederationError(f"this worker serves silo {own}; a run for silo {silo!r} was refused")
     loaded = load_extensions()  # the operator's own silo steps, if it named any
     logger = get_run_logger()
     if loaded:

@@ -197,3 +197,18 @@ def test_a_budget_keeps_its_delta_and_a_silo_with_an_unusable_ledger_declines(tm
     ledger_file().mkdir()  # a ledger that cannot be read: the silo declines rather than train uncounted
     report = silo.fit(1)
     assert report.update is None and "this silo does not train uncounted" in report.refused
+
+
+def test_every_noised_count_a_silo_releases_is_charged_and_a_flood_of_splits_is_declined(tmp_path):
+    from fedsilo.errors import PrivacyBudgetExhausted
+    from fedsilo.silo import summarize, with_local_data
+    from tests.stack import export_silo_files
+
+    rows = export_silo_files(load_scenario(SMOKE), tmp_path / "rows")["clinic-a"]  # the silo's own file
+    with pytest.raises(PrivacyBudgetExhausted):
+        for seed in range(300):  # a coordinator asking for split after split of the same rows
+            asked = load_scenario(SMOKE, [f"privacy.dp.target_epsilon={TARGET}", f"federation.seed={seed}"])
+            summarize(with_local_data(asked, "clinic-a", str(rows)), "clinic-a")
+    (entry,) = json.loads(ledger_file().read_text())["budgets"].values()
+    assert len(entry["charges"]) == len({c["count_draw"] for c in entry["charges"]}) >= 2
+    assert BudgetLedger(ledger_file()).spent(BudgetKey(entry["rows"], DELTA)) <= TARGET

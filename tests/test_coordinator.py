@@ -44,7 +44,7 @@ def test_fedavg_gives_the_numbers_it_gave_before_the_loop_moved_into_the_engine(
     assert result.curve == [tracker.rounds[r]["global_accuracy"] for r in range(3)]
     assert not list((tmp_path / "jobs").rglob("*.safetensors"))  # every weight file was deleted
     matrix = tracker.matrix
-    assert list(matrix.index) == ["clinic-a (local)", "clinic-b (local)", "global"]
+    assert list(matrix.index) == ["clinic-a (local)", "clinic-b (local)", "global", "alone"]
 
 
 def test_fedprox_with_mu_zero_is_fedavg_exactly(tmp_path):
@@ -196,7 +196,13 @@ def test_the_silo_matrix_is_one_step_per_silo_and_takes_only_known_models(tmp_pa
     _, tracker = run(tmp_path, three, "federation.rounds=1", transport=altered(count_and_forge))
     assert asked["evaluate"] == 2 and asked["score"] == 1  # rounds 0 and 1, then one matrix step
     matrix = tracker.matrix
-    assert list(matrix.index) == ["clinic-a (local)", "clinic-b (local)", "clinic-c (local)", "global"]
+    assert list(matrix.index) == [
+        "clinic-a (local)",
+        "clinic-b (local)",
+        "clinic-c (local)",
+        "global",
+        "alone",
+    ]
     assert matrix.loc["clinic-a (local)"].notna().tolist() == [True, False, True]  # clinic-b forged
     assert matrix.loc["global"].notna().all()
 
@@ -208,7 +214,8 @@ def test_an_unknown_step_is_an_error_that_names_it():
 
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     with pytest.raises(
-        UnknownKind, match="unserved-test-step.*accepted: .*evaluate, fit, mask, personalize, prepare, score"
+        UnknownKind,
+        match="unserved-test-step.*accepted: .*evaluate, fit, keep, mask, personalize, prepare, score",
     ):
         handle(scenario, "clinic-a", Unserved())
     with pytest.raises(UnknownKind, match="'nonesuch'"):

@@ -119,9 +119,11 @@ def test_real_csv_with_a_dirichlet_partition_and_stratified_split():
         }
     )
     silos = [load_silo_data(scenario, s) for s in scenario.silo_names()]
-    assert sum(len(s.train) + len(s.test) for s in silos) == 2888
-    for silo in silos:
-        assert abs(len(silo.test) / (len(silo.train) + len(silo.test)) - 0.2) < 0.01
+    assert sum(len(s.train) + len(s.test) + len(s.validation) for s in silos) == 2888
+    for silo in silos:  # 20% tested; 10% of the rest held out for validation
+        rows = len(silo.train) + len(silo.test) + len(silo.validation)
+        assert abs(len(silo.test) / rows - 0.2) < 0.01
+        assert abs(len(silo.validation) / (rows - len(silo.test)) - 0.1) < 0.01
         train, test = silo.train.label_counts(), silo.test.label_counts()
         big = max(train, key=train.get)
         assert test[big] / len(silo.test) == pytest.approx(train[big] / len(silo.train), abs=0.02)

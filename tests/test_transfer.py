@@ -47,7 +47,7 @@ def test_bfloat16_transfer_halves_the_bytes_and_keeps_the_model(tmp_path):
                 *(silos.updates[(1, s)][name].float().abs() for s in ("clinic-a", "clinic-b"))
             )
             assert bool(((half.models[1][name] - tensor).abs() <= largest * 2**-8 + 1e-6).all()), name
-    assert list(half.matrix.index) == ["clinic-a (local)", "clinic-b (local)", "global"]
+    assert list(half.matrix.index) == ["clinic-a (local)", "clinic-b (local)", "global", "alone"]
     assert half.matrix.loc["clinic-a (local)"].tolist() == full.matrix.loc["clinic-a (local)"].tolist()
     assert not list((tmp_path / "half" / "jobs").rglob("*.safetensors"))
 

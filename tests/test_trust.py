@@ -290,3 +290,33 @@ def test_a_silo_that_copies_anothers_key_is_the_one_left_out():
     left_out: dict[str, str] = {}
     kept = _distinct_keys(fits, left_out, ["clinic-b", "clinic-c", "clinic-a"])  # a copied b's, later
     assert sorted(f.silo for f in kept) == ["clinic-b", "clinic-c"] and list(left_out) == ["clinic-a"]
+
+
+def test_keys_signed_for_another_round_or_job_are_refused_by_the_coordinator(keys):
+    from fedsilo.messages import FitReport, WeightRef
+    from fedsilo.steps import Fit
+
+    scenario, signer, gate = load_scenario(SMOKE), signer_of(keys), local_gate(keys, "clinic-a")
+    ref = WeightRef("file:///job/global-000.safetensors", "0" * 64, 1)
+    for bundle_round, exchange, reply_round in (
+        (1, "file:///job", 1),
+        (8, "file:///job", 8),
+        (1, "file:///other", 1),
+    ):
+        with gate.serving_silo():
+            bundle = signed_bundle("clinic-a", "ab" * 64, bundle_round, exchange)
+        report = FitReport("clinic-a", reply_round, None, 30, 0.1, None, 0.0, public_key=bundle)
+        sent = signer.request(scenario, Fit(1, ref, "file:///job"), "clinic-a", 60)
+        verdict = signer.accept(sent, gate.serve(sent.token, lambda scenario, step, r=report: r))
+        honest = (bundle_round, exchange) == (1, "file:///job")
+        assert (verdict.outcome == "served") == honest, verdict.reason
+        assert honest or "another silo, round or job" in verdict.reason
+
+
+def test_a_worker_serves_only_its_own_silo(monkeypatch):
+    from fedsilo.errors import FederationError
+    from pipelines.silo_flow import SILO_ENV, silo_job
+
+    monkeypatch.setenv(SILO_ENV, "clinic-a")
+    with pytest.raises(FederationError, match="serves silo clinic-a"):
+        silo_job.fn(load_scenario(SMOKE), "clinic-b", "00000000-0000-0000-0000-000000000000")

@@ -19,6 +19,7 @@ class SiloData:
     name: str
     train: Examples
     test: Examples
+    validation: Examples | None = None  # held out of train to choose the model a silo keeps
 
 
 @functools.lru_cache(maxsize=8)
@@ -65,7 +66,24 @@ def load_silo_data(scenario: Scenario, silo: str) -> SiloData:
     train, test = split(
         silo_examples(scenario, silo), scenario.evaluation.test_fraction, scenario.federation.seed, silo
     )
-    return SiloData(silo, train, test)
+    fraction, seed = scenario.evaluation.validation_fraction, scenario.federation.seed
+    kept, validation = held_out(train, fraction, seed, silo)
+    return SiloData(silo, kept, test, validation)
+
+
+MIN_VALIDATION_ROWS = 4  # fewer: no validation split (the silo keeps the global model)
+
+
+def held_out(train: Examples, fraction: float, seed: int, silo: str) -> tuple[Examples, Examples | None]:
+    """The training rows without a validation part, and that part (None when the fraction is 0 or
+    the silo has too few rows to spare it)."""
+    if not fraction or round(len(train) * fraction) < MIN_VALIDATION_ROWS:
+        return train, None
+    try:
+        kept, validation = split(train, fraction, seed + 1, silo)
+    except DataError:
+        return train, None
+    return kept, validation
 
 
 def order_labels(scenario: Scenario, seen: set[str]) -> list[str]:

@@ -38,10 +38,14 @@ def personalize(job, current: WeightRef) -> list[Evaluation]:
 
 
 def compare_silos(
-    job, fits: list[FitReport], final: list[Evaluation], personalized: list[Evaluation]
+    job,
+    fits: list[FitReport],
+    final: list[Evaluation],
+    personalized: list[Evaluation],
+    alone: list[Evaluation] = (),
 ) -> None:
     """Every silo's final local model and the global model on every silo's test split; each
-    personalized model on its own split."""
+    personalized model and each alone model on its own split."""
     local = {f"{r.silo} (local)": r.update for r in fits if r.update is not None}
     models = scored_models(job, local, "silo-matrix") if local else {}
     for fit in fits:  # under secure aggregation no local model ever left its silo
@@ -49,6 +53,8 @@ def compare_silos(
     models["global"] = final
     if personalized:
         models["personalized"] = personalized
+    if alone:
+        models["alone"] = list(alone)
     metric = job.scenario.evaluation.metric
     job.tracker.log_silo_matrix(silo_matrix(models, metric, job.scenario.silo_names()), metric)
 
@@ -113,8 +119,9 @@ def register(job, result: JobResult, model_id: str, candidate: WeightRef, final:
     job.notify("event", event, detail)
 
 
-def job_result(job, personalized: list[Evaluation]) -> JobResult:
-    """What the job returns: its curve, personalization and privacy statement."""
+def job_result(job, personalized: list[Evaluation], kept=()) -> JobResult:
+    """What the job returns: its curve, personalization, what each silo keeps and would have had
+    alone, and the privacy statement."""
     rounds = job.scenario.federation.rounds
     return JobResult(
         job=job.job,
@@ -126,5 +133,8 @@ def job_result(job, personalized: list[Evaluation]) -> JobResult:
         final_accuracy=job.history[-1].global_accuracy,
         curve=[r.global_accuracy for r in job.history],
         personalized={e.silo: e.accuracy for e in personalized},
+        kept={k.silo: k.kept for k in kept},
+        kept_accuracy={k.silo: k.kept_evaluation.accuracy for k in kept},
+        alone_accuracy={k.silo: k.alone.accuracy for k in kept if k.alone is not None},
         privacy=job.aggregation.statement(rounds),
     )

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from fedsilo.engine import aftermath, influence, screening
+from fedsilo.engine import aftermath, influence, keeping, screening
 from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules, make_aggregation, update_bytes
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.protocols import Reporter, Tracker
@@ -98,8 +98,9 @@ class Coordinator:
         if final is None:  # resumed after the last round: score the final model again
             final = list(self.evaluate(current, f"round-{federation.rounds}").replies.values())
         personalized = aftermath.personalize(self, current)
-        aftermath.compare_silos(self, fits, final, personalized)
-        result = aftermath.job_result(self, personalized)
+        kept = keeping.keep_models(self, current)
+        aftermath.compare_silos(self, fits, final, personalized, [k.alone for k in kept if k.alone])
+        result = aftermath.job_result(self, personalized, kept)
         if result.privacy:
             self.tracker.set_tags({"fedsilo.privacy": result.privacy})
         self.after_rounds(current, result)

@@ -214,3 +214,17 @@ def _new_entry(key: BudgetKey) -> dict:
 def _charges(content: dict, key: BudgetKey) -> list[Charge]:
     entry = content["budgets"].get(key.name, _new_entry(key))
     return [Charge(**{k: v for k, v in c.items() if k != "id"}) for c in entry["charges"]]
+
+
+def charge_count_release(silo: str, rows: str, draw: str, dp) -> None:
+    """Charge the release of a noised training count drawn for the split `draw` of the silo's
+    `rows` (once per draw: every later report repeats it), before it is released; declines
+    (PrivacyBudgetExhausted) when the budget cannot pay for it. Every split a coordinator asks
+    for draws a new count, so asking many is paid for, not free."""
+    if not dp.count_noise:
+        return
+    ledger, key = BudgetLedger.for_silo(silo), BudgetKey(rows, dp.delta)
+    if any(charge.count_draw == draw for charge in ledger.charges(key)):
+        return
+    release = Charge(0.0, 0.0, 0, dp.count_noise, count_draw=draw, job="count release")
+    ledger.reserve(key, release, dp.target_epsilon)

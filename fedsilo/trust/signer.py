@@ -109,23 +109,25 @@ class Signer:
             )
         if weight_digests(record) != claims.get("weights"):
             return Verdict("refused", reason="the weights its reply references differ from those it signed")
-        if problem := self._key_problem(sent.silo, record):
+        if problem := self._key_problem(sent, record):
             return Verdict("refused", reason=problem)
         return Verdict("served", record=record)
 
-    def _key_problem(self, silo: str, record: Any) -> str | None:
-        """Why a fit reply's secure-aggregation keys are not its own for its round, or None: the
-        coordinator drops such a silo before the round's key exchange, which every honest peer
-        would otherwise refuse whole."""
-        bundle = getattr(record, "public_key", "")
+    def _key_problem(self, sent: Sent, record: Any) -> str | None:
+        """Why a fit reply's secure-aggregation keys are not its own for the round and job it was
+        asked, or None: the coordinator drops such a silo before the round's key exchange, which
+        every honest peer would otherwise refuse whole (they check the same three things)."""
+        bundle, silo = getattr(record, "public_key", ""), sent.silo
         if not bundle:
             return None
+        asked = (getattr(sent.step, "round_index", None), getattr(sent.step, "exchange", None))
         try:
             claims = envelope.verify(bundle, self.roster.silo_key(silo), f"silo {silo}")
         except (SignatureError, TrustError) as exc:
             return f"its secure-aggregation keys are not signed by it: {exc}"
-        if claims.get("iss") != silo or claims.get("round") != getattr(record, "round", None):
-            return "its secure-aggregation keys are signed for another silo or round"
+        signed_for = (claims.get("round"), claims.get("exchange"))
+        if claims.get("iss") != silo or signed_for != asked or getattr(record, "round", None) != asked[0]:
+            return "its secure-aggregation keys (or its reply) are for another silo, round or job"
         return None
 
     def _record(self, sent: Sent, reply: str, verdict: Verdict) -> Verdict:

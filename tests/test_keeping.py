@@ -1,0 +1,91 @@
+"""Is joining worth it, silo by silo: every job trains each silo's alone model, each silo keeps
+the best of the global, personalized and alone models on its own validation rows, and the
+figures reach the tracker. Real (tiny) models on the smoke scenario's generated rows."""
+
+import pytest
+
+from fedsilo.engine.keeping import kept_problem
+from fedsilo.messages import Evaluation, Kept
+from fedsilo.privacy.pending import state_folder
+from fedsilo.steps import Keep
+from fedsilo.transport import InProcess
+from tests.engine import run
+
+ROWS = "data.source.rows_per_silo=120"  # enough rows for a validation split of 10%
+
+
+class Capturing(InProcess):
+    """Real in-process silos; every Keep reply is kept."""
+
+    def __init__(self):
+        super().__init__()
+        self.kept: dict[str, Kept] = {}
+
+    def ask(self, scenario, step, silos):
+        answers = super().ask(scenario, step, silos)
+        if isinstance(step, Keep):
+            self.kept.update(answers.replies)
+        return answers
+
+
+@pytest.fixture(autouse=True)
+def own_state(tmp_path, monkeypatch):
+    monkeypatch.setenv("FEDSILO_SILO_STATE", str(tmp_path / "state"))
+
+
+def test_every_silo_reports_alone_kept_and_the_gain_and_never_keeps_worse_than_alone(tmp_path):
+    silos = Capturing()
+    result, tracker = run(
+        tmp_path, ROWS, "federation.rounds=1", "evaluation.personalize_steps=3", transport=silos
+    )
+    assert set(silos.kept) == {"clinic-a", "clinic-b"}
+    for silo, report in silos.kept.items():
+        assert set(report.validation) == {"global", "personalized", "alone"}
+        assert report.validation[report.kept] >= report.validation["alone"]  # the guarantee
+        figures = {key: values[1] for key, values in tracker.silos[silo].items()}
+        assert figures["alone_accuracy"] == pytest.approx(report.alone.accuracy)
+        assert figures["gain_from_joining"] == pytest.approx(
+            figures["kept_accuracy"] - figures["alone_accuracy"]
+        )
+        assert tracker.tags[silo]["fedsilo.kept_model"] == report.kept
+        assert result.kept[silo] == report.kept and result.alone_accuracy[silo] == pytest.approx(
+            report.alone.accuracy
+        )
+    job = tracker.rounds[1]
+    assert job["gain_from_joining"] == pytest.approx(job["kept_accuracy"] - job["alone_accuracy"])
+    assert "alone" in list(tracker.matrix.index)
+
+
+def test_the_alone_model_is_reused_while_rows_model_and_budget_are_unchanged(tmp_path):
+    first, second, longer = Capturing(), Capturing(), Capturing()
+    run(tmp_path / "a", ROWS, "federation.rounds=1", transport=first)
+    run(tmp_path / "b", ROWS, "federation.rounds=1", transport=second)
+    run(tmp_path / "c", ROWS, "federation.rounds=2", transport=longer)  # a larger budget: retrained
+    assert not first.kept["clinic-a"].alone_reused and second.kept["clinic-a"].alone_reused
+    assert second.kept["clinic-a"].alone == first.kept["clinic-a"].alone
+    assert not longer.kept["clinic-a"].alone_reused
+    assert len(list(state_folder("clinic-a").glob("alone-*.safetensors"))) == 2
+
+
+def test_under_dp_a_silo_keeps_the_global_model_and_trains_nothing_else(tmp_path):
+    silos = Capturing()
+    run(tmp_path, ROWS, "federation.rounds=1", "privacy.dp.target_epsilon=8", transport=silos)
+    for report in silos.kept.values():
+        assert report.kept == "global" and report.alone is None and "privacy.dp" in report.note
+
+
+def _evaluation(silo="clinic-a", correct=8):
+    return Evaluation(silo, 0.8, 0.8, 0.5, [[correct, 10 - correct], [0, 0]])
+
+
+def test_a_report_that_keeps_a_worse_model_or_claims_more_test_rows_is_refused():
+    honest = Kept("clinic-a", "global", {"global": 0.9, "alone": 0.7}, _evaluation(), _evaluation())
+    assert kept_problem(honest, 2, 10) is None
+    worse = Kept("clinic-a", "alone", {"global": 0.9, "alone": 0.7}, _evaluation(), _evaluation())
+    assert "not its best candidate" in kept_problem(worse, 2, 10)
+    inflated = Kept(
+        "clinic-a", "global", {"global": 0.9}, Evaluation("clinic-a", 1, 1, 0.1, [[10**6, 0], [0, 0]])
+    )
+    assert "kept model's test scores" in kept_problem(inflated, 2, 10)
+    assert "accuracies" in kept_problem(Kept("clinic-a", "global", {"global": 7.0}, _evaluation()), 2, 10)
+    assert "none of" in kept_problem(Kept("clinic-a", "champion", {}, _evaluation()), 2, 10)
