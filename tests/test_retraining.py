@@ -22,7 +22,8 @@ def test_second_run_warm_starts_from_the_champion_and_a_worse_candidate_does_not
     first = run_flow(load_scenario(IMAGING, common, rounds=2))
     assert first.champion and first.registered_version == "1"
 
-    worse_on_purpose = ["federation.optimizer=sgd", "federation.learning_rate=30"]
+    # worse, and still finite (a much larger rate diverges to NaN, whose updates are refused)
+    worse_on_purpose = ["federation.optimizer=sgd", "federation.learning_rate=0.3"]
     second = run_flow(load_scenario(IMAGING, common + worse_on_purpose, rounds=1))
     # round 0 of the second job is the first job's champion, scored on the same test splits
     assert second.initial_accuracy == pytest.approx(first.final_accuracy, abs=1e-9)
@@ -38,9 +39,8 @@ def test_second_run_warm_starts_from_the_champion_and_a_worse_candidate_does_not
     assert first_run.data.tags["fedsilo.warm_start"] == "pretrained model (no champion registered yet)"
 
     (matrix,) = silo_matrices("medical-imaging", jobs=1).values()
-    assert list(matrix.index) == [f"{s} (local)" for s in ("hospital-a", "hospital-b", "hospital-c")] + [
-        "global"
-    ]
+    locals_ = [f"{s} (local)" for s in ("hospital-a", "hospital-b", "hospital-c")]
+    assert list(matrix.index) == [*locals_, "global", "alone"]
     assert list(matrix.columns) == ["hospital-a", "hospital-b", "hospital-c"]
     assert matrix.loc["global"].tolist() == pytest.approx(
         [client.get_metric_history(r, "global_accuracy")[-1].value for r in _silo_runs(client, run)]
