@@ -39,7 +39,7 @@ pytestmark = pytest.mark.slow
 SMOKE = REPO / "scenarios" / "smoke.yaml"  # its silos' rows come from the silo_files fixture
 # Short limits so a dead silo costs seconds, not the default hour.
 FAST_FAULTS = [
-    "--set=federation.silo_timeout_seconds=20",
+    "--set=federation.silo_timeout_seconds=30",
     "--set=federation.silo_retries=0",
     "--set=federation.silo_pickup_seconds=15",
 ]

@@ -169,7 +169,8 @@ def test_sigterm_ends_a_worker_mid_job(stack: Stack, tmp_path):
     for silo in ("clinic-a", "clinic-b"):
         (tmp_path / silo).mkdir()
         logs[silo] = tmp_path / silo / "worker.log"
-        command = ["worker", "--silo", silo, "--scenario", SMOKE]
+        stack.enrol(silo)  # its key, enrolled in the stack's roster (FEDSILO_ROSTER in env)
+        command = ["worker", "--silo", silo, "--scenario", SMOKE, "--state", str(stack.silo_state(silo))]
         workers[silo] = start(command, env, tmp_path / silo, logs[silo])
     coordinator_log = tmp_path / "coordinator.log"
     coordinator = start(

@@ -38,6 +38,10 @@ def keys(tmp_path, monkeypatch):
     return ephemeral(SILOS)
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
 def signer_of(keys) -> Signer:
     return Signer(keys.coordinator, keys.roster, "job", AuditTrail(None, "coordinator"))
 
@@ -79,8 +83,8 @@ def test_a_forged_misaddressed_expired_or_changed_request_runs_nothing(keys):
     expired = signer.request(scenario, Prepare(), "clinic-a", -1)
     header, payload, signature = signer.request(scenario, Prepare(), "clinic-a", 60).token.split(".")
     claims = json.loads(base64.urlsafe_b64decode(payload + "=="))
-    claims["args"]["scenario"]["privacy"]["dp"] = None  # "train without DP", after signing
-    changed = ".".join([header, base64.urlsafe_b64encode(envelope.canonical(claims)).decode(), signature])
+    claims["args"]["scenario"]["federation"]["local_steps"] = 1  # another job than the one signed
+    changed = ".".join([header, _b64url(envelope.canonical(claims)), signature])
     reasons = {
         "forged": "signature is not the coordinator's",
         "for_b": "addressed to 'clinic-b'",
