@@ -191,3 +191,14 @@ def test_a_bad_policy_file_names_the_file_and_the_field(tmp_path, text, names):
 def test_a_missing_policy_file_is_an_error(tmp_path):
     with pytest.raises(TrustError, match="no policy file there"):
         load_policy(tmp_path / "absent.yaml")
+
+
+def test_a_silo_that_does_not_personalize_declines_a_keep_step_that_would():
+    from fedsilo.steps import Keep
+
+    policy = SiloPolicy.model_validate({"personalize": False})
+    ref = WeightRef("file:///job/global-002.safetensors", "0" * 64, 1)
+    assert policy.violation(scenario(), Keep(ref, 0, 2)) is None
+    assert "policy rule personalize" in policy.violation(scenario(), Keep(ref, 5, 2))
+    capped = SiloPolicy.model_validate({"limits": {"max_personalize_steps": 3}})
+    assert "limits.max_personalize_steps" in capped.violation(scenario(), Keep(ref, 5, 2))

@@ -27,9 +27,15 @@ def epsilon(
     history = [(noise_multiplier, sample_rate, steps)] if steps > 0 else []
     if count_noise:
         history.append((count_noise, 1.0, 1))
+    return composed(history, delta)
+
+
+def composed(history: list[tuple[float, float, int]], delta: float) -> float:
+    """epsilon at `delta` of Gaussian mechanisms given as Opacus's accountant history
+    ((noise multiplier, sampling rate, steps) each), composed in RDP; 0 for none."""
     if not history:
         return 0.0
-    from opacus.accountants import RDPAccountant
+    from opacus.accountants import RDPAccountant  # about 3 s to import: only DP jobs pay it
 
     accountant = RDPAccountant()
     accountant.history = history

@@ -22,7 +22,6 @@ import fcntl
 import json
 import os
 import secrets
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
@@ -30,6 +29,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedsilo.errors import PrivacyBudgetExhausted, SiloDeclined
+from fedsilo.privacy.accounting import composed
 from fedsilo.privacy.pending import state_folder
 
 LEDGER_FILE = "dp-ledger.json"
@@ -76,15 +76,7 @@ def composed_epsilon(charges: Iterable[Charge], delta: float) -> float:
         if charge.count_noise:
             counts[(charge.count_noise, charge.count_draw)] = charge.count_noise
     history = [(sigma, q, n) for (sigma, q), n in steps.items()] + [(c, 1.0, 1) for c in counts.values()]
-    if not history:
-        return 0.0
-    from opacus.accountants import RDPAccountant  # about 3 s to import: only DP jobs pay it
-
-    accountant = RDPAccountant()
-    accountant.history = history
-    with warnings.catch_warnings():  # "optimal order is the largest alpha": the bound holds, looser
-        warnings.simplefilter("ignore", UserWarning)
-        return float(accountant.get_epsilon(delta))
+    return composed(history, delta)
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedsilo.errors import PrivacyBudgetExhausted, SiloDeclined, StepFailed
+from fedsilo.errors import SiloDeclined, StepFailed
 from fedsilo.modeling import EncodedSet
 from fedsilo.privacy.accounting import epsilon, noise_for
 from fedsilo.training import FitSettings, Progress, logits, make_optimizer, pick_device
@@ -66,23 +66,15 @@ class DPPlan:
         steps = self.steps_per_round * rounds
         return epsilon(self.noise_multiplier, self.sample_rate, steps, self.delta, self.count_noise)
 
-    def check(self, round_index: int) -> float:
-        """epsilon after training round `round_index`; raises SiloDeclined naming the rule it breaks:
-        delta < 1/n, or the budget."""
+    def check_delta(self) -> None:
+        """SiloDeclined unless delta < 1/n: a delta that large allows releasing a record outright.
+        (The budget itself is the silo's ledger: fedsilo.privacy.budget_ledger.)"""
         if self.delta * self.num_examples >= 1:
             raise SiloDeclined(
                 f"privacy.dp.delta {self.delta:g} is not below 1/n = 1/{self.num_examples} (n: this silo's "
                 "training count, as reported); a delta that large allows releasing a record outright, so "
                 "this silo does not train; lower privacy.dp.delta"
             )
-        spent = self.epsilon_after(round_index)
-        if self.target_epsilon is not None and spent > self.target_epsilon:
-            before = self.epsilon_after(round_index - 1)
-            raise PrivacyBudgetExhausted(
-                f"round {round_index} would spend epsilon {spent:.3f} > privacy.dp.target_epsilon "
-                f"{self.target_epsilon} (spent so far: {before:.3f}); this silo stops training"
-            )
-        return spent
 
 
 def plan(dp, num_examples: int, settings: FitSettings, rounds: int) -> DPPlan:

@@ -41,7 +41,7 @@ class DPTraining:
         not `round_index`, which is only recorded."""
         rounds = silo.scenario.federation.rounds
         self.plan = dp.plan(self.spec, silo.num_examples, settings, rounds)
-        replace(self.plan, target_epsilon=None).check(0)  # only the delta < 1/n rule: the ledger budgets
+        self.plan.check_delta()
         plan = self.plan
         key = BudgetKey(silo.rows_version, plan.delta)
         charge = Charge(

@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedsilo.errors import TrustError
 from fedsilo.scenario import Scenario
-from fedsilo.steps import Evaluate, Fit, Personalize, Score, Step
+from fedsilo.steps import Evaluate, Fit, Keep, Personalize, Score, Step
 
 
 class Section(BaseModel):
@@ -212,7 +212,9 @@ class SiloPolicy(Section):
     def _step(self, scenario: Scenario, step: Step) -> str | None:
         """The rules on one kind of step; other kinds have none."""
         if isinstance(step, Personalize):
-            return self._personalize(step)
+            return self._personalize(step.steps)
+        if isinstance(step, Keep) and step.personalize_steps:  # it fine-tunes a personalized candidate
+            return self._personalize(step.personalize_steps)
         if isinstance(step, Fit) and self.limits.max_rounds is not None:
             return self._fit_round(scenario, step)
         if isinstance(step, Evaluate | Score) and not self.score_other_models:
@@ -229,17 +231,17 @@ class SiloPolicy(Section):
             )
         return None
 
-    def _personalize(self, step: Personalize) -> str | None:
+    def _personalize(self, steps: int) -> str | None:
         if not self.personalize:
             return _broken(
                 "personalize",
                 "this silo does not personalize models; set evaluation.personalize_steps to 0",
             )
         limit = self.limits.max_personalize_steps
-        if limit is not None and step.steps > limit:
+        if limit is not None and steps > limit:
             return _broken(
                 "limits.max_personalize_steps",
-                f"this silo personalizes for at most {limit} steps; the step asks {step.steps} "
+                f"this silo personalizes for at most {limit} steps; the step asks {steps} "
                 "(evaluation.personalize_steps)",
             )
         return None
