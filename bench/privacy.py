@@ -126,6 +126,14 @@ def secagg_cost(settings: list[tuple[str, int, int]], scratch: str) -> None:
             name: sum(t.rounds[r]["round_seconds"] for r in range(1, rounds + 1)) / rounds for name, t in arms
         }
         sent = {name: t.rounds[1]["bytes_exchanged"] for name, t in arms}
+        accuracy = {name: t.rounds[rounds]["global_accuracy"] for name, t in arms}
+        emit(  # the default norm bound must not tax an honest federation
+            f"{BENCH}-secagg",
+            f"secagg_accuracy_points_{tag}",
+            100 * (accuracy["on"] - accuracy["off"]),
+            "points",
+            **accuracy,
+        )
         emit(
             f"{BENCH}-secagg",
             f"secagg_round_seconds_ratio_{tag}",

@@ -36,10 +36,10 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
     """The silo's choice among its candidates, with the kept and the alone models' test scores."""
     if scenario.privacy.dp:
         note = "under privacy.dp a silo keeps the global model: any other would train outside its budget"
-        return Kept(member.silo, "global", {}, member.evaluate(step.weights), note=note)
-    candidates = {"global": _copy(read_state(step.weights))}
+        return Kept(member.silo, "global", {}, member.evaluate(step.weights, step.exchange), note=note)
+    candidates = {"global": _copy(member.personal.spliced(step.exchange, read_state(step.weights)))}
     if step.personalize_steps:
-        member.personalize(step.weights, step.personalize_steps, progress)
+        member.personalize(step.weights, step.personalize_steps, progress, step.exchange)
         candidates["personalized"] = _copy(shared_state(member.model))
     reused = False
     if scenario.evaluation.alone:

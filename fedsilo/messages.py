@@ -82,6 +82,7 @@ class FitReport:
     public_key: str = ""  # secure aggregation: its two X25519 public keys (masking, sealing), 128 hex
     clipped: int = 0  # secure aggregation: coordinates of the update clipped to the range
     refused: str = ""
+    update_norm: float = 0.0  # secure aggregation, no fixed bound: its change's L2 norm (sets the round's)
 
 
 @dataclass(frozen=True)

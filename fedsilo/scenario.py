@@ -300,6 +300,13 @@ class FederationSpec(Strict):
         gt=0,
         description="leave out updates that move the global model by more than this L2 norm; null: no bound",
     )
+    personal_layers: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        default_factory=list,
+        description=(
+            "name patterns (fnmatch) of tensors that stay at each silo, never sent nor aggregated "
+            "(FedPer), e.g. ['classifier.*']; the registered global model keeps their starting values"
+        ),
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="seeds data, partition, heads and training")
     min_silos: int | None = Field(None, ge=1, description="silos needed per round; null: all")
     silo_timeout_seconds: float = Field(3600, gt=0, description="one silo's fit or evaluation")

@@ -31,6 +31,7 @@ from fedsilo.modeling import (
     shared_state,
     tokenizer_for,
 )
+from fedsilo.personal import PersonalStore, with_global_values
 from fedsilo.privacy.dp import draw_count
 from fedsilo.privacy.pending import state_folder
 from fedsilo.scenario import Scenario
@@ -165,6 +166,7 @@ class Sent:
     update: WeightRef | None
     public_key: str = ""
     clipped: int = 0
+    update_norm: float = 0.0
 
 
 class Training(Protocol):
@@ -203,7 +205,7 @@ class PlainTraining:
 
 def plain_upload(silo: "SiloParticipant", global_state: State, update_uri: str, config: dict) -> Sent:
     """The local weights (or their 16-bit change) written to `update_uri`."""
-    wire = to_wire(shared_state(silo.model), global_state, silo.scenario.federation.transfer_dtype)
+    wire = to_wire(silo.outgoing(global_state), global_state, silo.scenario.federation.transfer_dtype)
     return Sent(write_state(wire, update_uri))
 
 
@@ -227,6 +229,7 @@ class SiloParticipant:
         self.version = data_version(silo, data)
         self.rows_version = rows_version(silo, data)
         self.model = pretrained_model(scenario, len(self.labels), self.input_shape)
+        self.personal = PersonalStore(silo, scenario.federation.personal_layers)
         self._plain: torch.nn.Module | None = None  # under LoRA, for full weights (a champion)
 
     @property
@@ -235,18 +238,24 @@ class SiloParticipant:
         noised count it released at prepare."""
         return stated_count(self.scenario, self.silo, len(self.train), self.version)
 
-    def _load(self, ref: WeightRef) -> None:
-        load_shared(self.model, read_state(ref))
+    def load(self, state: State, job: str = "") -> None:
+        """Put exchanged weights into the model, with this silo's own personal layers for `job`."""
+        load_shared(self.model, self.personal.spliced(job, state))
 
-    def evaluate(self, ref: WeightRef) -> Evaluation:
-        """Evaluate the weights at `ref` on this silo's test split: what silos exchange, or under
-        LoRA also a plain model's full weights (a registered champion, merged)."""
+    def outgoing(self, global_state: State) -> State:
+        """What the silo sends of its model: personal layers carry the global model's values."""
+        return with_global_values(shared_state(self.model), global_state, self.personal.patterns)
+
+    def evaluate(self, ref: WeightRef, job: str = "") -> Evaluation:
+        """Evaluate the weights at `ref` on this silo's test split: what silos exchange (with its
+        personal layers for `job`), or under LoRA also a plain model's full weights (a registered
+        champion, merged)."""
         state = read_state(ref)
         if is_lora(self.model) and not any("lora_" in name for name in state):
             plain = self._plain_model()
             plain.load_state_dict(state)
             return self._evaluate_with(plain)
-        load_shared(self.model, state)
+        self.load(state, job)
         return self._evaluate_current()
 
     def _plain_model(self) -> torch.nn.Module:
@@ -255,9 +264,9 @@ class SiloParticipant:
             self._plain = build_model(spec, len(self.labels), self.input_shape, seed)
         return self._plain
 
-    def evaluate_models(self, models: dict[str, WeightRef]) -> Scores:
+    def evaluate_models(self, models: dict[str, WeightRef], job: str = "") -> Scores:
         """Every named model on this silo's test split, in one step."""
-        return Scores(self.silo, {name: self.evaluate(ref) for name, ref in models.items()})
+        return Scores(self.silo, {name: self.evaluate(ref, job) for name, ref in models.items()})
 
     def _evaluate_current(self) -> Evaluation:
         return self._evaluate_with(self.model)
@@ -314,8 +323,10 @@ class SiloParticipant:
             return training.release(
                 self._declined(round_index, str(exc), getattr(exc, "spent", None), started)
             )
-        load_shared(self.model, global_state)
+        job = update_uri.rsplit("/", 2)[0]  # <root>/round-NNN/<silo>.safetensors
+        self.load(global_state, job)
         train_loss, steps = training.train(self, settings, progress)
+        self.personal.remember(job, shared_state(self.model))
         local = self._evaluate_current()
         sent = upload(self, global_state, update_uri, config)
         report = FitReport(
@@ -330,6 +341,7 @@ class SiloParticipant:
             epsilon=spent,
             public_key=sent.public_key,
             clipped=sent.clipped,
+            update_norm=sent.update_norm,
         )
         return training.release(report)
 
@@ -340,10 +352,12 @@ class SiloParticipant:
             self.silo, round_index, None, self.num_examples, nan, None, elapsed, 0, spent, refused=reason
         )
 
-    def personalize(self, ref: WeightRef, steps: int, progress: Progress | None = None) -> Evaluation:
+    def personalize(
+        self, ref: WeightRef, steps: int, progress: Progress | None = None, job: str = ""
+    ) -> Evaluation:
         """Fine-tune the global weights at `ref` for `steps` steps on this silo's own training split
         and score the result on its own test split; the personalized weights never leave the silo."""
-        self._load(ref)
+        self.load(read_state(ref), job)
         fit(self.model, self.train, self._settings(PERSONALIZE_SEED_KEY, steps, {}), progress)
         return self._evaluate_current()
 

@@ -66,13 +66,13 @@ def fit(scenario: Scenario, silo: str, step: Fit, progress: Progress | None) -> 
 @handles(Evaluate)
 def evaluate(scenario: Scenario, silo: str, step: Evaluate, progress: Progress | None) -> Evaluation:
     only_job_models(scenario, silo, step, [step.weights])
-    return participant(scenario, silo).evaluate(step.weights)
+    return participant(scenario, silo).evaluate(step.weights, step.exchange)
 
 
 @handles(Score)
 def score(scenario: Scenario, silo: str, step: Score, progress: Progress | None) -> Scores:
     only_job_models(scenario, silo, step, list(step.models.values()))
-    return participant(scenario, silo).evaluate_models(step.models)
+    return participant(scenario, silo).evaluate_models(step.models, step.exchange)
 
 
 @handles(Keep)
@@ -89,7 +89,7 @@ def personalize(scenario: Scenario, silo: str, step: Personalize, progress: Prog
             f"silo {silo}: under privacy.dp a silo does not personalize: the personalized model would "
             "train outside the privacy budget"
         )
-    return participant(scenario, silo).personalize(step.weights, step.steps, progress)
+    return participant(scenario, silo).personalize(step.weights, step.steps, progress, step.exchange)
 
 
 __all__ = ["handle"]

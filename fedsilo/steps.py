@@ -119,6 +119,7 @@ class Personalize(Step):
 
     weights: WeightRef
     steps: int
+    exchange: str = ""  # the job's folder: the silo's personal layers for it go in
     kind: ClassVar[str] = "personalize"
     reply: ClassVar[type] = Evaluation
     retried: ClassVar[bool] = True
@@ -133,6 +134,7 @@ class Keep(Step):
     weights: WeightRef
     personalize_steps: int
     rounds: int
+    exchange: str = ""  # the job's folder: the silo's personal layers for it go in
     kind: ClassVar[str] = "keep"
     reply: ClassVar[type] = Kept
     retried: ClassVar[bool] = True

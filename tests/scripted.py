@@ -66,6 +66,7 @@ class Scripted:
             0.0,
             public_key=sent.public_key,
             clipped=sent.clipped,
+            update_norm=sent.update_norm,
         )
 
 

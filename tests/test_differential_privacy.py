@@ -162,6 +162,7 @@ REPLY_FIELDS = {
         "public_key": "public",
         "clipped": "noised",
         "refused": "accounted",
+        "update_norm": "noised",  # the norm of DP-SGD's output: post-processing
     },
     "Evaluation": dict.fromkeys(("silo", "accuracy", "f1_macro", "loss", "confusion"), "test split")
     | {"silo": "public"},

@@ -207,3 +207,49 @@ def test_a_round_with_one_silo_absent_keeps_the_last_bound(tmp_path):
     _, tracker = run(tmp_path, THREE, QUORUM, transport=InProcess(handler))
     assert "clinic-c" in tracker.tags[None]["fedsilo.clipped.round_2"]  # round 1's bound, kept
     assert distance(tracker.models[2], tracker.models[1]) <= bound(tracker)
+
+
+def test_under_secure_aggregation_an_unclipped_update_cannot_move_the_model_past_the_bound(tmp_path):
+    """Nothing set: each silo clips to 3x the median of the norms reported at fit. A silo that
+    lies about its norm and skips clipping either has its sum refused or moves the mean change by
+    at most that bound; it never takes the model to where 1000.0 would."""
+    from unittest import mock
+
+    from fedsilo.privacy import secagg_silo
+    from fedsilo.privacy.secagg_steps import Mask
+
+    shift = {"clinic-a": 0.01, "clinic-b": 0.02, "clinic-c": 1000.0}
+    script = Scripted(shift, COUNTS)
+
+    def handler(scenario, name, step):
+        if name != "clinic-c":
+            return script(scenario, name, step)
+        if isinstance(step, Mask):  # its own code: no clipping before it encodes
+            with mock.patch.object(secagg_silo.secagg, "clip_norm", lambda delta, bound: delta):
+                return script(scenario, name, step)
+        reply = script(scenario, name, step)
+        return replace(reply, update_norm=1e-3) if isinstance(step, Fit) else reply  # it lies
+
+    _, tracker = run(
+        tmp_path, THREE, QUORUM, ONE_ROUND, "privacy.secure_aggregation=true", transport=InProcess(handler)
+    )
+    assert all_finite(tracker)
+    size = sum(t.numel() for t in tracker.models[0].values() if t.is_floating_point())
+    stated = influence.NORM_FACTOR * 0.01 * math.sqrt(size)  # 3 x the median reported norm
+    moved = distance(tracker.models[1], tracker.models[0])
+    refused = tracker.tags[None].get("fedsilo.refused.round_1.aggregate", "")
+    assert moved <= stated * 1.001 and (moved == 0) == bool(refused)
+    assert "clinic-c" not in tracker.tags[None].get("fedsilo.clipped.round_1", "")  # it lied
+
+
+def test_under_secure_aggregation_honest_silos_clip_to_three_medians_and_are_named(tmp_path):
+    shift = {"clinic-a": 0.01, "clinic-b": 0.02, "clinic-c": 0.5}  # clinic-c: 25x the median
+    transport = InProcess(Scripted(shift, COUNTS))
+    secure = "privacy.secure_aggregation=true"
+    _, tracker = run(tmp_path, THREE, QUORUM, ONE_ROUND, secure, transport=transport)
+    size = sum(t.numel() for t in tracker.models[0].values() if t.is_floating_point())
+    clipped_c = influence.NORM_FACTOR * 0.02 * math.sqrt(size)  # its change, clipped to the bound
+    honest = math.sqrt(size) * (0.01 + 0.02)
+    expected = (honest + clipped_c) / 3  # every change points the same way; equal weights
+    assert distance(tracker.models[1], tracker.models[0]) == pytest.approx(expected, rel=1e-4)
+    assert "clinic-c" in tracker.tags[None]["fedsilo.clipped.round_1"]

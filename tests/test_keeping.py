@@ -5,6 +5,7 @@ figures reach the tracker. Real (tiny) models on the smoke scenario's generated 
 import pytest
 
 from fedsilo.engine.keeping import kept_problem
+from fedsilo.engine.recording import kept_table
 from fedsilo.messages import Evaluation, Kept
 from fedsilo.privacy.pending import state_folder
 from fedsilo.steps import Keep
@@ -54,6 +55,11 @@ def test_every_silo_reports_alone_kept_and_the_gain_and_never_keeps_worse_than_a
     job = tracker.rounds[1]
     assert job["gain_from_joining"] == pytest.approx(job["kept_accuracy"] - job["alone_accuracy"])
     assert "alone" in list(tracker.matrix.index)
+    table = kept_table(result)  # the Prefect artifact's closing table
+    for silo, choice in result.kept.items():
+        gain = 100 * (result.kept_accuracy[silo] - result.alone_accuracy[silo])
+        assert f"| {silo} | {choice} | {100 * result.kept_accuracy[silo]:.1f}% |" in table
+        assert f"{gain:+.1f} points |" in table
 
 
 def test_the_alone_model_is_reused_while_rows_model_and_budget_are_unchanged(tmp_path):

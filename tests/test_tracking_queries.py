@@ -155,3 +155,22 @@ def test_an_unrelated_error_in_attach_is_not_taken_for_a_missing_job(mlflow_stor
     monkeypatch.setattr(tracker.client, "search_logged_models", broken)
     with pytest.raises(KeyError):
         tracker.attach()
+
+
+def test_compare_shows_the_model_each_silo_keeps_beside_its_alone_model(mlflow_store, tmp_path):
+    tracker = FederationTracker(smoke(), "kept")
+    tracker.start()
+    record_rounds(tracker, tmp_path / "kept", 1, ())
+    per_silo = {
+        "clinic-a": {"kept_accuracy": 0.8, "alone_accuracy": 0.7, "gain_from_joining": 0.1},
+        "clinic-b": {"kept_accuracy": 0.6, "alone_accuracy": 0.6, "gain_from_joining": 0.0},
+    }
+    union = {"kept_accuracy": 0.7, "alone_accuracy": 0.65, "gain_from_joining": 0.05}
+    tracker.log_round(1, union, per_silo, None)
+    tracker.set_tags({"fedsilo.kept_model": "global"}, silo="clinic-a")
+    tracker.set_tags({"fedsilo.kept_model": "alone"}, silo="clinic-b")
+    tracker.finish("FINISHED")
+    table = compare("smoke").set_index("silo")
+    assert table.loc["clinic-a", "kept_model"] == "global" and table.loc["clinic-b", "kept_model"] == "alone"
+    assert table.loc["clinic-a", "gain_from_joining"] == pytest.approx(0.1)
+    assert table.loc["(all silos)", "alone_accuracy"] == pytest.approx(0.65)

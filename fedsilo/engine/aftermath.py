@@ -19,7 +19,7 @@ def personalize(job, current: WeightRef) -> list[Evaluation]:
     steps = job.scenario.evaluation.personalize_steps
     if not steps:
         return []
-    outcome = job.ask(Personalize(current, steps), "personalize")
+    outcome = job.ask(Personalize(current, steps, job.paths.root), "personalize")
     labels = len(job.scenario.data.labels or [])
     for silo, evaluation in list(outcome.replies.items()):
         if problem := evaluation_problem(evaluation, labels, job.test_counts.get(silo)):

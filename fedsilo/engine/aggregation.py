@@ -25,6 +25,7 @@ from fedsilo.engine import influence
 from fedsilo.errors import ChecksumError, UpdateRefused
 from fedsilo.messages import DataSummary, FitReport, WeightRef
 from fedsilo.paths import JobPaths
+from fedsilo.personal import with_global_values
 from fedsilo.scenario import Scenario
 from fedsilo.strategies import SiloUpdate, Strategy
 from fedsilo.validation import Layout, check_update
@@ -53,12 +54,14 @@ class UpdateRules:
     max_norm: float | None = None
     transfer_dtype: str = "float32"  # 16 bits: updates arrive as changes from the global model
     weight_cap: int | None = None  # the most FedAvg weight one silo carries (fedsilo.engine.influence)
+    personal: tuple[str, ...] = ()  # federation.personal_layers: their values in any update are ignored
 
     @classmethod
     def of(cls, scenario: Scenario, summaries: list[DataSummary]) -> "UpdateRules":
         federation, trained_on = scenario.federation, {s.silo: s.num_train for s in summaries}
         cap = influence.weight_cap(list(trained_on.values()))
-        return cls(trained_on, federation.max_update_norm, federation.transfer_dtype, cap)
+        personal = tuple(federation.personal_layers)
+        return cls(trained_on, federation.max_update_norm, federation.transfer_dtype, cap, personal)
 
     def weight(self, silo: str, claimed: int) -> int:
         """A silo's FedAvg weight: what it claims, within what it reported and the cap."""
@@ -119,6 +122,7 @@ class Aggregation:
             while sound:
                 try:
                     state = combine(global_state, self.bounded_updates(global_state, sound, norms, bound))
+                    state = with_global_values(state, global_state, list(self.rules.personal))  # exactly
                     return write_state(state, out_uri), refused
                 except UpdateChanged as exc:  # its file changed after it was checked: refuse, sum again
                     refused[exc.silo] = str(exc)
@@ -166,7 +170,9 @@ class Aggregation:
             yield SiloUpdate(reply.silo, state, self.rules.weight(reply.silo, reply.num_examples))
 
     def _read(self, reply: FitReport, global_state: State) -> State:
-        return transfer.from_wire(read_state(reply.update), global_state, self.rules.transfer_dtype)
+        """A silo's update as full tensors; personal layers keep the global values, whatever it sent."""
+        state = transfer.from_wire(read_state(reply.update), global_state, self.rules.transfer_dtype)
+        return with_global_values(state, global_state, list(self.rules.personal))
 
     def step_from_sum(self, current: State, average: State, delta_sum: State, total_weight: int) -> State:
         """The strategy's step from sum_k w_k delta_k over `total_weight` (what masking and central

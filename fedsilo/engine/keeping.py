@@ -24,7 +24,7 @@ def keep_models(job, current: WeightRef) -> list[Kept]:
     if not evaluation.alone and not evaluation.personalize_steps:
         return []
     rounds = job.scenario.federation.rounds
-    outcome = job.ask(Keep(current, evaluation.personalize_steps, rounds), "keep")
+    outcome = job.ask(Keep(current, evaluation.personalize_steps, rounds, job.paths.root), "keep")
     labels = len(job.scenario.data.labels or [])
     for silo, report in list(outcome.replies.items()):
         if problem := kept_problem(report, labels, job.test_counts.get(silo)):

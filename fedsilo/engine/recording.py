@@ -148,8 +148,30 @@ def summary(result, origin: str, personalize_steps: int) -> str:
     return (
         f"Started from the {origin}. Initial accuracy {result.initial_accuracy:.3f}, final "
         f"{result.final_accuracy:.3f}.{personalized} Experiment `{result.experiment}`, run "
-        f"`{result.parent_run_id}`.{decision}"
+        f"`{result.parent_run_id}`.{decision}{kept_table(result)}"
     )
+
+
+def kept_table(result) -> str:
+    """Is joining worth it, per silo, in Markdown: the model it keeps beside its alone model."""
+    if not result.kept:
+        return ""
+    lines = [
+        "",
+        "",
+        "| silo | keeps | kept accuracy | alone accuracy | gain from joining |",
+        "|---|---|--:|--:|--:|",
+    ]
+    for silo, choice in sorted(result.kept.items()):
+        kept, alone = result.kept_accuracy.get(silo), result.alone_accuracy.get(silo)
+        gain = f"{100 * (kept - alone):+.1f} points" if None not in (kept, alone) else "-"
+        cells = [silo, choice, _percent(kept), _percent(alone), gain]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
 
 
 def tag_left_out(tracker, notify, round_index: int, outcome, step: str = "") -> None:

@@ -8,6 +8,7 @@ from fedsilo.engine.ledger import WeightLedger
 from fedsilo.errors import JobNotFound
 from fedsilo.messages import DataSummary, WeightRef
 from fedsilo.paths import JobPaths
+from fedsilo.personal import check_patterns
 from fedsilo.records import ResumePoint
 from fedsilo.scenario import Scenario
 from fedsilo.silo import initial_state
@@ -33,7 +34,9 @@ def starting_point(
     """Round 0's global model: the registered champion when warm-starting and it fits, else the
     pretrained model; the second value says which, and why."""
     uri = paths.global_uri(0)
-    pretrained = ledger.hold(write_state(initial_state(scenario, input_shape), uri))
+    state = initial_state(scenario, input_shape)
+    check_patterns(scenario.federation.personal_layers, state)
+    pretrained = ledger.hold(write_state(state, uri))
     if not scenario.retraining.warm_start:
         return pretrained, "pretrained model"
     try:  # a LoRA job starts from the champion's adapters, on the same pretrained encoder

@@ -4,8 +4,8 @@ its private keys and seed, the shares its peers sealed for it, and a record of w
 Under secure aggregation nothing plain leaves the silo, so this stays in the silo's private folder
 (FEDSILO_SILO_STATE, default .fedsilo/silo-state; mode 0700): one file per silo and job,
 overwritten each round. In distributed mode each step may be a new process, so memory would not
-do. The record (JSON) is what lets a silo answer each step once per round: the view it shared
-under, the peers it masked with, and the survivors it revealed shares for.
+do. The record (JSON) is what lets a silo answer each step once per round: the weight it encodes
+with, the view it shared under, the peers it masked with, and the survivors it revealed shares for.
 """
 
 import hashlib
@@ -27,7 +27,7 @@ STATE_ENV = "FEDSILO_SILO_STATE"
 
 @dataclass
 class Kept:
-    """A silo's state for one round: the vector, secrets by name, and the JSON record."""
+    """A silo's state for one round: its clipped change (float64), secrets by name, the JSON record."""
 
     vector: np.ndarray
     secrets: dict[str, bytes] = field(default_factory=dict)
@@ -51,7 +51,7 @@ def _path(silo: str, update_uri: str) -> Path:
 def save(silo: str, update_uri: str, kept: Kept) -> None:
     """Keep `kept` for the round whose update would go to `update_uri` (replacing the last one)."""
     path = _path(silo, update_uri)
-    tensors = {"vector": torch.from_numpy(kept.vector.view(np.int32))}
+    tensors = {"vector": torch.from_numpy(np.ascontiguousarray(kept.vector, dtype=np.float64))}
     for name, secret in kept.secrets.items():
         tensors[f"secret/{name}"] = torch.frombuffer(bytearray(secret), dtype=torch.uint8)
     metadata = {"update_uri": update_uri, "record": json.dumps(kept.record)}
@@ -78,4 +78,4 @@ def load(silo: str, update_uri: str) -> Kept:
         name.removeprefix("secret/"): bytes(t.numpy()) for name, t in tensors.items() if name != "vector"
     }
     record = json.loads(metadata.get("record", "{}"))
-    return Kept(tensors["vector"].numpy().view(np.uint32), secrets, record)
+    return Kept(tensors["vector"].numpy(), secrets, record)

@@ -1,25 +1,27 @@
 """Secure aggregation at the silo: the fit's upload hook and the three steps a silo answers.
 
-    fit (upload hook)  clip the update (L2 bound, then each coordinate) and encode it; keep it
-                       with two fresh X25519 key pairs (masking, sharing); answer the public keys
-    ShareKeys          check the round's view (its own keys, the encoding its fit received, a
-                       threshold its policy allows); draw a seed; seal a share of the seed and of
-                       the masking key for each peer, in one bundle
+    fit (upload hook)  clip the change to any fixed L2 bound; keep it with two fresh X25519 key
+                       pairs (masking, sharing); answer the public keys, and with no fixed bound
+                       the change's norm (the coordinator sets the round's bound from the median)
+    ShareKeys          check the round's view (its own keys, the encoding its fit received with at
+                       most the round's norm bound added, a threshold its policy allows); draw a
+                       seed; seal a share of the seed and of the masking key for each peer
     Mask               open the shares sealed for it (every one must authenticate under its view);
-                       add its self mask and pairwise masks, once per round; write the vector
+                       clip the change to the view's norm bound and encode it; add its self mask
+                       and pairwise masks, once per round; write the vector
     Unmask             for each survivor a share of its seed, for each dropped peer a share of its
                        masking key: never both for one peer, one split per round
 Every check names the silo and why; a silo that refuses is absent from the step.
 """
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import torch
 
 from fedsilo.handler import handles
 from fedsilo.messages import MaskedUpdate, RevealedShares, SharedKeys
-from fedsilo.modeling import shared_state
 from fedsilo.paths import JobPaths
 from fedsilo.privacy import pending, secagg
 from fedsilo.privacy import secagg_shares as shares
@@ -50,8 +52,9 @@ def silo_weight(scenario: Scenario, num_examples: int, encoding: Encoding) -> in
 def keep_update(
     scenario: Scenario, silo: str, local: State, current: State, num_examples: int, config: dict, uri: str
 ) -> Sent:
-    """Clip and encode `local`'s change from `current` with the round's fit `config`, keep it with
-    fresh keys on the silo's disk, and answer the public keys and how many coordinates were clipped."""
+    """Clip `local`'s change from `current` to the fixed bounds of the round's fit `config`, keep it
+    with fresh keys on the silo's disk, and answer the public keys, how many coordinates lie beyond
+    the range, and (no fixed bound) the change's norm, from which the round's bound is set."""
     encoding = Encoding.of(
         {
             "clipping_range": scenario.privacy.clipping_range,
@@ -65,18 +68,19 @@ def keep_update(
     if bounds:
         delta = secagg.clip_norm(delta, min(bounds))
     weight = silo_weight(scenario, num_examples, encoding)
-    vector, clipped = secagg.encode_change(delta, weight, encoding)
+    _, clipped = secagg.encode_change(delta, weight, encoding)  # checks the weight, counts the clipped
     keys = {"mask_key": secagg.new_private_key(), "share_key": secagg.new_private_key()}
-    pending.save(silo, uri, pending.Kept(vector, keys, {"encoding": encoding.as_dict()}))
+    record = {"encoding": encoding.as_dict(), "weight": weight}
+    pending.save(silo, uri, pending.Kept(delta.numpy(), keys, record))
     bundle = shares.key_bundle(secagg.public_key(keys["mask_key"]), secagg.public_key(keys["share_key"]))
     exchange, round_folder, _ = uri.rsplit("/", 2)  # <root>/round-NNN/<silo>.safetensors
     signed = signed_bundle(silo, bundle, int(round_folder.removeprefix("round-")), exchange)
-    return Sent(None, signed, clipped)
+    return Sent(None, signed, clipped, 0.0 if bounds else float(delta.norm()))
 
 
 def keep_for_masking(silo, global_state: State, update_uri: str, config: dict) -> Sent:
     """The silo's upload hook under secure aggregation: nothing plain leaves it (see keep_update)."""
-    local = shared_state(silo.model)
+    local = silo.outgoing(global_state)  # personal layers carry the global values: zero change
     if not all(bool(t.isfinite().all()) for t in local.values() if t.is_floating_point()):
         raise SecAggError(f"silo {silo.silo}: local training produced NaN or infinite weights")
     return keep_update(silo.scenario, silo.silo, local, global_state, silo.num_examples, config, update_uri)
@@ -92,6 +96,14 @@ def _kept(silo: str, step) -> tuple[JobPaths, pending.Kept]:
     return paths, pending.load(silo, paths.update_uri(step.round_index, silo))
 
 
+def _same_encoding(round_encoding: Encoding, fit_encoding: Encoding) -> bool:
+    """The round's encoding is the fit's, except that a norm bound the fit left open (0) may be
+    set: the round's, from the silos' reported norms."""
+    if fit_encoding.norm_bound:
+        return round_encoding == fit_encoding
+    return round_encoding == replace(fit_encoding, norm_bound=round_encoding.norm_bound)
+
+
 def _checked_view(scenario: Scenario, silo: str, step: ShareKeys, kept: pending.Kept) -> View:
     """The round's view after every check a silo makes of what it receives."""
     view = View(step.round_index, step.exchange, dict(step.peers), Encoding.of(step.encoding), step.threshold)
@@ -100,7 +112,7 @@ def _checked_view(scenario: Scenario, silo: str, step: ShareKeys, kept: pending.
         raise SecAggError(f"silo {silo}: the key list does not hold this silo's keys for the round")
     if len(view.peers) < 2 or not set(view.peers) <= set(scenario.silo_names()):
         raise SecAggError(f"silo {silo}: the peers must be two or more of the scenario's silos")
-    if view.encoding != Encoding.of(kept.record["encoding"]):
+    if not _same_encoding(view.encoding, Encoding.of(kept.record["encoding"])):
         raise SecAggError(f"silo {silo}: the round's encoding differs from the one its fit received")
     least = shares.threshold_for(scenario.privacy.secagg_threshold, len(view.peers))
     if not least <= view.threshold <= len(view.peers):
@@ -179,9 +191,13 @@ def mask(scenario: Scenario, silo: str, step: Mask, progress=None) -> MaskedUpda
     kept.secrets |= {f"from/{peer}": share for peer, share in opened.items()}
     kept.record["masked"] = peers
     pending.save(silo, paths.update_uri(step.round_index, silo), kept)
-    context, length = view.digest.encode(), len(kept.vector)
+    delta, encoding = torch.from_numpy(kept.vector), view.encoding
+    if encoding.norm_bound:
+        delta = secagg.clip_norm(delta, encoding.norm_bound)
+    vector, _ = secagg.encode_change(delta, kept.record["weight"], encoding)
+    context, length = view.digest.encode(), len(vector)
     keys = {peer: view.mask_key(peer) for peer in peers}
-    masked = kept.vector + secagg.self_mask(kept.secrets["seed"], context, length)
+    masked = vector + secagg.self_mask(kept.secrets["seed"], context, length)
     masked += secagg.pair_masks(kept.secrets["mask_key"], silo, keys, context, length)
     out_uri = paths.masked_uri(step.round_index, 0, silo)  # attempt 0: a silo masks once per round
     ref = write_state({"masked": torch.from_numpy(masked.view(np.int32))}, out_uri)
@@ -209,6 +225,6 @@ def unmask(scenario: Scenario, silo: str, step: Unmask, progress=None) -> Reveal
     seeds = {peer: received[peer][: shares.SEED_BYTES].hex() for peer in survivors}
     keys = {peer: received[peer][shares.SEED_BYTES :].hex() for peer in dropped}
     # the round is over for this silo: keep only the record that it revealed, not its secrets
-    forgotten = pending.Kept(np.zeros(0, dtype=np.uint32), {}, kept.record | {"revealed": split})
+    forgotten = pending.Kept(np.zeros(0), {}, kept.record | {"revealed": split})
     pending.save(silo, paths.update_uri(step.round_index, silo), forgotten)
     return RevealedShares(silo, step.round_index, seeds, keys)

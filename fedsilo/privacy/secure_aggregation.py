@@ -12,12 +12,23 @@ keys; fedsilo.privacy.secagg_silo is the silo side, secagg_steps the steps):
    the dropped silos' pairwise masks, checks the sum with integers only, and hands it to the
    wrapped aggregation's step (central DP noises it there).
 Fewer than t silos at any step (or fewer than min_silos) refuses the round, naming why.
+Influence: each silo clips its change to the round's L2 bound before encoding (a fixed bound, or
+with none set 3x the median of the norms the silos reported at fit), and the unmasked sum is
+refused unless its weight is the survivors' exactly, every coordinate is in range and the mean's
+norm is within the bound: a silo that skips clipping can spoil a round, not steer it further.
 Scenario fields: `privacy.secure_aggregation`, `privacy.clipping_range`, `privacy.secagg_threshold`,
 `privacy.secagg_norm_bound`.
 """
 
+import math
+from dataclasses import replace
+
+import torch
+
+from fedsilo.engine import influence
 from fedsilo.engine.aggregation import Aggregation, RoundContext, Wrapper
 from fedsilo.messages import FitReport, WeightRef
+from fedsilo.personal import personal_names
 from fedsilo.privacy import secagg, secagg_recovery
 from fedsilo.privacy import secagg_shares as shares
 from fedsilo.privacy.secagg_round import RoundRefused, SecureRound, masked_problems
@@ -40,6 +51,7 @@ class SecureAggregation(Wrapper):
         bound = min(norm_bounds(scenario), default=0.0)
         weight_bound = inner.weight_of(list(self.rules.trained_on))
         self.encoding = secagg.Encoding(privacy.clipping_range, weight_bound, bound, weight_cap)
+        self.last_bound: float | None = None  # the round's norm bound when no fixed one is set
 
     def configure_fit(self, round_index: int) -> dict[str, float]:
         return self.inner.configure_fit(round_index) | {
@@ -56,6 +68,9 @@ class SecureAggregation(Wrapper):
             return "it did not describe its data at prepare, so it cannot take part in masking"
         if isinstance(reply.num_examples, bool) or not 0 < reply.num_examples <= trained_on:
             return f"reported {reply.num_examples!r} training examples; it reported {trained_on} at prepare"
+        norm = reply.update_norm
+        if isinstance(norm, bool) or not isinstance(norm, int | float) or not 0 <= norm < math.inf:
+            return f"reported an update norm of {norm!r}"
         return shares.bundle_problem(reply.public_key) or self.inner.fit_reply_problem(reply, False)
 
     def weight(self, fit: FitReport) -> int:
@@ -67,9 +82,8 @@ class SecureAggregation(Wrapper):
         fits = _distinct_keys(replies, left_out, ctx.arrived)
         peers = {fit.silo: fit.public_key for fit in fits}
         threshold = shares.threshold_for(self.threshold, len(peers))
-        steps = SecureRound(
-            ctx, View(ctx.round_index, ctx.paths.root, peers, self.encoding, threshold), left_out
-        )
+        encoding = self.round_encoding(ctx, fits)
+        steps = SecureRound(ctx, View(ctx.round_index, ctx.paths.root, peers, encoding, threshold), left_out)
         try:
             if threshold > len(peers):
                 raise RoundRefused(f"{len(peers)} silos trained; privacy.secagg_threshold is {threshold}")
@@ -88,6 +102,19 @@ class SecureAggregation(Wrapper):
                 ctx.ledger.release(ref)
         return new, left_out | refused, steps.sent
 
+    def round_encoding(self, ctx: RoundContext, fits: list[FitReport]) -> secagg.Encoding:
+        """The round's encoding: with no fixed norm bound, each silo's change is clipped to
+        NORM_FACTOR x the median of the norms the silos reported (three or more; else the last
+        round's bound), so one silo's report cannot set it. Silos beyond it are named as clipped."""
+        if self.encoding.norm_bound:
+            return self.encoding
+        norms = {fit.silo: float(fit.update_norm) for fit in fits}
+        self.last_bound = influence.norm_bound(list(norms.values())) or self.last_bound
+        if not self.last_bound:
+            return self.encoding
+        ctx.clipped.update({silo: norm for silo, norm in norms.items() if norm > self.last_bound})
+        return replace(self.encoding, norm_bound=self.last_bound)
+
     def _unmasked(self, ctx, current, view: View, fits, shared, masked, revealed):
         """The next global model from the survivors' vectors, unmasked and checked. A sum that
         fails (one silo can make it fail; no one can tell which) keeps the previous global model
@@ -99,9 +126,11 @@ class SecureAggregation(Wrapper):
             seeds, keys = secagg_recovery.rebuild(view, shared, revealed, survivors)
             vectors = [read_state(m.vector)["masked"].numpy().view("uint32") for m in masked]
             values = secagg.signed(secagg_recovery.unmasked(vectors, view, seeds, keys, survivors))
-            secagg.check_sum(values, self.encoding, weight)
-            delta_sum = secagg.decode_sum(values, global_state, self.encoding)
-            secagg.check_norm(delta_sum, self.encoding, weight, len(survivors))
+            secagg.check_sum(values, view.encoding, weight)
+            delta_sum = secagg.decode_sum(values, global_state, view.encoding)
+            secagg.check_norm(delta_sum, view.encoding, weight, len(survivors))
+            for name in personal_names(self.rules.personal, delta_sum):  # they stay at the silos
+                delta_sum[name] = torch.zeros_like(delta_sum[name])
         except Exception as exc:  # unreadable vectors, shares that rebuild nothing, a bad sum
             # no one can tell whose vector broke the sum: the round keeps the previous model
             ctx.unsound = f"the secure sum of {', '.join(survivors)} was refused: {exc}"

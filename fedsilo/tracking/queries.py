@@ -115,6 +115,7 @@ def _job_rows(parent: Run, children: list[Run]) -> list[dict]:
                 "local_accuracy": m.get(names.LOCAL_ACCURACY),
                 "global_accuracy": m.get(names.GLOBAL_ACCURACY),
                 "train_loss": m.get("train_loss"),
+                **_kept_columns(m, child.data.tags.get("fedsilo.kept_model")),
             }
         )
     union = parent.data.metrics.get(names.GLOBAL_ACCURACY)
@@ -126,9 +127,16 @@ def _job_rows(parent: Run, children: list[Run]) -> list[dict]:
             "local_accuracy": None,
             "global_accuracy": union,
             "train_loss": None,
+            **_kept_columns(parent.data.metrics, None),
         }
     )
     return rows
+
+
+def _kept_columns(metrics: dict[str, float], kept_model: str | None) -> dict:
+    """Is joining worth it: the model a silo keeps, its score, its alone model's, and the gain."""
+    figures = ("kept_accuracy", "alone_accuracy", "gain_from_joining")
+    return {"kept_model": kept_model} | {name: metrics.get(name) for name in figures}
 
 
 def silo_matrices(experiment: str, jobs: int = 1, tracking_uri: str | None = None) -> dict[str, pd.DataFrame]:
