@@ -43,7 +43,8 @@ from fedsilo.metrics import global_metrics  # noqa: E402
 from fedsilo.modeling import EncodedSet  # noqa: E402
 from fedsilo.scenario import Scenario  # noqa: E402
 from fedsilo.silo import SiloParticipant, participant, release_participants  # noqa: E402
-from fedsilo.steps import Evaluate, Personalize  # noqa: E402
+from fedsilo.steps import Evaluate  # noqa: E402
+from fedsilo.steps import Keep as KeepStep  # noqa: E402
 from fedsilo.strategies import STRATEGIES  # noqa: E402
 from fedsilo.training import FitSettings, fit  # noqa: E402
 from fedsilo.transport import InProcess  # noqa: E402
@@ -225,8 +226,8 @@ class KeptSilos(InProcess):
         answers = super().ask(scenario, step, silos)
         if isinstance(step, Evaluate) and step.name.startswith("round-"):
             self.keep.last_global = list(answers.replies.values())
-        if isinstance(step, Personalize):
-            self.keep.personalized = list(answers.replies.values())
+        if isinstance(step, KeepStep):
+            self.keep.personalized = [r.personalized for r in answers.replies.values() if r.personalized]
         return answers
 
 

@@ -38,8 +38,9 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
         note = "under privacy.dp a silo keeps the global model: any other would train outside its budget"
         return Kept(member.silo, "global", {}, member.evaluate(step.weights, step.exchange), note=note)
     candidates = {"global": _copy(member.personal.spliced(step.exchange, read_state(step.weights)))}
+    personalized = None
     if step.personalize_steps:
-        member.personalize(step.weights, step.personalize_steps, progress, step.exchange)
+        personalized = member.personalize(step.weights, step.personalize_steps, progress, step.exchange)
         candidates["personalized"] = _copy(shared_state(member.model))
     reused = False
     if scenario.evaluation.alone:
@@ -52,7 +53,7 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
         choice, note = max(validation, key=lambda n: (validation[n], -PREFERENCE.index(n))), ""
     alone = _test_evaluation(member, candidates["alone"]) if "alone" in candidates else None
     kept = _test_evaluation(member, candidates[choice])
-    return Kept(member.silo, choice, validation, kept, alone, reused, note)
+    return Kept(member.silo, choice, validation, kept, alone, reused, note, personalized)
 
 
 def alone_state(scenario: Scenario, member: SiloParticipant, rounds: int, progress) -> tuple[State, bool]:

@@ -41,7 +41,8 @@ class Kept:
     """The model a silo keeps after the job, and what it would have had alone. Only the choice and
     scores leave the silo: `validation` holds each candidate's accuracy on its validation rows
     (global, personalized, alone), `kept` the best of them, `kept_evaluation` that model on its test
-    split, `alone` its alone model there (None when it trained none: `note` says why)."""
+    split, `alone` and `personalized` those candidates there (None when it trained none: `note`
+    says why)."""
 
     silo: str
     kept: str
@@ -50,6 +51,7 @@ class Kept:
     alone: Evaluation | None = None
     alone_reused: bool = False
     note: str = ""
+    personalized: Evaluation | None = None  # the personalized candidate on its test split
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ def check_patterns(patterns: list[str], state: State) -> None:
         raise FederationError("federation.personal_layers matches every weight: nothing would be federated")
 
 
-def with_global_values(state: State, global_state: State, patterns: list[str]) -> State:
+def with_global_values(state: State, global_state: State, patterns: Iterable[str]) -> State:
     """`state` with its personal tensors replaced by the global model's (what a silo sends, and
     what the coordinator reads of any update)."""
     if not patterns:
@@ -51,38 +51,38 @@ def with_global_values(state: State, global_state: State, patterns: list[str]) -
 
 
 class PersonalStore:
-    """One silo's personal tensors per job, in its private folder (kept across restarts)."""
+    """One silo's personal tensors per job and round, in its private folder (kept across
+    restarts). A fit of round r starts from those of the latest round before r, so a retried or
+    resumed round trains them from the same values as the first try did."""
 
     def __init__(self, silo: str, patterns: list[str]):
         self.silo, self.patterns = silo, list(patterns)
-        self._memory: dict[str, State] = {}
 
-    def _path(self, job: str) -> Path:
-        key = hashlib.sha256(job.encode()).hexdigest()[:24]
-        return state_folder(self.silo) / f"personal-{key}.safetensors"
+    def _folder(self, job: str) -> Path:
+        folder = state_folder(self.silo) / f"personal-{hashlib.sha256(job.encode()).hexdigest()[:24]}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
 
-    def remember(self, job: str, state: State) -> None:
-        """Keep the personal tensors of `state` (the silo's model after it trained) for `job`."""
+    def remember(self, job: str, round_index: int, state: State) -> None:
+        """Keep the personal tensors of `state` (the silo's model after round `round_index`)."""
         if not (self.patterns and job):
             return
         own = {n: state[n].detach().clone().contiguous() for n in personal_names(self.patterns, state)}
-        self._memory[job] = own
-        save_file(own, str(self._path(job)))
+        save_file(own, str(self._folder(job) / f"round-{round_index:05d}.safetensors"))
 
-    def own(self, job: str) -> State | None:
-        """The silo's personal tensors for `job`, or None before it first trained in it."""
+    def own(self, job: str, before_round: int | None = None) -> State | None:
+        """The silo's personal tensors for `job` after its latest round (before `before_round`
+        when given), or None before it first trained in it."""
         if not (self.patterns and job):
             return None
-        if job not in self._memory:
-            path = self._path(job)
-            if not path.exists():
-                return None
-            self._memory[job] = load_file(str(path))
-        return self._memory[job]
+        rounds = sorted(self._folder(job).glob("round-*.safetensors"))
+        if before_round is not None:
+            rounds = [path for path in rounds if int(path.stem.removeprefix("round-")) < before_round]
+        return load_file(str(rounds[-1])) if rounds else None
 
-    def spliced(self, job: str, state: State) -> State:
+    def spliced(self, job: str, state: State, before_round: int | None = None) -> State:
         """`state` with the silo's own personal tensors for `job` in place (as is before any)."""
-        own = self.own(job)
+        own = self.own(job, before_round)
         if not own:
             return state
         return state | {name: tensor for name, tensor in own.items() if name in state}

@@ -238,9 +238,10 @@ class SiloParticipant:
         noised count it released at prepare."""
         return stated_count(self.scenario, self.silo, len(self.train), self.version)
 
-    def load(self, state: State, job: str = "") -> None:
-        """Put exchanged weights into the model, with this silo's own personal layers for `job`."""
-        load_shared(self.model, self.personal.spliced(job, state))
+    def load(self, state: State, job: str = "", before_round: int | None = None) -> None:
+        """Put exchanged weights into the model, with this silo's own personal layers for `job`
+        (those it had before round `before_round`, when given)."""
+        load_shared(self.model, self.personal.spliced(job, state, before_round))
 
     def outgoing(self, global_state: State) -> State:
         """What the silo sends of its model: personal layers carry the global model's values."""
@@ -324,9 +325,9 @@ class SiloParticipant:
                 self._declined(round_index, str(exc), getattr(exc, "spent", None), started)
             )
         job = update_uri.rsplit("/", 2)[0]  # <root>/round-NNN/<silo>.safetensors
-        self.load(global_state, job)
+        self.load(global_state, job, before_round=round_index)
         train_loss, steps = training.train(self, settings, progress)
-        self.personal.remember(job, shared_state(self.model))
+        self.personal.remember(job, round_index, shared_state(self.model))
         local = self._evaluate_current()
         sent = upload(self, global_state, update_uri, config)
         report = FitReport(

@@ -8,8 +8,9 @@ float32 global model it sent. `federation.transfer_dtype: float32` sends the wei
 
 import torch
 
+from fedsilo.messages import WeightRef
 from fedsilo.validation import UpdateRefused
-from fedsilo.weights import State
+from fedsilo.weights import State, read_state, write_state
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,3 +42,8 @@ def from_wire(sent: State, base: State, dtype: str) -> State:
             )
         weights[name] = (held.float() + tensor.float()).to(held.dtype)
     return weights
+
+
+def materialize(sent: WeightRef, base: WeightRef, dtype: str, out_uri: str) -> WeightRef:
+    """A silo's full weights from what it sent (a 16-bit change from `base`), written to `out_uri`."""
+    return write_state(from_wire(read_state(sent), read_state(base), dtype), out_uri)

@@ -175,6 +175,7 @@ REPLY_FIELDS = {
         "alone": "absent",
         "alone_reused": "public",
         "note": "public",
+        "personalized": "absent",
     },
     "MaskedUpdate": {"silo": "public", "round": "public", "attempt": "public", "vector": "noised"},
     "SharedKeys": {"silo": "public", "round": "public", "bundle": "public", "seed_digest": "public"},

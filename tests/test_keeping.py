@@ -21,8 +21,10 @@ class Capturing(InProcess):
     def __init__(self):
         super().__init__()
         self.kept: dict[str, Kept] = {}
+        self.kinds: list[str] = []
 
     def ask(self, scenario, step, silos):
+        self.kinds.append(step.kind)
         answers = super().ask(scenario, step, silos)
         if isinstance(step, Keep):
             self.kept.update(answers.replies)
@@ -40,8 +42,10 @@ def test_every_silo_reports_alone_kept_and_the_gain_and_never_keeps_worse_than_a
         tmp_path, ROWS, "federation.rounds=1", "evaluation.personalize_steps=3", transport=silos
     )
     assert set(silos.kept) == {"clinic-a", "clinic-b"}
+    assert "personalize" not in silos.kinds  # each silo fine-tunes once, in its keep step
     for silo, report in silos.kept.items():
         assert set(report.validation) == {"global", "personalized", "alone"}
+        assert result.personalized[silo] == pytest.approx(report.personalized.accuracy)
         assert report.validation[report.kept] >= report.validation["alone"]  # the guarantee
         figures = {key: values[1] for key, values in tracker.silos[silo].items()}
         assert figures["alone_accuracy"] == pytest.approx(report.alone.accuracy)

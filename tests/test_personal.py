@@ -57,7 +57,7 @@ def test_a_personal_head_never_crosses_and_the_global_model_keeps_the_starting_h
     for model in tracker.models.values():
         for name in HEAD_NAMES:
             assert torch.equal(model[name], tracker.models[0][name])
-    own = list((tmp_path / "state").rglob("personal-*.safetensors"))
+    own = list((tmp_path / "state").rglob("personal-*/round-00002.safetensors"))
     assert len(own) == 2  # each silo keeps its own trained head, on its own disk
     from safetensors.torch import load_file
 
@@ -114,7 +114,7 @@ def test_a_silo_scores_exchanged_models_with_its_own_head_for_that_job(tmp_path)
         start = {name: t.clone() for name, t in member.model.state_dict().items()}
         ref = write_state(start, (tmp_path / "global.safetensors").as_uri())
         own = start | {"classifier.weight": torch.randn_like(start["classifier.weight"]) * 5}
-        member.personal.remember("job-1", own)
+        member.personal.remember("job-1", 1, own)
         with_own = member.evaluate(ref, "job-1")
         starting = member.evaluate(ref, "job-2")  # another job: no head of its own yet
         assert with_own.confusion != starting.confusion or with_own.loss != starting.loss
@@ -129,3 +129,21 @@ def test_a_pattern_that_matches_no_tensor_or_every_weight_is_named(tmp_path):
     with pytest.raises(FederationError, match="matches every weight"):
         run(tmp_path, "federation.personal_layers=['*']")
     assert personal_names(["*LayerNorm*"], ["a.LayerNorm.weight", "b.dense.weight"]) == {"a.LayerNorm.weight"}
+
+
+def test_a_retried_round_trains_the_personal_head_from_the_same_values(tmp_path):
+    from fedsilo.scenario import load_scenario
+
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [HEAD, "federation.local_steps=2"])
+    job = (tmp_path / "job").as_uri()
+    try:
+        member = participant(scenario, "clinic-a")
+        ref = write_state(member.model.state_dict(), f"{job}/global-000.safetensors")
+        heads = []
+        for _ in range(2):  # the same round twice: a Prefect retry, or a resume redoing it
+            member.fit(ref, 1, f"{job}/round-001/clinic-a.safetensors")
+            heads.append(member.personal.own(job))
+        assert torch.equal(heads[0]["classifier.weight"], heads[1]["classifier.weight"])
+        assert not torch.equal(heads[0]["classifier.weight"], read_state(ref)["classifier.weight"])
+    finally:
+        release_participants()

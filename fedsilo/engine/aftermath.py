@@ -1,37 +1,30 @@
-"""After the last round: personal fine-tuning, the silo x silo matrix, registration and the
+"""After the last round: the personalized scores, the silo x silo matrix, registration and the
 champion decision; and the last round's local models rebuilt for the matrix."""
 
 from dataclasses import replace
 
 from fedsilo.engine import champion
-from fedsilo.engine.aggregation import materialize
 from fedsilo.engine.recording import silo_matrix
 from fedsilo.engine.screening import evaluation_problem
-from fedsilo.messages import Evaluation, FitReport, WeightRef
+from fedsilo.messages import Evaluation, FitReport, Kept, WeightRef
 from fedsilo.metrics import global_metrics
 from fedsilo.records import JobResult
-from fedsilo.steps import Personalize, Score
+from fedsilo.steps import Score
+from fedsilo.transfer import materialize
 from fedsilo.weights import copy_file
 
 
-def personalize(job, current: WeightRef) -> list[Evaluation]:
-    """Each silo fine-tunes the final global model on its own data; scored on its own split."""
-    steps = job.scenario.evaluation.personalize_steps
-    if not steps:
+def personalized(job, kept: list[Kept]) -> list[Evaluation]:
+    """Each silo's personalized model (the final global model fine-tuned on its own rows in its
+    keep step) on its own test split: logged per silo and over the union."""
+    evaluations = [report.personalized for report in kept if report.personalized is not None]
+    if not evaluations:
         return []
-    outcome = job.ask(Personalize(current, steps, job.paths.root), "personalize")
-    labels = len(job.scenario.data.labels or [])
-    for silo, evaluation in list(outcome.replies.items()):
-        if problem := evaluation_problem(evaluation, labels, job.test_counts.get(silo)):
-            outcome.refuse(silo, problem)
-    if outcome.left_out():
-        job.log.warning("personalization: left out %s", outcome.left_out())
-    evaluations = list(outcome.replies.values())
     per_silo = {
         e.silo: {"personalized_accuracy": e.accuracy, "personalized_f1_macro": e.f1_macro}
         for e in evaluations
     }
-    union = global_metrics(evaluations) if evaluations else {}
+    union = global_metrics(evaluations)
     figures = {f"personalized_{k}": union[k] for k in ("accuracy", "f1_macro") if k in union}
     job.tracker.log_round(job.scenario.federation.rounds, figures, per_silo, None)
     return evaluations

@@ -60,8 +60,13 @@ class UpdateRules:
     def of(cls, scenario: Scenario, summaries: list[DataSummary]) -> "UpdateRules":
         federation, trained_on = scenario.federation, {s.silo: s.num_train for s in summaries}
         cap = influence.weight_cap(list(trained_on.values()))
-        personal = tuple(federation.personal_layers)
-        return cls(trained_on, federation.max_update_norm, federation.transfer_dtype, cap, personal)
+        return cls(
+            trained_on,
+            federation.max_update_norm,
+            federation.transfer_dtype,
+            cap,
+            tuple(federation.personal_layers),
+        )
 
     def weight(self, silo: str, claimed: int) -> int:
         """A silo's FedAvg weight: what it claims, within what it reported and the cap."""
@@ -122,7 +127,7 @@ class Aggregation:
             while sound:
                 try:
                     state = combine(global_state, self.bounded_updates(global_state, sound, norms, bound))
-                    state = with_global_values(state, global_state, list(self.rules.personal))  # exactly
+                    state = with_global_values(state, global_state, self.rules.personal)  # exactly
                     return write_state(state, out_uri), refused
                 except UpdateChanged as exc:  # its file changed after it was checked: refuse, sum again
                     refused[exc.silo] = str(exc)
@@ -172,7 +177,7 @@ class Aggregation:
     def _read(self, reply: FitReport, global_state: State) -> State:
         """A silo's update as full tensors; personal layers keep the global values, whatever it sent."""
         state = transfer.from_wire(read_state(reply.update), global_state, self.rules.transfer_dtype)
-        return with_global_values(state, global_state, list(self.rules.personal))
+        return with_global_values(state, global_state, self.rules.personal)
 
     def step_from_sum(self, current: State, average: State, delta_sum: State, total_weight: int) -> State:
         """The strategy's step from sum_k w_k delta_k over `total_weight` (what masking and central
@@ -249,14 +254,3 @@ def make_aggregation(
     for mechanism in (central_dp, dp_sgd, secure_aggregation):
         aggregation = mechanism.wrap(scenario, aggregation)
     return aggregation
-
-
-def materialize(sent: WeightRef, base: WeightRef, dtype: str, out_uri: str) -> WeightRef:
-    """A silo's full weights from what it sent (a 16-bit change from `base`), written to `out_uri`."""
-    return write_state(transfer.from_wire(read_state(sent), read_state(base), dtype), out_uri)
-
-
-def update_bytes(current: WeightRef, receivers: int, sent: list[WeightRef]) -> int:
-    """Bytes that crossed silo boundaries in a round: the global model out to each silo that
-    answered, and what they sent back (updates, or masked vectors under secure aggregation)."""
-    return receivers * current.size + sum(ref.size for ref in sent)

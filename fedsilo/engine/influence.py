@@ -13,6 +13,7 @@ most `NORM_FACTOR` times the median honest update's norm, whatever it sends or c
 aggregated model is checked (finite) before it is evaluated, logged or kept.
 """
 
+import math
 import statistics
 
 import numpy as np
@@ -107,7 +108,10 @@ def aggregate_round(job, round_index: int, current, outcome):
             job.log.warning("round %d: aggregate refused, previous model kept: %s", round_index, problem)
             job.tracker.set_tags({f"fedsilo.refused.round_{round_index}.aggregate": problem})
     if context.clipped:
-        clipped = ", ".join(f"{silo} (norm {norm:.3g})" for silo, norm in sorted(context.clipped.items()))
+        clipped = ", ".join(
+            silo if math.isnan(norm) else f"{silo} (norm {norm:.3g})"
+            for silo, norm in sorted(context.clipped.items())
+        )
         job.tracker.set_tags({f"fedsilo.clipped.round_{round_index}": clipped})
     return new, sent
 

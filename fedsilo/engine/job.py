@@ -15,10 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fedsilo.engine import aftermath, influence, keeping, screening
-from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules, make_aggregation, update_bytes
+from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules, make_aggregation
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.protocols import Reporter, Tracker
-from fedsilo.engine.recording import RoundRecorder, silo_metrics, summary, tag_left_out
+from fedsilo.engine.recording import RoundRecorder, silo_metrics, summary, tag_left_out, update_bytes
 from fedsilo.engine.screening import Outcome, check_quorum, screen
 from fedsilo.engine.start import resumed, settle_data, starting_point
 from fedsilo.errors import FederationError
@@ -97,8 +97,8 @@ class Coordinator:
             current, fits, final, model_id = self._round(round_index, current)
         if final is None:  # resumed after the last round: score the final model again
             final = list(self.evaluate(current, f"round-{federation.rounds}").replies.values())
-        personalized = aftermath.personalize(self, current)
         kept = keeping.keep_models(self, current)
+        personalized = aftermath.personalized(self, kept)
         aftermath.compare_silos(self, fits, final, personalized, [k.alone for k in kept if k.alone])
         result = aftermath.job_result(self, personalized, kept)
         if result.privacy:

@@ -30,9 +30,11 @@ def keep_models(job, current: WeightRef) -> list[Kept]:
         if problem := kept_problem(report, labels, job.test_counts.get(silo)):
             outcome.refuse(silo, problem)
         else:
-            alone = rescored(report.alone) if report.alone is not None else None
             outcome.replies[silo] = replace(
-                report, kept_evaluation=rescored(report.kept_evaluation), alone=alone
+                report,
+                kept_evaluation=rescored(report.kept_evaluation),
+                alone=rescored(report.alone) if report.alone is not None else None,
+                personalized=rescored(report.personalized) if report.personalized is not None else None,
             )
     if outcome.left_out():
         job.log.warning("keep: left out %s", outcome.left_out())
@@ -50,7 +52,12 @@ def kept_problem(report: Kept, labels: int, test_count: int | None) -> str | Non
         return "its validation scores must be accuracies of the candidates"
     if scores and (report.kept not in scores or scores[report.kept] < max(scores.values())):
         return f"it keeps {report.kept}, which is not its best candidate on its validation rows"
-    for name, evaluation in (("kept", report.kept_evaluation), ("alone", report.alone)):
+    candidates = (
+        ("kept", report.kept_evaluation),
+        ("alone", report.alone),
+        ("personalized", report.personalized),
+    )
+    for name, evaluation in candidates:
         if evaluation is not None and (problem := evaluation_problem(evaluation, labels, test_count)):
             return f"its {name} model's test scores: {problem}"
     return None

@@ -190,3 +190,9 @@ def tag_left_out(tracker, notify, round_index: int, outcome, step: str = "") -> 
     for silo, reason in sorted(outcome.left_out().items()):
         detail = {"silo": silo, "round": str(round_index), "reason": reason, "step": step or "fit"}
         notify("event", "fedsilo.silo.left-out", detail)
+
+
+def update_bytes(current: WeightRef, receivers: int, sent: list[WeightRef]) -> int:
+    """Bytes that crossed silo boundaries in a round: the global model out to each silo that
+    answered, and what they sent back (updates, or masked vectors under secure aggregation)."""
+    return receivers * current.size + sum(ref.size for ref in sent)

@@ -20,6 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
+from fedsilo.engine import influence
 from fedsilo.handler import handles
 from fedsilo.messages import MaskedUpdate, RevealedShares, SharedKeys
 from fedsilo.paths import JobPaths
@@ -75,7 +76,8 @@ def keep_update(
     bundle = shares.key_bundle(secagg.public_key(keys["mask_key"]), secagg.public_key(keys["share_key"]))
     exchange, round_folder, _ = uri.rsplit("/", 2)  # <root>/round-NNN/<silo>.safetensors
     signed = signed_bundle(silo, bundle, int(round_folder.removeprefix("round-")), exchange)
-    return Sent(None, signed, clipped, 0.0 if bounds else float(delta.norm()))
+    adaptive = not bounds and len(scenario.silos) >= influence.MIN_SILOS  # else no bound needs it
+    return Sent(None, signed, clipped, float(delta.norm()) if adaptive else 0.0)
 
 
 def keep_for_masking(silo, global_state: State, update_uri: str, config: dict) -> Sent:

@@ -15,7 +15,8 @@ Fewer than t silos at any step (or fewer than min_silos) refuses the round, nami
 Influence: each silo clips its change to the round's L2 bound before encoding (a fixed bound, or
 with none set 3x the median of the norms the silos reported at fit), and the unmasked sum is
 refused unless its weight is the survivors' exactly, every coordinate is in range and the mean's
-norm is within the bound: a silo that skips clipping can spoil a round, not steer it further.
+norm is within the bound: a silo that skips clipping can spoil a round or choose its direction
+within the bound (no one sees its vector), never move the mean change past it.
 Scenario fields: `privacy.secure_aggregation`, `privacy.clipping_range`, `privacy.secagg_threshold`,
 `privacy.secagg_norm_bound`.
 """
@@ -112,7 +113,8 @@ class SecureAggregation(Wrapper):
         self.last_bound = influence.norm_bound(list(norms.values())) or self.last_bound
         if not self.last_bound:
             return self.encoding
-        ctx.clipped.update({silo: norm for silo, norm in norms.items() if norm > self.last_bound})
+        hidden = math.nan  # named as clipped, but no silo's norm goes into MLflow
+        ctx.clipped.update({silo: hidden for silo, norm in norms.items() if norm > self.last_bound})
         return replace(self.encoding, norm_bound=self.last_bound)
 
     def _unmasked(self, ctx, current, view: View, fits, shared, masked, revealed):
