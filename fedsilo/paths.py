@@ -26,6 +26,10 @@ class JobPaths:
     def global_uri(self, round_index: int) -> str:
         return f"{self.root}/global-{round_index:03d}.safetensors"
 
+    def strategy_uri(self, round_index: int) -> str:
+        """What the strategy sends every silo's fit of the round beside the global model."""
+        return f"{self.root}/strategy-{round_index:03d}.safetensors"
+
     def update_uri(self, round_index: int, silo: str) -> str:
         return f"{self.root}/round-{round_index:03d}/{silo}.safetensors"
 

@@ -10,14 +10,10 @@ therefore the shared part with the starting values of the personal tensors (the 
 """
 
 import fnmatch
-import hashlib
 from collections.abc import Iterable
-from pathlib import Path
-
-from safetensors.torch import load_file, save_file
 
 from fedsilo.errors import FederationError
-from fedsilo.privacy.pending import state_folder
+from fedsilo.silo_store import RoundStore
 from fedsilo.weights import State
 
 
@@ -51,34 +47,23 @@ def with_global_values(state: State, global_state: State, patterns: Iterable[str
 
 
 class PersonalStore:
-    """One silo's personal tensors per job and round, in its private folder (kept across
-    restarts). A fit of round r starts from those of the latest round before r, so a retried or
-    resumed round trains them from the same values as the first try did."""
+    """One silo's personal tensors per job and round (fedsilo.silo_store.RoundStore)."""
 
     def __init__(self, silo: str, patterns: list[str]):
-        self.silo, self.patterns = silo, list(patterns)
-
-    def _folder(self, job: str) -> Path:
-        folder = state_folder(self.silo) / f"personal-{hashlib.sha256(job.encode()).hexdigest()[:24]}"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        return folder
+        self.patterns = list(patterns)
+        self.rounds = RoundStore(silo, "personal")
 
     def remember(self, job: str, round_index: int, state: State) -> None:
         """Keep the personal tensors of `state` (the silo's model after round `round_index`)."""
-        if not (self.patterns and job):
-            return
-        own = {n: state[n].detach().clone().contiguous() for n in personal_names(self.patterns, state)}
-        save_file(own, str(self._folder(job) / f"round-{round_index:05d}.safetensors"))
+        if self.patterns and job:
+            self.rounds.remember(
+                job, round_index, {n: state[n] for n in personal_names(self.patterns, state)}
+            )
 
     def own(self, job: str, before_round: int | None = None) -> State | None:
         """The silo's personal tensors for `job` after its latest round (before `before_round`
         when given), or None before it first trained in it."""
-        if not (self.patterns and job):
-            return None
-        rounds = sorted(self._folder(job).glob("round-*.safetensors"))
-        if before_round is not None:
-            rounds = [path for path in rounds if int(path.stem.removeprefix("round-")) < before_round]
-        return load_file(str(rounds[-1])) if rounds else None
+        return self.rounds.latest(job, before_round) if self.patterns and job else None
 
     def spliced(self, job: str, state: State, before_round: int | None = None) -> State:
         """`state` with the silo's own personal tensors for `job` in place (as is before any)."""

@@ -609,6 +609,12 @@ class Scenario(Strict):
                 f"{option} hides or noises single updates, but federation.strategy {strategy!r} "
                 "needs each one; use a mean-based strategy (fedavg, fedavgm, fedadam, ...)"
             )
+        if strategy == "scaffold" and (privacy.dp or self.model.lora):
+            option = "privacy.dp" if privacy.dp else "model.lora"
+            raise ValueError(
+                f"federation.strategy scaffold corrects each plain SGD step's gradient; {option} trains "
+                "otherwise (DP-SGD's noised steps, adapter names): use fedavg or fedprox with it"
+            )
         if privacy.secure_aggregation and federation.transfer_dtype != "float32":
             raise ValueError(
                 "federation.transfer_dtype has no effect with privacy.secure_aggregation (masked updates "

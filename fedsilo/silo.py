@@ -19,6 +19,7 @@ import torch
 
 from fedsilo.data import Examples, SiloData, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
+from fedsilo.drift import ControlVariate, ScaffoldRound
 from fedsilo.errors import SiloDeclined
 from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightRef
 from fedsilo.metrics import classification_metrics
@@ -31,7 +32,7 @@ from fedsilo.modeling import (
     shared_state,
     tokenizer_for,
 )
-from fedsilo.personal import PersonalStore, with_global_values
+from fedsilo.personal import PersonalStore, personal_names, with_global_values
 from fedsilo.privacy.dp import draw_count
 from fedsilo.privacy.pending import state_folder
 from fedsilo.scenario import Scenario
@@ -230,6 +231,7 @@ class SiloParticipant:
         self.rows_version = rows_version(silo, data)
         self.model = pretrained_model(scenario, len(self.labels), self.input_shape)
         self.personal = PersonalStore(silo, scenario.federation.personal_layers)
+        self.control = ControlVariate(silo)  # SCAFFOLD's c_i, when the strategy asks for it
         self._plain: torch.nn.Module | None = None  # under LoRA, for full weights (a champion)
 
     @property
@@ -304,6 +306,7 @@ class SiloParticipant:
         config: dict[str, float] | None = None,
         training: "Training | None" = None,
         upload: "Upload | None" = None,
+        extra: WeightRef | None = None,
     ) -> FitReport:
         """Start from the global weights at `ref`, train locally with the strategy's `config`
         (e.g. FedProx's proximal_mu) and send the update through `upload` to `update_uri`.
@@ -326,7 +329,13 @@ class SiloParticipant:
             )
         job = update_uri.rsplit("/", 2)[0]  # <root>/round-NNN/<silo>.safetensors
         self.load(global_state, job, before_round=round_index)
+        server = read_state(extra) if extra is not None else {}
+        skip = personal_names(self.personal.patterns, global_state)
+        args = (self.control, self.model, settings, config, server, job, round_index, skip)
+        settings, scaffold = ScaffoldRound.begin(*args)
         train_loss, steps = training.train(self, settings, progress)
+        if scaffold is not None:
+            scaffold.finish(steps)
         self.personal.remember(job, round_index, shared_state(self.model))
         local = self._evaluate_current()
         sent = upload(self, global_state, update_uri, config)

@@ -60,6 +60,7 @@ def fit(scenario: Scenario, silo: str, step: Fit, progress: Progress | None) -> 
         step.config,
         training=dp_sgd.training_for(scenario, job=step.exchange),
         upload=secure_aggregation.upload_for(scenario),
+        extra=step.extra,
     )
 
 

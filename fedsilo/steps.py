@@ -65,6 +65,7 @@ class Fit(Step):
     weights: WeightRef
     exchange: str
     config: dict[str, float] = field(default_factory=dict)
+    extra: WeightRef | None = None  # the strategy's tensors for every silo (SCAFFOLD's c)
     kind: ClassVar[str] = "fit"
     reply: ClassVar[type] = FitReport
     retried: ClassVar[bool] = True

@@ -1,7 +1,7 @@
 """Local fit and evaluate in plain torch: seeded, bf16 autocast on CUDA, CPU otherwise."""
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ class FitSettings:
 
     `proximal_mu` > 0 adds FedProx's mu/2 * ||w - w_start||^2 to the loss, w_start being the
     weights the model held when `fit` began (the global model, in a federated round).
+    `correction` is added to each named parameter's gradient at every step (SCAFFOLD's c - c_i).
     """
 
     epochs: int
@@ -30,6 +31,8 @@ class FitSettings:
     seed: int
     steps: int | None = None
     proximal_mu: float = 0.0
+    momentum: float = 0.9  # SGD's; SCAFFOLD's local steps are plain SGD (0)
+    correction: dict[str, torch.Tensor] | None = field(default=None, compare=False, hash=False)
 
     def total_steps(self, num_examples: int) -> int:
         return self.steps or -(-num_examples // self.batch_size) * self.epochs
@@ -42,7 +45,7 @@ def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Ten
 
 def make_optimizer(model: torch.nn.Module, settings: FitSettings) -> torch.optim.Optimizer:
     if settings.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=0.9)
+        return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum)
     return torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
 
 
@@ -89,10 +92,21 @@ def fit(
             loss = loss + proximal()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        _correct(model, settings.correction)
         optimizer.step()
         if progress:
             progress(step, total, losses[-1])
     return float(np.mean(losses[-window:]))
+
+
+@torch.no_grad()
+def _correct(model: torch.nn.Module, correction: dict[str, torch.Tensor] | None) -> None:
+    """Add each named parameter's correction to its gradient."""
+    if not correction:
+        return
+    for name, parameter in model.named_parameters():
+        if parameter.grad is not None and name in correction:
+            parameter.grad.add_(correction[name].to(parameter.grad.device, parameter.grad.dtype))
 
 
 @torch.no_grad()

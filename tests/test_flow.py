@@ -204,14 +204,16 @@ def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, ml
 
 
 @pytest.mark.slow
-def test_cli_runs_another_strategy_with_personalization(tmp_path):
+def test_cli_runs_scaffold_with_personal_layers_and_personalization(tmp_path):
     run = run_cli(
         "run",
         str(REPO / "scenarios" / "smoke.yaml"),
         "--rounds",
-        "1",
+        "2",
         "--set",
-        "federation.strategy=fedyogi",
+        "federation.strategy=scaffold",
+        "--set",
+        "federation.personal_layers=[classifier.*]",
         "--set",
         "evaluation.personalize_steps=2",
         "--set",
@@ -224,5 +226,6 @@ def test_cli_runs_another_strategy_with_personalization(tmp_path):
     (job,) = client.search_runs(
         [client.get_experiment_by_name("smoke").experiment_id], "tags.`fedsilo.role` = 'federation'"
     )
-    assert job.data.params["federation.strategy"] == "fedyogi"
+    assert job.data.params["federation.strategy"] == "scaffold"
+    assert job.data.params["federation.personal_layers"] == "['classifier.*']"
     assert 0 <= job.data.metrics["personalized_accuracy"] <= 1

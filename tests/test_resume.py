@@ -17,8 +17,9 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.slow
 
-# fedavgm: the strategy's momentum must be restored too, or the resumed rounds would differ
-ARGS = [str(REPO / "scenarios" / "smoke.yaml"), "--rounds", "4", "--set", "federation.strategy=fedavgm"]
+# scaffold: the server's control variate (strategy state) and each silo's own (on its disk) must
+# both carry over, or the resumed rounds would differ
+ARGS = [str(REPO / "scenarios" / "smoke.yaml"), "--rounds", "4", "--set", "federation.strategy=scaffold"]
 
 
 @pytest.fixture(scope="module")

@@ -28,9 +28,10 @@ from fedsilo.records import JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
 from fedsilo.steps import Evaluate, Fit, Prepare, Step
-from fedsilo.strategies import Strategy, make_strategy
+from fedsilo.strategies import RunFacts, Strategy, make_strategy
 from fedsilo.transport import Courier, Transport, secured
 from fedsilo.trust.credentials import ephemeral
+from fedsilo.weights import write_state
 
 Phase = Callable[[str, Callable[[], Any]], Any]  # runs named coordinator work (a Prefect task)
 
@@ -125,6 +126,7 @@ class Coordinator:
             self.tracker.log_data(data)
         self.scenario, self.input_shape = settle_data(self.scenario, summaries)
         rules = UpdateRules.of(self.scenario, summaries)
+        bind_strategy(self.strategy, self.scenario, rules)
         self.tracker.set_tags({"fedsilo.influence": influence.describe()})
         self.aggregation = make_aggregation(self.scenario, self.strategy, rules, self.wrap)
         meta = model_card(self.scenario, self.input_shape)
@@ -153,8 +155,9 @@ class Coordinator:
         """One round: fit, screen, aggregate, evaluate, record. Returns the new global model and
         the round's fit replies, evaluations and logged model id."""
         started, label = time.perf_counter(), f"round {round_index}"
-        config = self.aggregation.configure_fit(round_index)
-        outcome = self.ask(Fit(round_index, current, self.paths.root, config), label)
+        config, extra = self.aggregation.configure_fit(round_index), strategy_tensors(self, round_index)
+        outcome = self.ask(Fit(round_index, current, self.paths.root, config, extra), label)
+        self.ledger.release(extra)
         screening.hold_updates(outcome, self.paths, round_index, self.ledger)
         figures, privacy = self.aggregation.account(round_index, list(outcome.replies.values()))
         labels = len(self.scenario.data.labels or [])
@@ -233,3 +236,18 @@ class Coordinator:
                 getattr(reporter, method)(*args)
             except Exception as exc:  # a reporter decides nothing, and cannot fail the job either
                 self.log.warning("reporter %s failed on %s: %s", type(reporter).__name__, method, exc)
+
+
+def bind_strategy(strategy: Strategy, scenario: Scenario, rules: UpdateRules) -> None:
+    """Tell the strategy the job's facts once the silos have described their data."""
+    fed = scenario.federation
+    facts = (len(scenario.silos), fed.learning_rate, fed.local_steps, fed.epochs, fed.batch_size)
+    strategy.bind(RunFacts(*facts, dict(rules.trained_on)))
+
+
+def strategy_tensors(job: Coordinator, round_index: int) -> WeightRef | None:
+    """What the strategy sends every silo's fit beside the global model (SCAFFOLD's c), or None."""
+    tensors = job.strategy.fit_tensors()
+    if not tensors:
+        return None
+    return job.ledger.hold(write_state(tensors, job.paths.strategy_uri(round_index)))

@@ -19,7 +19,7 @@ from fedsilo.strategies.adaptive import (
     FedYogi,
     FedYogiSettings,
 )
-from fedsilo.strategies.base import SiloUpdate, Strategy, StrategySettings
+from fedsilo.strategies.base import RunFacts, SiloUpdate, Strategy, StrategySettings
 from fedsilo.strategies.mean import (
     FedAvg,
     FedAvgM,
@@ -32,10 +32,11 @@ from fedsilo.strategies.mean import (
     weighted_mean,
 )
 from fedsilo.strategies.robust import Median, MedianSettings, TrimmedMean, TrimmedMeanSettings
+from fedsilo.strategies.scaffold import Scaffold, ScaffoldSettings
 
 STRATEGIES: dict[str, type[Strategy]] = {}
 
-BUILTIN = (FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad, Median, TrimmedMean)
+BUILTIN = (FedAvg, FedAvgM, FedProx, FedAdam, FedYogi, FedAdagrad, Median, TrimmedMean, Scaffold)
 
 BuiltinSettings = Annotated[
     Union[tuple(cls.Settings for cls in BUILTIN)],  # noqa: UP007 - built from a tuple
@@ -102,6 +103,9 @@ __all__ = [
     "FedYogiSettings",
     "Median",
     "MedianSettings",
+    "RunFacts",
+    "Scaffold",
+    "ScaffoldSettings",
     "ServerStepSettings",
     "SiloUpdate",
     "Strategy",

@@ -30,6 +30,25 @@ class SiloUpdate:
     num_examples: int
 
 
+@dataclass(frozen=True)
+class RunFacts:
+    """What a strategy may need of the job beyond its settings: the federation's size and each
+    silo's local training (steps per round, from `local_steps` or its training count's batches)."""
+
+    silos: int
+    learning_rate: float
+    local_steps: int | None
+    epochs: int
+    batch_size: int
+    trained_on: dict[str, int]
+
+    def steps_of(self, silo: str) -> int:
+        """The optimizer steps a silo takes per round, as the scenario and its count at prepare say."""
+        if self.local_steps:
+            return self.local_steps
+        return max(1, -(-self.trained_on.get(silo, 1) // self.batch_size) * self.epochs)
+
+
 class StrategySettings(BaseModel):
     """A strategy's settings record: `name` (a Literal with a default in each concrete record)
     says which strategy, the other fields are its constructor keywords."""
@@ -82,8 +101,15 @@ class Strategy(ABC):
         """Check `settings` against the record: a bad value raises a ValueError naming the field."""
         self.settings = self.Settings(**settings)
 
+    def bind(self, facts: RunFacts) -> None:  # noqa: B027 - a hook most strategies leave empty
+        """Learn the job's facts once its silos have described their data (nothing by default)."""
+
     def configure_fit(self, round_index: int) -> dict[str, float]:
         """Settings every silo's local training receives this round (none by default)."""
+        return {}
+
+    def fit_tensors(self) -> State:
+        """Tensors every silo's fit receives this round beside the global model (none by default)."""
         return {}
 
     @abstractmethod

@@ -1,0 +1,37 @@
+"""Tensors a silo keeps for itself per job and round, in its private folder (kept across
+restarts): its personal layers, its SCAFFOLD control variate. A fit of round r reads what was
+kept after the latest round before r, so a retried or resumed round starts from the same values
+as its first try did."""
+
+import hashlib
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from fedsilo.privacy.pending import state_folder
+from fedsilo.weights import State
+
+
+class RoundStore:
+    """One silo's tensors of one `kind`, per job and round."""
+
+    def __init__(self, silo: str, kind: str):
+        self.silo, self.kind = silo, kind
+
+    def _folder(self, job: str) -> Path:
+        key = hashlib.sha256(job.encode()).hexdigest()[:24]
+        folder = state_folder(self.silo) / f"{self.kind}-{key}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        return folder
+
+    def remember(self, job: str, round_index: int, state: State) -> None:
+        """Keep `state` as this silo's after round `round_index` of `job`."""
+        tensors = {name: tensor.detach().clone().contiguous() for name, tensor in state.items()}
+        save_file(tensors, str(self._folder(job) / f"round-{round_index:05d}.safetensors"))
+
+    def latest(self, job: str, before_round: int | None = None) -> State | None:
+        """What was kept after the job's latest round (before `before_round` when given), or None."""
+        rounds = sorted(self._folder(job).glob("round-*.safetensors"))
+        if before_round is not None:
+            rounds = [path for path in rounds if int(path.stem.removeprefix("round-")) < before_round]
+        return load_file(str(rounds[-1])) if rounds else None

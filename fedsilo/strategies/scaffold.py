@@ -1,0 +1,110 @@
+"""SCAFFOLD (Karimireddy et al. 2020, "SCAFFOLD: Stochastic Controlled Averaging for Federated
+Learning"): drift correction with control variates, option II.
+
+The server keeps its control variate c in its state (saved with each round's model, so a resumed
+job goes on with it) and sends it with every fit. Silo i keeps its own c_i on its own disk
+(fedsilo.drift) and takes K plain SGD steps from the global model x,
+
+    y <- y - lr (g(y) - c_i + c),       then   c_i <- c_i - c + (x - y) / (K lr).
+
+The server steps like FedAvg on the weighted mean of the updates (server learning rate 1: the
+paper's global step size 1) and moves c by the silos' changes of c_i,
+
+    c <- c + (1/N) sum_{i in S} dc_i,   dc_i = -c - (y_i - x) / (K_i lr),
+
+which is exactly what silo i did to its c_i. The server derives dc_i from the silo's update
+(checked, and clipped to the round's influence bound) and the steps the scenario gives that silo,
+rather than receiving it: no silo sends a control variate of its own choosing. With three or more
+updates each dc_i is also clipped to 3x the round's median dc norm.
+"""
+
+import statistics
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+
+from fedsilo.strategies.base import RunFacts, SiloUpdate
+from fedsilo.strategies.mean import FedAvg, ServerStepSettings, WeightedSum
+from fedsilo.weights import State
+
+CLIP_FACTOR = 3.0  # each dc_i at most this many times the round's median dc norm (3+ updates)
+
+
+class ScaffoldSettings(ServerStepSettings):
+    """scaffold: FedAvg with SCAFFOLD's control variates; silos take plain SGD steps at
+    federation.learning_rate (the algorithm's local step), whatever federation.optimizer says."""
+
+    name: Literal["scaffold"] = "scaffold"
+
+
+class Scaffold(FedAvg):
+    """FedAvg's server step, with the server control variate c carried across rounds."""
+
+    Settings = ScaffoldSettings
+    settings: ScaffoldSettings
+    needs_individual_updates = True  # each dc_i comes from one silo's update
+
+    def __init__(self, **settings) -> None:
+        super().__init__(**settings)
+        self.control: State = {}
+        self.facts: RunFacts | None = None
+
+    def bind(self, facts: RunFacts) -> None:
+        self.facts = facts
+
+    def configure_fit(self, round_index: int) -> dict[str, float]:
+        return {"scaffold_learning_rate": self._facts().learning_rate}
+
+    def fit_tensors(self) -> State:
+        return dict(self.control)
+
+    def aggregate(self, current: State, updates: Iterable[SiloUpdate]) -> State:
+        total, changes = WeightedSum(), {}
+        for update in updates:
+            total.add(update.state, update.num_examples)
+            changes[update.silo] = self._control_change(current, update)
+        self.control = self._moved_control(changes)
+        return self.apply(current, total.mean())
+
+    def _control_change(self, current: State, update: SiloUpdate) -> State:
+        """dc_i = -c - (y_i - x) / (K_i lr): the change silo i made to its own control variate."""
+        facts = self._facts()
+        scale = 1.0 / (facts.steps_of(update.silo) * facts.learning_rate)
+        change = {}
+        for name, value in update.state.items():
+            if value.is_floating_point():
+                drift = (value.double() - current[name].double()) * scale
+                change[name] = -self.control.get(name, torch.zeros_like(drift)).double() - drift
+        return change
+
+    def _moved_control(self, changes: dict[str, State]) -> State:
+        """c + (1/N) sum_i dc_i, each dc_i clipped to CLIP_FACTOR x the median norm (3+ silos)."""
+        if not changes:
+            return self.control
+        norms = {silo: _norm(change) for silo, change in changes.items()}
+        bound = CLIP_FACTOR * statistics.median(norms.values()) if len(norms) >= 3 else None
+        first = next(iter(changes.values()))
+        moved = {name: self.control.get(name, torch.zeros_like(t)).double() for name, t in first.items()}
+        for silo, change in changes.items():
+            factor = bound / norms[silo] if bound is not None and norms[silo] > bound else 1.0
+            for name, value in change.items():
+                moved[name] += value * (factor / self._facts().silos)
+        return {name: value.float() for name, value in moved.items()}
+
+    def _facts(self) -> RunFacts:
+        if self.facts is None:
+            raise RuntimeError(
+                "scaffold needs the job's facts: call bind() once the silos described their data"
+            )
+        return self.facts
+
+    def state_dict(self) -> State:
+        return {f"control/{name}": value for name, value in self.control.items()}
+
+    def load_state_dict(self, state: State) -> None:
+        self.control = {key.removeprefix("control/"): value for key, value in state.items()}
+
+
+def _norm(state: State) -> float:
+    return float(sum(float(t.pow(2).sum()) for t in state.values())) ** 0.5
