@@ -321,9 +321,9 @@ def _print_result(scenario, result) -> None:
         f"run {result.parent_run_id} (see it with `make ui`)."
     )
     if result.personalized:
-        steps = scenario.evaluation.personalize_steps
+        how = scenario.evaluation.personalized_by
         scores = ", ".join(f"{silo} {accuracy:.1%}" for silo, accuracy in result.personalized.items())
-        print(f"Personalized ({steps} steps on each silo's own data, its own test split): {scores}.")
+        print(f"Personalized ({how} on each silo's own data, its own test split): {scores}.")
     if result.kept:
         print(
             "Each silo keeps its best model on its own validation rows "

@@ -1,8 +1,9 @@
 """Each silo keeps the best model it can prove, and sees what it would have had alone.
 
 After the last round a silo scores its candidates on its validation rows (held out of its
-training split, trained on by no model): the final global model, the global model fine-tuned on
-its own rows (`evaluation.personalize_steps`), and its **alone** model: the starting model trained
+training split, trained on by no model): the final global model, its personalized model (the
+global model fine-tuned on its own rows, `evaluation.personalize_steps`, or its Ditto model,
+fedsilo.ditto), and its **alone** model: the starting model trained
 on its own rows only, for as many optimizer steps as its federated work took. It keeps the best
 (ties go to the global model, then the personalized one), so no silo keeps a model that scored
 below its alone model on its own validation rows. Only the choice and the scores leave the silo.
@@ -42,6 +43,9 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
     if step.personalize_steps:
         personalized = member.personalize(step.weights, step.personalize_steps, progress, step.exchange)
         candidates["personalized"] = _copy(shared_state(member.model))
+    elif scenario.evaluation.personalization == "ditto" and (ditto := member.ditto.latest(step.exchange)):
+        candidates["personalized"] = ditto
+        personalized = _test_evaluation(member, ditto)
     reused = False
     if scenario.evaluation.alone:
         candidates["alone"], reused = alone_state(scenario, member, step.rounds, progress)

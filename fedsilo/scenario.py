@@ -392,6 +392,36 @@ class EvaluationSpec(Strict):
             "and the budget are unchanged)"
         ),
     )
+    personalization: Literal["finetune", "ditto"] = Field(
+        "finetune",
+        description=(
+            "the personalized model each silo may keep: finetune (the final global model fine-tuned "
+            "personalize_steps steps) or ditto (a personal model trained every round beside the "
+            "federated one, pulled toward the global model by ditto_lambda; Li et al. 2021)"
+        ),
+    )
+    ditto_lambda: float = Field(
+        0.1,
+        ge=0,
+        le=1e6,
+        description="ditto: weight of lambda/2 ||v - w_global||^2; 0: the silo's rows alone",
+    )
+
+    @property
+    def personalized_by(self) -> str:
+        """How the personalized models were made, in words."""
+        if self.personalization == "ditto":
+            return f"ditto, lambda {self.ditto_lambda:g}"
+        return f"{self.personalize_steps} steps"
+
+    @model_validator(mode="after")
+    def _one_personalization(self) -> "EvaluationSpec":
+        if self.personalization == "ditto" and self.personalize_steps:
+            raise ValueError(
+                "evaluation.personalize_steps fine-tunes the final global model; with "
+                "evaluation.personalization ditto the personal model trains every round instead: set one"
+            )
+        return self
 
 
 class RetrainingSpec(Strict):
@@ -608,6 +638,11 @@ class Scenario(Strict):
             raise ValueError(
                 f"{option} hides or noises single updates, but federation.strategy {strategy!r} "
                 "needs each one; use a mean-based strategy (fedavg, fedavgm, fedadam, ...)"
+            )
+        if privacy.dp and self.evaluation.personalization == "ditto":
+            raise ValueError(
+                "evaluation.personalization ditto trains a personal model on the silo's rows every round, "
+                "outside privacy.dp's budget: use finetune (under DP a silo keeps the global model)"
             )
         if strategy == "scaffold" and (privacy.dp or self.model.lora):
             option = "privacy.dp" if privacy.dp else "model.lora"

@@ -19,6 +19,7 @@ import torch
 
 from fedsilo.data import Examples, SiloData, label_names, load_silo_data
 from fedsilo.data.sources import source_for_file
+from fedsilo.ditto import PersonalModel
 from fedsilo.drift import ControlVariate, ScaffoldRound
 from fedsilo.errors import SiloDeclined
 from fedsilo.messages import DataSummary, Evaluation, FitReport, Scores, WeightRef
@@ -232,6 +233,7 @@ class SiloParticipant:
         self.model = pretrained_model(scenario, len(self.labels), self.input_shape)
         self.personal = PersonalStore(silo, scenario.federation.personal_layers)
         self.control = ControlVariate(silo)  # SCAFFOLD's c_i, when the strategy asks for it
+        self.ditto = PersonalModel(silo)  # with evaluation.personalization: ditto
         self._plain: torch.nn.Module | None = None  # under LoRA, for full weights (a champion)
 
     @property
@@ -339,6 +341,8 @@ class SiloParticipant:
         self.personal.remember(job, round_index, shared_state(self.model))
         local = self._evaluate_current()
         sent = upload(self, global_state, update_uri, config)
+        if self.scenario.evaluation.personalization == "ditto":
+            self.ditto.train(self, job, round_index, global_state, progress)
         report = FitReport(
             self.silo,
             round_index,

@@ -20,7 +20,8 @@ class FitSettings:
     """One local training run: `steps` optimizer steps when set, else `epochs` passes over the data.
 
     `proximal_mu` > 0 adds FedProx's mu/2 * ||w - w_start||^2 to the loss, w_start being the
-    weights the model held when `fit` began (the global model, in a federated round).
+    weights the model held when `fit` began (the global model, in a federated round), or the named
+    parameters of `anchor` when given (Ditto: the global model, while the personal model trains).
     `correction` is added to each named parameter's gradient at every step (SCAFFOLD's c - c_i).
     """
 
@@ -32,6 +33,7 @@ class FitSettings:
     steps: int | None = None
     proximal_mu: float = 0.0
     momentum: float = 0.9  # SGD's; SCAFFOLD's local steps are plain SGD (0)
+    anchor: dict[str, torch.Tensor] | None = field(default=None, compare=False, hash=False)
     correction: dict[str, torch.Tensor] | None = field(default=None, compare=False, hash=False)
 
     def total_steps(self, num_examples: int) -> int:
@@ -61,11 +63,23 @@ def _batches(data: EncodedSet, settings: FitSettings, shuffle: torch.Generator) 
 
 
 class _Proximal:
-    """FedProx's mu/2 * ||w - w_start||^2 over the trainable parameters, w_start frozen at creation."""
+    """FedProx's mu/2 * ||w - w_start||^2 over the trainable parameters, w_start frozen at creation
+    (or given by name in `anchor`)."""
 
-    def __init__(self, model: torch.nn.Module, mu: float):
+    def __init__(self, model: torch.nn.Module, mu: float, anchor: dict[str, torch.Tensor] | None = None):
         self.mu = mu
-        self.anchor = [(p, p.detach().clone()) for p in model.parameters() if p.requires_grad]
+        trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        self.anchor = [
+            (
+                p,
+                (
+                    anchor[name].to(p.device, p.dtype)
+                    if anchor is not None and name in anchor
+                    else p.detach().clone()
+                ),
+            )
+            for name, p in trained
+        ]
 
     def __call__(self) -> torch.Tensor:
         return self.mu / 2 * sum(((p - start) ** 2).sum() for p, start in self.anchor)
@@ -80,7 +94,7 @@ def fit(
     torch.manual_seed(settings.seed)
     shuffle = torch.Generator().manual_seed(settings.seed)
     optimizer = make_optimizer(model, settings)
-    proximal = _Proximal(model, settings.proximal_mu) if settings.proximal_mu > 0 else None
+    proximal = _Proximal(model, settings.proximal_mu, settings.anchor) if settings.proximal_mu > 0 else None
     total, window = settings.total_steps(len(data)), -(-len(data) // settings.batch_size)
     losses: list[float] = []
     for step, (inputs, labels) in enumerate(_batches(data, settings, shuffle), start=1):

@@ -204,7 +204,7 @@ def test_a_silo_refuses_global_weights_whose_checksum_differs(prefect_server, ml
 
 
 @pytest.mark.slow
-def test_cli_runs_scaffold_with_personal_layers_and_personalization(tmp_path):
+def test_cli_runs_scaffold_with_personal_layers_and_ditto(tmp_path):
     run = run_cli(
         "run",
         str(REPO / "scenarios" / "smoke.yaml"),
@@ -215,13 +215,13 @@ def test_cli_runs_scaffold_with_personal_layers_and_personalization(tmp_path):
         "--set",
         "federation.personal_layers=[classifier.*]",
         "--set",
-        "evaluation.personalize_steps=2",
+        "evaluation.personalization=ditto",
         "--set",
         "tracking.log_models=false",
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "Personalized (2 steps" in run.stdout and "clinic-a" in run.stdout
+    assert "Personalized (ditto, lambda 0.1 on each" in run.stdout and "clinic-a" in run.stdout
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     (job,) = client.search_runs(
         [client.get_experiment_by_name("smoke").experiment_id], "tags.`fedsilo.role` = 'federation'"

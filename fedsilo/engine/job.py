@@ -107,8 +107,7 @@ class Coordinator:
         self.after_rounds(current, result)
         if model_id:
             aftermath.register(self, result, model_id, current, final)
-        steps = self.scenario.evaluation.personalize_steps
-        self.notify("finished", summary(result, origin, steps), self.history, False)
+        self.notify("finished", summary(result, origin, self.scenario.evaluation), self.history, False)
         return result
 
     def after_rounds(self, current: WeightRef, result: JobResult) -> None:

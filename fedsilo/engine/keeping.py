@@ -21,7 +21,7 @@ from fedsilo.steps import Keep
 def keep_models(job, current: WeightRef) -> list[Kept]:
     """Ask every silo which model it keeps; the consistent reports, their test scores rescored."""
     evaluation = job.scenario.evaluation
-    if not evaluation.alone and not evaluation.personalize_steps:
+    if not evaluation.alone and not evaluation.personalize_steps and evaluation.personalization != "ditto":
         return []
     rounds = job.scenario.federation.rounds
     outcome = job.ask(Keep(current, evaluation.personalize_steps, rounds, job.paths.root), "keep")

@@ -132,7 +132,7 @@ def silo_matrix(
     return table
 
 
-def summary(result, origin: str, personalize_steps: int) -> str:
+def summary(result, origin: str, evaluation) -> str:
     """The job's closing line for reporters: where it started, where it ended, the champion."""
     decision = ""
     if result.registered_version:
@@ -144,7 +144,7 @@ def summary(result, origin: str, personalize_steps: int) -> str:
     personalized = ""
     if result.personalized:
         values = ", ".join(f"{s} {a:.3f}" for s, a in result.personalized.items())
-        personalized = f" Personalized ({personalize_steps} steps): {values}."
+        personalized = f" Personalized ({evaluation.personalized_by}): {values}."
     return (
         f"Started from the {origin}. Initial accuracy {result.initial_accuracy:.3f}, final "
         f"{result.final_accuracy:.3f}.{personalized} Experiment `{result.experiment}`, run "
