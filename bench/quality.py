@@ -9,12 +9,20 @@ fedsilo), every arm gets the same budget of E passes over every training example
                 R rounds of S local steps, R * S * batch * N_silos = E * training rows, the
                 global model scored on every silo's test split;
   personalized  each strategy's final global model fine-tuned by each silo for about one epoch
-                of an average silo's rows (evaluation.personalize_steps), on its own split.
+                of an average silo's rows (evaluation.personalize_steps), on its own split;
+  alone / kept  each silo's alone model (the starting model trained on its own rows for as many
+                steps as its federated work) and the model it keeps (the best of global,
+                personalized and alone on its validation rows), from the job's keep step.
+A strategy name may carry variants: `fedavg+ditto` (evaluation.personalization ditto instead of
+fine-tuning), `fedavg+head` (federation.personal_layers [classifier.*]: each silo keeps its own
+head). `scaffold` takes plain SGD steps at the data set's SGD learning rate.
 Accuracy and macro-F1 are reported per silo and on the union of the silos' test splits.
 
     python -m bench.quality --dataset pneumonia --partitions iid 1.0 0.5 0.1 --silos 3 10
     python -m bench.quality --dataset twitter-finance --partitions iid 0.5 --silos 3 \\
         --strategies fedavg fedavgm fedyogi
+    python -m bench.quality --dataset pneumonia --partitions iid 0.5 0.1 --silos 3 10 \\
+        --strategies fedavg scaffold fedavg+ditto fedavg+head
 """
 
 import argparse
@@ -64,6 +72,7 @@ class Dataset:
     domain: str
     epochs: int  # the budget E: passes over each training example, in every arm
     rounds: int  # federated rounds the budget is cut into
+    sgd_learning_rate: float = 0.05  # scaffold's plain SGD steps
 
     @property
     def bench(self) -> str:
@@ -143,15 +152,22 @@ def build_scenario(dataset: Dataset, partition: str, silos: int, seed: int) -> S
     )
 
 
-def with_budget(scenario: Scenario, dataset: Dataset, train_sizes: list[int], strategy: str) -> Scenario:
-    """The scenario of one strategy: E passes per example over R rounds of S local steps, then
-    about one average silo epoch of personalization."""
+def with_budget(scenario: Scenario, dataset: Dataset, train_sizes: list[int], arm: str) -> Scenario:
+    """The scenario of one arm (a strategy, with `+ditto` / `+head` variants): E passes per example
+    over R rounds of S local steps, then about one average silo epoch of personalization."""
+    strategy, *variants = arm.split("+")
     batch = scenario.federation.batch_size
     steps = max(1, round(dataset.epochs * sum(train_sizes) / (dataset.rounds * len(train_sizes) * batch)))
     personalize = math.ceil(sum(train_sizes) / len(train_sizes) / batch)
     raw = scenario.model_dump(mode="json")
     raw["federation"] |= {"strategy": strategy, "local_steps": steps, "local_epochs": None}
     raw["evaluation"]["personalize_steps"] = personalize
+    if strategy == "scaffold":
+        raw["federation"]["strategy"] = {"name": strategy, "local_learning_rate": dataset.sgd_learning_rate}
+    if "ditto" in variants:
+        raw["evaluation"] |= {"personalization": "ditto", "personalize_steps": 0}
+    if "head" in variants:
+        raw["federation"]["personal_layers"] = ["classifier.*"]
     return Scenario.model_validate(raw)
 
 
@@ -203,6 +219,8 @@ def federated(scenario: Scenario, scratch: str) -> dict:
         "curve": result.curve,
         "global": keep.last_global,
         "personalized": keep.personalized,
+        "kept": keep.kept,
+        "alone": keep.alone,
         "seconds": time.perf_counter() - began,
         "local_steps": scenario.federation.local_steps,
         "personalize_steps": scenario.evaluation.personalize_steps,
@@ -213,6 +231,8 @@ def federated(scenario: Scenario, scratch: str) -> dict:
 class Keep:
     last_global: list[Evaluation] = field(default_factory=list)
     personalized: list[Evaluation] = field(default_factory=list)
+    kept: list[Evaluation] = field(default_factory=list)
+    alone: list[Evaluation] = field(default_factory=list)
 
 
 class KeptSilos(InProcess):
@@ -227,7 +247,10 @@ class KeptSilos(InProcess):
         if isinstance(step, Evaluate) and step.name.startswith("round-"):
             self.keep.last_global = list(answers.replies.values())
         if isinstance(step, KeepStep):
-            self.keep.personalized = [r.personalized for r in answers.replies.values() if r.personalized]
+            replies = list(answers.replies.values())
+            self.keep.personalized = [r.personalized for r in replies if r.personalized]
+            self.keep.kept = [r.kept_evaluation for r in replies]
+            self.keep.alone = [r.alone for r in replies if r.alone]
         return answers
 
 
@@ -261,6 +284,8 @@ def run_setting(dataset: Dataset, partition: str, n_silos: int, seed: int, strat
         runs[name] = federated(with_budget(scenario, dataset, sizes, name), scratch)
         arms[name] = runs[name]["global"]
         arms[f"{name}+personalized"] = runs[name]["personalized"]
+        arms[f"{name}+kept"] = runs[name]["kept"]
+        arms.setdefault("alone", runs[name]["alone"])  # the same model in every arm: same budget
     return {"arms": arms, "runs": runs, "seconds": time.perf_counter() - began, "train_sizes": sizes}
 
 
@@ -335,6 +360,29 @@ def report(dataset: Dataset, partition: str, n_silos: int, strategies, result: d
                 margins=margins,
                 **context,
             )
+    alone = {e.silo: e for e in result["arms"].get("alone", [])}
+    for name in strategies:
+        kept = result["arms"][f"{name}+kept"]
+        if not kept or len(alone) != len(kept):
+            continue
+        # one test example of noise: kept >= alone - 1 / (the silo's test split)
+        shortfall = {
+            e.silo: round(100 * (e.accuracy - alone[e.silo].accuracy), 2)
+            for e in kept
+            if e.accuracy < alone[e.silo].accuracy - 1 / sum(map(sum, e.confusion)) - 1e-12
+        }
+        emit(
+            bench,
+            f"{tag}_{name}+kept_below_alone_silos",
+            len(shortfall),
+            "silos",
+            target="0: every silo's kept model >= its alone model (one test example of noise)",
+            met=not shortfall,
+            shortfall=shortfall,
+            **context,
+        )
+        gain = 100 * (union[f"{name}+kept"]["accuracy"] - union["alone"]["accuracy"])
+        emit(bench, f"{tag}_{name}+kept_minus_alone_union", round(gain, 2), "points", **context)
     if partition == "0.1" and "fedavg" in strategies:
         challengers = [s for s in CHALLENGERS if s in strategies]
         if challengers:
@@ -382,6 +430,16 @@ def plot(dataset: Dataset, results: dict, strategies) -> Path:
     return save_plot(figure, f"quality-{dataset.name}")
 
 
+def arm_name(text: str) -> str:
+    """A strategy name, optionally with variants: fedavg, fedavg+ditto, scaffold+head."""
+    strategy, *variants = text.split("+")
+    if strategy not in STRATEGIES or not set(variants) <= {"ditto", "head"}:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a strategy ({', '.join(sorted(STRATEGIES))}) + ditto/head"
+        )
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -389,7 +447,7 @@ def main() -> None:
     parser.add_argument("--dataset", choices=sorted(DATASETS), default="pneumonia")
     parser.add_argument("--partitions", nargs="+", default=["iid", "1.0", "0.5", "0.1"])
     parser.add_argument("--silos", type=int, nargs="+", default=[3, 10])
-    parser.add_argument("--strategies", nargs="+", choices=sorted(STRATEGIES), default=sorted(STRATEGIES))
+    parser.add_argument("--strategies", nargs="+", type=arm_name, default=sorted(STRATEGIES))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     logging.getLogger("fedsilo").setLevel(logging.ERROR)

@@ -9,7 +9,7 @@ import pytest
 from prefect import flow
 
 from fedsilo.engine import Coordinator, run_job
-from fedsilo.engine.aggregation import Wrapper
+from fedsilo.engine.wrapping import Wrapper
 from fedsilo.handler import handles
 from fedsilo.scenario import load_scenario
 from fedsilo.silo import participant

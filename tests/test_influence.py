@@ -207,6 +207,9 @@ def test_a_round_with_one_silo_absent_keeps_the_last_bound(tmp_path):
     _, tracker = run(tmp_path, THREE, QUORUM, transport=InProcess(handler))
     assert "clinic-c" in tracker.tags[None]["fedsilo.clipped.round_2"]  # round 1's bound, kept
     assert distance(tracker.models[2], tracker.models[1]) <= bound(tracker)
+    # the bound is part of the strategy state logged with each round, so a resumed job keeps it
+    state = tracker.extra_tensors[1]["strategy_state.safetensors"]
+    assert float(state["fedsilo/norm_bound"]) == pytest.approx(bound(tracker))
 
 
 def test_under_secure_aggregation_an_unclipped_update_cannot_move_the_model_past_the_bound(tmp_path):

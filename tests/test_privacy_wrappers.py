@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from fedsilo.engine.aggregation import Wrapper
+from fedsilo.engine.wrapping import Wrapper
 from fedsilo.transport import InProcess
 from tests.engine import run
 from tests.scripted import Scripted, moved_by

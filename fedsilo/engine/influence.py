@@ -17,6 +17,7 @@ import math
 import statistics
 
 import numpy as np
+import torch
 
 from fedsilo.metrics import union_metrics
 from fedsilo.privacy.central import clip_to_norm
@@ -52,6 +53,18 @@ def bounded_union(evaluations, cap: int | None) -> dict[str, float]:
         total = matrix.sum()
         confusions.append(matrix * (cap / total) if cap is not None and total > cap else matrix)
     return union_metrics(confusions, [e.loss for e in evaluations])
+
+
+def bound_state(key: str, bound: float | None) -> State:
+    """A norm bound as a tensor of the strategy's state, so a resumed job keeps it (none: empty)."""
+    return {key: torch.tensor(bound, dtype=torch.float64)} if bound else {}
+
+
+def bound_from(key: str, state: State) -> tuple[float | None, State]:
+    """The norm bound kept in `state` (or None), and the rest of the state."""
+    rest = dict(state)
+    bound = rest.pop(key, None)
+    return (float(bound) if bound is not None else None), rest
 
 
 def clipped(state: State, current: State, norm: float, bound: float | None) -> State:

@@ -15,12 +15,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from fedsilo.engine import aftermath, influence, keeping, screening
-from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules, make_aggregation
+from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.protocols import Reporter, Tracker
 from fedsilo.engine.recording import RoundRecorder, silo_metrics, summary, tag_left_out, update_bytes
 from fedsilo.engine.screening import Outcome, check_quorum, screen
 from fedsilo.engine.start import resumed, settle_data, starting_point
+from fedsilo.engine.wrapping import make_aggregation
 from fedsilo.errors import FederationError
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.paths import JobPaths

@@ -6,7 +6,8 @@ strategy that steps from a mean (`Strategy.apply`), and under secure aggregation
 the noise goes on the unmasked sum).
 """
 
-from fedsilo.engine.aggregation import Aggregation, Wrapper
+from fedsilo.engine.aggregation import Aggregation
+from fedsilo.engine.wrapping import Wrapper
 from fedsilo.privacy import central
 from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.secagg import float_names

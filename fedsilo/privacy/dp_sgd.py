@@ -12,7 +12,8 @@ logs each silo's epsilon and the worst one, and states the guarantee. Scenario f
 import math
 from dataclasses import replace
 
-from fedsilo.engine.aggregation import Aggregation, Wrapper
+from fedsilo.engine.aggregation import Aggregation
+from fedsilo.engine.wrapping import Wrapper
 from fedsilo.messages import FitReport
 from fedsilo.privacy import dp
 from fedsilo.privacy.budget_ledger import BudgetKey, BudgetLedger, Charge, Reservation

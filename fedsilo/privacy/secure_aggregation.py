@@ -27,7 +27,8 @@ from dataclasses import replace
 import torch
 
 from fedsilo.engine import influence
-from fedsilo.engine.aggregation import Aggregation, RoundContext, Wrapper
+from fedsilo.engine.aggregation import Aggregation, RoundContext
+from fedsilo.engine.wrapping import Wrapper
 from fedsilo.messages import FitReport, WeightRef
 from fedsilo.personal import personal_names
 from fedsilo.privacy import secagg, secagg_recovery
@@ -139,6 +140,13 @@ class SecureAggregation(Wrapper):
             return None, {}
         state = self.inner.step_from_sum(global_state, global_state, delta_sum, weight)
         return write_state(state, ctx.paths.global_uri(ctx.round_index)), {}
+
+    def state_dict(self):  # the inner state, and the round's norm bound (kept across a resume)
+        return self.inner.state_dict() | influence.bound_state("fedsilo/secagg_norm_bound", self.last_bound)
+
+    def load_state_dict(self, state) -> None:
+        self.last_bound, state = influence.bound_from("fedsilo/secagg_norm_bound", state)
+        self.inner.load_state_dict(state)
 
     def statement(self, rounds: int) -> str:
         own = "secure aggregation (double masking: the coordinator saw only sums of masked updates)"

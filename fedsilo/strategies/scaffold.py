@@ -20,9 +20,11 @@ updates each dc_i is also clipped to 3x the round's median dc norm.
 
 import statistics
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Literal
 
 import torch
+from pydantic import Field
 
 from fedsilo.strategies.base import RunFacts, SiloUpdate
 from fedsilo.strategies.mean import FedAvg, ServerStepSettings, WeightedSum
@@ -32,10 +34,13 @@ CLIP_FACTOR = 3.0  # each dc_i at most this many times the round's median dc nor
 
 
 class ScaffoldSettings(ServerStepSettings):
-    """scaffold: FedAvg with SCAFFOLD's control variates; silos take plain SGD steps at
-    federation.learning_rate (the algorithm's local step), whatever federation.optimizer says."""
+    """scaffold: FedAvg with SCAFFOLD's control variates; silos take plain SGD steps (the
+    algorithm's local step) at local_learning_rate, whatever federation.optimizer says."""
 
     name: Literal["scaffold"] = "scaffold"
+    local_learning_rate: float | None = Field(
+        None, gt=0, le=10, description="the silos' plain SGD step size; null: federation.learning_rate"
+    )
 
 
 class Scaffold(FedAvg):
@@ -51,7 +56,8 @@ class Scaffold(FedAvg):
         self.facts: RunFacts | None = None
 
     def bind(self, facts: RunFacts) -> None:
-        self.facts = facts
+        rate = self.settings.local_learning_rate
+        self.facts = replace(facts, learning_rate=rate) if rate else facts
 
     def configure_fit(self, round_index: int) -> dict[str, float]:
         return {"scaffold_learning_rate": self._facts().learning_rate}
