@@ -38,6 +38,6 @@ class PersonalModel:
         fit(member.model, member.train, settings, progress)
         self.rounds.remember(job, round_index, shared_state(member.model))
 
-    def latest(self, job: str) -> State | None:
-        """The silo's personal model after its latest round of `job`, or None."""
-        return self.rounds.latest(job)
+    def latest(self, job: str, before_round: int | None = None) -> State | None:
+        """The silo's personal model after its latest round of `job` (before `before_round`), or None."""
+        return self.rounds.latest(job, before_round)

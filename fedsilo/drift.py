@@ -8,34 +8,48 @@ from dataclasses import replace
 import torch
 
 from fedsilo.silo_store import RoundStore
+from fedsilo.strategies.scaffold import COUNTED
 from fedsilo.weights import State
 
 CONFIG_KEY = "scaffold_learning_rate"  # in a fit's config: this round runs SCAFFOLD at that rate
 
 
 class ControlVariate:
-    """One silo's c_i across a job's rounds."""
+    """One silo's c_i across a job's rounds. Each round keeps the c_i it started from, the drift
+    (x - y) / (K lr) it trained along and the server's c it used; the next round commits the
+    change the server counted (fedsilo.strategies.scaffold), so c stays the mean of the c_i."""
 
     def __init__(self, silo: str):
+        self.silo = silo
         self.rounds = RoundStore(silo, "control")
 
-    def correction(
-        self, job: str, round_index: int, server: State, names: list[str]
-    ) -> dict[str, torch.Tensor]:
-        """c - c_i for each named parameter (c_i as after the latest round before this one)."""
-        own = self.rounds.latest(job, before_round=round_index) or {}
-        return {name: _of(server, name) - _of(own, name) for name in names if name in server or name in own}
+    def own(self, job: str, round_index: int, server: State) -> State:
+        """c_i at the start of `round_index`: the last round's, plus the change the server counted."""
+        found = self.rounds.latest_round(job, before_round=round_index)
+        if found is None:
+            return {}
+        last_round, kept = found
+        committed = _part(kept, "committed/")
+        counted = server.get(COUNTED + self.silo)
+        if counted is None or int(counted[0]) != last_round:  # absent, refused or rolled back
+            return committed
+        update_scale, control_scale = float(counted[1]), float(counted[2])
+        used, drift = _part(kept, "server/"), _part(kept, "drift/")
+        return {
+            name: _of(committed, name) + control_scale * (update_scale * drift[name] - _of(used, name))
+            for name in drift
+        }
 
-    def update(
-        self, job: str, round_index: int, server: State, start: State, end: State, steps: int, rate: float
-    ) -> None:
-        """c_i <- c_i - c + (x - y) / (K lr), option II, for the parameters trained this round."""
-        own = self.rounds.latest(job, before_round=round_index) or {}
-        new = {}
-        for name in start:
-            drift = (start[name].double() - end[name].double()) / (steps * rate)
-            new[name] = (_of(own, name).double() - _of(server, name).double() + drift).float()
-        self.rounds.remember(job, round_index, new)
+    def keep(self, job: str, round_index: int, own: State, server: State, drift: State) -> None:
+        """Keep this round's c_i, drift (x - y) / (K lr) and the server's c, for the next round."""
+        kept = {f"committed/{name}": value for name, value in own.items()}
+        kept |= {f"server/{name}": value for name, value in server.items() if not name.startswith(COUNTED)}
+        kept |= {f"drift/{name}": value for name, value in drift.items()}
+        self.rounds.remember(job, round_index, kept)
+
+
+def _part(state: State, prefix: str) -> State:
+    return {name.removeprefix(prefix): value for name, value in state.items() if name.startswith(prefix)}
 
 
 def _of(state: State, name: str) -> torch.Tensor:
@@ -51,6 +65,7 @@ class ScaffoldRound:
         self.variate, self.model, self.job, self.round_index = variate, model, job, round_index
         self.server: State = {}
         self.start: State = {}
+        self.own: State = {}
         self.rate = 0.0
 
     @classmethod
@@ -64,12 +79,17 @@ class ScaffoldRound:
         scaffold = cls(variate, model, job, round_index)
         scaffold.server, scaffold.rate = server, rate
         scaffold.start = {n: p.detach().clone() for n, p in model.named_parameters() if n in names}
-        correction = variate.correction(job, round_index, server, names)
+        scaffold.own = variate.own(job, round_index, server)
+        correction = {name: _of(server, name) - _of(scaffold.own, name) for name in names}
         return replace(
             settings, optimizer="sgd", momentum=0.0, learning_rate=rate, correction=correction
         ), scaffold
 
     def finish(self, steps: int) -> None:
-        """Update c_i from the start and end of this round's `steps` local steps."""
-        end = {n: p.detach() for n, p in self.model.named_parameters() if n in self.start}
-        self.variate.update(self.job, self.round_index, self.server, self.start, end, steps, self.rate)
+        """Keep c_i's round: where it started, and the drift of this round's `steps` local steps."""
+        drift = {
+            name: ((self.start[name].double() - p.detach().double()) / (steps * self.rate)).float()
+            for name, p in self.model.named_parameters()
+            if name in self.start
+        }
+        self.variate.keep(self.job, self.round_index, self.own, self.server, drift)

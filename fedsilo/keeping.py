@@ -43,7 +43,9 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
     if step.personalize_steps:
         personalized = member.personalize(step.weights, step.personalize_steps, progress, step.exchange)
         candidates["personalized"] = _copy(shared_state(member.model))
-    elif scenario.evaluation.personalization == "ditto" and (ditto := member.ditto.latest(step.exchange)):
+    elif scenario.evaluation.personalization == "ditto" and (
+        ditto := member.ditto.latest(step.exchange, step.rounds + 1)
+    ):
         candidates["personalized"] = ditto
         personalized = _test_evaluation(member, ditto)
     reused = False

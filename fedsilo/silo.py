@@ -330,6 +330,8 @@ class SiloParticipant:
                 self._declined(round_index, str(exc), getattr(exc, "spent", None), started)
             )
         job = update_uri.rsplit("/", 2)[0]  # <root>/round-NNN/<silo>.safetensors
+        for store in (self.personal.rounds, self.control.rounds, self.ditto.rounds):
+            store.forget_from(job, round_index)  # an earlier try of this round, or of a same-named job
         self.load(global_state, job, before_round=round_index)
         server = read_state(extra) if extra is not None else {}
         skip = personal_names(self.personal.patterns, global_state)

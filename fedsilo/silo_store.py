@@ -31,7 +31,21 @@ class RoundStore:
 
     def latest(self, job: str, before_round: int | None = None) -> State | None:
         """What was kept after the job's latest round (before `before_round` when given), or None."""
-        rounds = sorted(self._folder(job).glob("round-*.safetensors"))
-        if before_round is not None:
-            rounds = [path for path in rounds if int(path.stem.removeprefix("round-")) < before_round]
-        return load_file(str(rounds[-1])) if rounds else None
+        found = self.latest_round(job, before_round)
+        return found[1] if found else None
+
+    def latest_round(self, job: str, before_round: int | None = None) -> tuple[int, State] | None:
+        """(round, what was kept after it) for the job's latest round before `before_round`."""
+        rounds = {
+            int(path.stem.removeprefix("round-")): path
+            for path in self._folder(job).glob("round-*.safetensors")
+        }
+        kept = [r for r in rounds if before_round is None or r < before_round]
+        return (max(kept), load_file(str(rounds[max(kept)]))) if kept else None
+
+    def forget_from(self, job: str, round_index: int) -> None:
+        """Delete what was kept after round `round_index` and later: an earlier try of this round,
+        or an earlier job under the same name, which the round about to run replaces."""
+        for path in self._folder(job).glob("round-*.safetensors"):
+            if int(path.stem.removeprefix("round-")) >= round_index:
+                path.unlink(missing_ok=True)

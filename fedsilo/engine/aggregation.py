@@ -171,8 +171,9 @@ class Aggregation:
                 state = self._read(reply, global_state)
             except Exception as exc:
                 raise UpdateChanged(reply.silo, f"its update changed after it was checked: {exc}") from None
-            state = influence.clipped(state, global_state, norms[reply.silo], bound)
-            yield SiloUpdate(reply.silo, state, self.rules.weight(reply.silo, reply.num_examples))
+            norm = norms[reply.silo]
+            state, scale = influence.clipped(state, global_state, norm, bound), influence.scale(norm, bound)
+            yield SiloUpdate(reply.silo, state, self.rules.weight(reply.silo, reply.num_examples), scale)
 
     def _read(self, reply: FitReport, global_state: State) -> State:
         """A silo's update as full tensors; personal layers keep the global values, whatever it sent."""

@@ -67,6 +67,11 @@ def bound_from(key: str, state: State) -> tuple[float | None, State]:
     return (float(bound) if bound is not None else None), rest
 
 
+def scale(norm: float, bound: float | None) -> float:
+    """The factor clipping to `bound` multiplies a change of norm `norm` by (1: not clipped)."""
+    return bound / norm if bound is not None and norm > bound else 1.0
+
+
 def clipped(state: State, current: State, norm: float, bound: float | None) -> State:
     """The update moved back toward `current` so its change has norm at most `bound`."""
     if bound is None or norm <= bound:

@@ -28,6 +28,7 @@ class SiloUpdate:
     silo: str
     state: State
     num_examples: int
+    scale: float = 1.0  # the factor its change was clipped by before it reached the strategy
 
 
 @dataclass(frozen=True)
