@@ -57,7 +57,10 @@ def test_served_deployment_runs_with_a_parameter_changed_through_the_api(stack, 
                 and federation["mode"]["description"]
             )
             strategies = set(federation["strategy"]["discriminator"]["mapping"])
-            assert {"fedavg", "fedprox", "fedyogi", "median", "trimmed_mean"} <= strategies
+            assert {"fedavg", "fedprox", "fedyogi", "median", "trimmed_mean", "scaffold"} <= strategies
+            assert federation["personal_layers"]["description"]  # issue 22's options are on the form
+            evaluation = schema["definitions"]["EvaluationSpec"]["properties"]
+            assert evaluation["personalization"]["enum"] == ["finetune", "ditto"]
             beta1 = schema["definitions"]["FedAdamSettings"]["properties"]["beta1"]  # with its limits
             assert beta1["minimum"] == 0 and beta1["exclusiveMaximum"] == 1 and beta1["description"]
             assert "<" not in schema["properties"]["job_name"]["description"]  # the UI eats <...> as HTML
@@ -66,8 +69,10 @@ def test_served_deployment_runs_with_a_parameter_changed_through_the_api(stack, 
             assert parameters["scenario"]["federation"]["rounds"] == 2
             parameters["scenario"]["federation"] |= {
                 "rounds": 1,
-                "strategy": {"name": "fedyogi", "beta1": 0.8},
+                "strategy": {"name": "scaffold", "local_learning_rate": 0.05},
+                "personal_layers": ["classifier.*"],
             }
+            parameters["scenario"]["evaluation"] |= {"personalization": "ditto"}
             run = client.create_flow_run_from_deployment(
                 smoke.id, parameters=parameters | {"job_name": "served"}
             )
@@ -82,7 +87,10 @@ def test_served_deployment_runs_with_a_parameter_changed_through_the_api(stack, 
     )
     assert job.data.params["federation.rounds"] == "1"
     assert (
-        job.data.params["federation.strategy"] == "fedyogi"
-        and job.data.params["federation.strategy.beta1"] == "0.8"
+        job.data.params["federation.strategy"] == "scaffold"
+        and job.data.params["federation.strategy.local_learning_rate"] == "0.05"
+        and job.data.params["federation.personal_layers"] == "['classifier.*']"
+        and job.data.params["evaluation.personalization"] == "ditto"
     )
+    assert 0 <= job.data.metrics["personalized_accuracy"] <= 1  # each silo's Ditto model, scored
     assert [m.step for m in client.get_metric_history(job.info.run_id, "global_accuracy")] == [0, 1]
