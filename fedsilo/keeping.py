@@ -4,9 +4,11 @@ After the last round a silo scores its candidates on its validation rows (held o
 training split, trained on by no model): the final global model, its personalized model (the
 global model fine-tuned on its own rows, `evaluation.personalize_steps`, or its Ditto model,
 fedsilo.ditto), and its **alone** model: the starting model trained
-on its own rows only, for as many optimizer steps as its federated work took. It keeps the best
-(ties go to the global model, then the personalized one), so no silo keeps a model that scored
-below its alone model on its own validation rows. Only the choice and the scores leave the silo.
+on its own rows only, for as many optimizer steps as its federated work took. It keeps the best,
+and on a tie the alone model, then the personalized one: a model from joining must score higher
+than the alone model on the validation rows to be kept (a small validation split ties often, and
+a tie proves nothing). So no silo keeps a model that scored below its alone model on its own
+validation rows. Only the choice and the scores leave the silo.
 
 The alone model is kept in the silo's private folder and reused while its rows, the model and the
 training budget are the same, so recurring retraining on unchanged data does not pay for it twice.
@@ -19,7 +21,7 @@ import json
 
 from safetensors.torch import load_file, save_file
 
-from fedsilo.messages import KEPT_CHOICES, Kept
+from fedsilo.messages import Kept
 from fedsilo.metrics import classification_metrics
 from fedsilo.modeling import load_shared, shared_state
 from fedsilo.privacy.pending import state_folder
@@ -30,7 +32,7 @@ from fedsilo.training import Progress, fit, predict
 from fedsilo.weights import State, read_state
 
 ALONE_SEED_KEY = 1_000_033  # seeds the alone model's training apart from rounds and personalization
-PREFERENCE = KEPT_CHOICES  # on equal validation scores, the first
+PREFERENCE = ("alone", "personalized", "global")  # on equal validation scores, the first
 
 
 def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Progress | None) -> Kept:
@@ -56,10 +58,15 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
         note = "too few training rows for a validation split: the silo keeps the global model"
     else:
         validation = {name: _validation_accuracy(member, state) for name, state in candidates.items()}
-        choice, note = max(validation, key=lambda n: (validation[n], -PREFERENCE.index(n))), ""
+        choice, note = chosen(validation), ""
     alone = _test_evaluation(member, candidates["alone"]) if "alone" in candidates else None
     kept = _test_evaluation(member, candidates[choice])
     return Kept(member.silo, choice, validation, kept, alone, reused, note, personalized)
+
+
+def chosen(validation: dict[str, float]) -> str:
+    """The candidate with the best validation score; on a tie the first in PREFERENCE."""
+    return max(validation, key=lambda name: (validation[name], -PREFERENCE.index(name)))
 
 
 def alone_state(scenario: Scenario, member: SiloParticipant, rounds: int, progress) -> tuple[State, bool]:

@@ -33,7 +33,7 @@ class Evaluation:
     confusion: list[list[int]]  # rows: true label, columns: predicted; counts only, never rows
 
 
-KEPT_CHOICES = ("global", "personalized", "alone")  # a silo's candidates, preferred in this order on a tie
+KEPT_CHOICES = ("global", "personalized", "alone")  # the candidates a silo may keep
 
 
 @dataclass(frozen=True)

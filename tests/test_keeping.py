@@ -99,3 +99,12 @@ def test_a_report_that_keeps_a_worse_model_or_claims_more_test_rows_is_refused()
     assert "kept model's test scores" in kept_problem(inflated, 2, 10)
     assert "accuracies" in kept_problem(Kept("clinic-a", "global", {"global": 7.0}, _evaluation()), 2, 10)
     assert "none of" in kept_problem(Kept("clinic-a", "champion", {}, _evaluation()), 2, 10)
+
+
+def test_a_model_from_joining_must_beat_the_alone_model_to_be_kept():
+    from fedsilo.keeping import chosen
+
+    assert chosen({"global": 0.75, "personalized": 0.75, "alone": 0.75}) == "alone"  # a tie proves nothing
+    assert chosen({"global": 0.75, "personalized": 0.75, "alone": 0.5}) == "personalized"
+    assert chosen({"global": 0.8125, "personalized": 0.75, "alone": 0.75}) == "global"
+    assert chosen({"global": 0.9}) == "global"

@@ -12,8 +12,7 @@ import math
 from dataclasses import replace
 
 from fedsilo.engine.screening import evaluation_problem, rescored
-from fedsilo.messages import KEPT_CHOICES as PREFERENCE
-from fedsilo.messages import Kept, WeightRef
+from fedsilo.messages import KEPT_CHOICES, Kept, WeightRef
 from fedsilo.metrics import global_metrics
 from fedsilo.steps import Keep
 
@@ -45,10 +44,10 @@ def keep_models(job, current: WeightRef) -> list[Kept]:
 
 def kept_problem(report: Kept, labels: int, test_count: int | None) -> str | None:
     """Why a silo's report cannot be taken, or None."""
-    if report.kept not in PREFERENCE:
-        return f"it keeps {str(report.kept)[:40]!r}, none of {PREFERENCE}"
+    if report.kept not in KEPT_CHOICES:
+        return f"it keeps {str(report.kept)[:40]!r}, none of {KEPT_CHOICES}"
     scores = report.validation
-    if any(name not in PREFERENCE or not _is_score(value) for name, value in scores.items()):
+    if any(name not in KEPT_CHOICES or not _is_score(value) for name, value in scores.items()):
         return "its validation scores must be accuracies of the candidates"
     if scores and (report.kept not in scores or scores[report.kept] < max(scores.values())):
         return f"it keeps {report.kept}, which is not its best candidate on its validation rows"
