@@ -18,7 +18,7 @@ from fedsilo.paths import JobPaths
 from fedsilo.privacy import dp_sgd, secure_aggregation
 from fedsilo.scenario import Scenario
 from fedsilo.silo import participant, summarize
-from fedsilo.steps import Evaluate, Fit, Keep, Personalize, Prepare, Score
+from fedsilo.steps import Evaluate, Fit, Keep, Prepare, Score
 from fedsilo.training import Progress
 
 
@@ -81,16 +81,6 @@ def keep(scenario: Scenario, silo: str, step: Keep, progress: Progress | None) -
     from fedsilo.keeping import keep as keep_best
 
     return keep_best(scenario, participant(scenario, silo), step, progress)
-
-
-@handles(Personalize)
-def personalize(scenario: Scenario, silo: str, step: Personalize, progress: Progress | None) -> Evaluation:
-    if scenario.privacy.dp:
-        raise SiloDeclined(
-            f"silo {silo}: under privacy.dp a silo does not personalize: the personalized model would "
-            "train outside the privacy budget"
-        )
-    return participant(scenario, silo).personalize(step.weights, step.steps, progress, step.exchange)
 
 
 __all__ = ["handle"]

@@ -115,18 +115,6 @@ class Score(Step):
 
 
 @dataclass(frozen=True)
-class Personalize(Step):
-    """Fine-tune `weights` for `steps` steps on the silo's own data; answer its own score."""
-
-    weights: WeightRef
-    steps: int
-    exchange: str = ""  # the job's folder: the silo's personal layers for it go in
-    kind: ClassVar[str] = "personalize"
-    reply: ClassVar[type] = Evaluation
-    retried: ClassVar[bool] = True
-
-
-@dataclass(frozen=True)
 class Keep(Step):
     """After the last round: score the final global model, a personalized one (`personalize_steps`
     fine-tuning) and the silo's alone model (the starting model trained on its rows alone for
@@ -167,7 +155,6 @@ __all__ = [
     "Evaluate",
     "Fit",
     "Keep",
-    "Personalize",
     "Prepare",
     "Score",
     "Step",

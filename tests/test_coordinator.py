@@ -215,7 +215,7 @@ def test_an_unknown_step_is_an_error_that_names_it():
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml")
     with pytest.raises(
         UnknownKind,
-        match="unserved-test-step.*accepted: .*evaluate, fit, keep, mask, personalize, prepare, score",
+        match="unserved-test-step.*accepted: .*evaluate, fit, keep, mask, prepare, score",
     ):
         handle(scenario, "clinic-a", Unserved())
     with pytest.raises(UnknownKind, match="'nonesuch'"):

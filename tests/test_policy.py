@@ -8,7 +8,7 @@ from fedsilo.messages import WeightRef
 from fedsilo.paths import JobPaths
 from fedsilo.privacy.secagg_steps import Mask
 from fedsilo.scenario import Scenario, load_scenario
-from fedsilo.steps import Evaluate, Fit, Personalize, Prepare, Score, Step
+from fedsilo.steps import Evaluate, Fit, Keep, Prepare, Score, Step
 from fedsilo.trust.policy import SiloPolicy, load_policy
 from tests.conftest import REPO
 
@@ -34,7 +34,7 @@ def steps() -> list[Step]:
         Fit(1, ref(PATHS.global_uri(0)), FOLDER, {"proximal_mu": 0.0}),
         Evaluate(weights, "round-1", FOLDER),
         Score({"clinic-a": ref(PATHS.local_uri(1, "clinic-a"))}, "silos", FOLDER),
-        Personalize(weights, 50),
+        Keep(weights, 50, 2, FOLDER),
         Mask(1, "digest", {}, FOLDER),
     ]
 
@@ -117,9 +117,9 @@ def test_a_step_bound_declines_jobs_counted_in_epochs():
     assert "set federation.local_steps" in found and "not bounded up front" in found
 
 
-def test_personalize_rules_apply_to_personalize_steps_only():
-    job, personalize = scenario(), Personalize(ref(PATHS.global_uri(2)), 50)
-    others = [step for step in steps() if not isinstance(step, Personalize)]
+def test_personalize_rules_apply_to_the_steps_that_personalize_only():
+    job, personalize = scenario(), Keep(ref(PATHS.global_uri(2)), 50, 2, FOLDER)
+    others = [step for step in steps() if not isinstance(step, Keep)]
     for rules, rule in [
         (policy(personalize=False), "personalize"),
         (policy(limits={"max_personalize_steps": 49}), "limits.max_personalize_steps"),
@@ -127,6 +127,18 @@ def test_personalize_rules_apply_to_personalize_steps_only():
         assert rules.violation(job, personalize).startswith(f"policy rule {rule}:")
         assert all(rules.violation(job, step) is None for step in others)
     assert policy(limits={"max_personalize_steps": 50}).violation(job, personalize) is None
+    assert policy(personalize=False).violation(job, Keep(ref(PATHS.global_uri(2)), 0, 2, FOLDER)) is None
+
+
+def test_under_ditto_every_fit_personalizes_and_the_rules_say_so():
+    fit = Fit(1, ref(PATHS.global_uri(0)), FOLDER)
+    ditto = scenario("evaluation.personalization=ditto", "federation.local_steps=60")
+    assert "set evaluation.personalization to finetune" in policy(personalize=False).violation(ditto, fit)
+    limited = policy(limits={"max_personalize_steps": 50})
+    assert "limits.max_personalize_steps" in limited.violation(ditto, fit)
+    by_epochs = scenario("evaluation.personalization=ditto")
+    assert "set federation.local_steps" in limited.violation(by_epochs, fit)
+    assert policy(limits={"max_personalize_steps": 60}).violation(ditto, fit) is None
 
 
 def test_scoring_only_this_jobs_models():

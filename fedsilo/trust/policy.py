@@ -17,9 +17,9 @@ section is optional and an empty file allows everything, as running without a po
     limits:
       max_rounds: 20                 # federation.rounds
       max_local_steps: 500           # optimizer steps per fit: needs federation.local_steps
-      max_personalize_steps: 200     # the steps a Personalize step asks
+      max_personalize_steps: 200     # evaluation.personalize_steps (Ditto: local_steps)
     score_other_models: false        # evaluate and score only this job's models (default true)
-    personalize: false               # decline Personalize steps (default true)
+    personalize: false               # decline personalized models: fine-tuning, Ditto (default true)
 
 Job rules (join, models, require, limits.max_rounds, limits.max_local_steps) depend on the scenario
 alone, so they are checked on every step, Prepare included: a silo declines before it loads its
@@ -41,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fedsilo.errors import TrustError
 from fedsilo.scenario import Scenario
-from fedsilo.steps import Evaluate, Fit, Keep, Personalize, Score, Step
+from fedsilo.steps import Evaluate, Fit, Keep, Score, Step
 
 
 class Section(BaseModel):
@@ -211,18 +211,32 @@ class SiloPolicy(Section):
 
     def _step(self, scenario: Scenario, step: Step) -> str | None:
         """The rules on one kind of step; other kinds have none."""
-        if isinstance(step, Personalize):
-            return self._personalize(step.steps)
         if isinstance(step, Keep) and step.personalize_steps:  # it fine-tunes a personalized candidate
             return self._personalize(step.personalize_steps)
-        if isinstance(step, Fit) and self.limits.max_rounds is not None:
-            return self._fit_round(scenario, step)
+        if isinstance(step, Fit):
+            return self._ditto(scenario) or self._fit_round(scenario, step)
         if isinstance(step, Evaluate | Score) and not self.score_other_models:
             return self._only_job_models(scenario, step)
         return None
 
+    def _ditto(self, scenario: Scenario) -> str | None:
+        """Under evaluation.personalization ditto every fit also trains a personal model, for as
+        many steps as the fit: the personalize rules apply to it."""
+        if scenario.evaluation.personalization != "ditto":
+            return None
+        steps = scenario.federation.local_steps
+        if steps is None and self.personalize and self.limits.max_personalize_steps is not None:
+            return _broken(
+                "limits.max_personalize_steps",
+                "Ditto's personal model trains as many steps as each fit; set federation.local_steps so "
+                "they are bounded up front",
+            )
+        return self._personalize(steps or 0, "set evaluation.personalization to finetune")
+
     def _fit_round(self, scenario: Scenario, step: Fit) -> str | None:
         """A fit's round must be one of the job's: 1 to its rounds (within limits.max_rounds)."""
+        if self.limits.max_rounds is None:
+            return None
         last = min(scenario.federation.rounds, self.limits.max_rounds or scenario.federation.rounds)
         if not 1 <= step.round_index <= last:
             return _broken(
@@ -231,12 +245,9 @@ class SiloPolicy(Section):
             )
         return None
 
-    def _personalize(self, steps: int) -> str | None:
+    def _personalize(self, steps: int, remedy: str = "set evaluation.personalize_steps to 0") -> str | None:
         if not self.personalize:
-            return _broken(
-                "personalize",
-                "this silo does not personalize models; set evaluation.personalize_steps to 0",
-            )
+            return _broken("personalize", f"this silo does not personalize models; {remedy}")
         limit = self.limits.max_personalize_steps
         if limit is not None and steps > limit:
             return _broken(
