@@ -147,3 +147,19 @@ def test_a_retried_round_trains_the_personal_head_from_the_same_values(tmp_path)
         assert not torch.equal(heads[0]["classifier.weight"], read_state(ref)["classifier.weight"])
     finally:
         release_participants()
+
+
+def test_a_silo_keeps_only_the_last_two_rounds_and_no_folder_for_what_it_does_not_use(tmp_path):
+    from fedsilo.silo_store import RoundStore
+
+    store = RoundStore("clinic-a", "personal")
+    for round_index in (1, 2, 3):
+        store.remember("job", round_index, {"w": torch.full((2,), float(round_index))})
+    assert sorted(p.name for p in store._folder("job").iterdir()) == [
+        "round-00002.safetensors",
+        "round-00003.safetensors",
+    ]
+    assert float(store.latest("job", before_round=3)["w"][0]) == 2.0  # a retry of round 3 reads 2
+    run(tmp_path / "job", HEAD, "federation.rounds=1")  # no SCAFFOLD, no Ditto: no folders for them
+    kinds = {path.name.split("-")[0] for path in (tmp_path / "state").rglob("*-*") if path.is_dir()}
+    assert "control" not in kinds and "ditto" not in kinds and "personal" in kinds
