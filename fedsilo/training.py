@@ -68,17 +68,11 @@ class _Proximal:
 
     def __init__(self, model: torch.nn.Module, mu: float, anchor: dict[str, torch.Tensor] | None = None):
         self.mu = mu
-        trained = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        anchor = anchor or {}
         self.anchor = [
-            (
-                p,
-                (
-                    anchor[name].to(p.device, p.dtype)
-                    if anchor is not None and name in anchor
-                    else p.detach().clone()
-                ),
-            )
-            for name, p in trained
+            (p, anchor[name].to(p.device, p.dtype) if name in anchor else p.detach().clone())
+            for name, p in model.named_parameters()
+            if p.requires_grad
         ]
 
     def __call__(self) -> torch.Tensor:

@@ -96,8 +96,8 @@ def test_under_secure_aggregation_no_personal_coordinate_enters_a_masked_vector(
 @pytest.mark.parametrize("secure", [[], ["privacy.secure_aggregation=true"]], ids=["plain", "secure"])
 def test_a_silo_that_sends_a_changed_head_does_not_move_the_global_head(tmp_path, secure):
     three = "silos=[{name: clinic-a}, {name: clinic-b}, {name: clinic-c}]"
-    script = Scripted({"clinic-a": 0.01, "clinic-b": 0.02, "clinic-c": 0.015}, dict.fromkeys("abc", 30))
-    script.counts = {"clinic-a": 30, "clinic-b": 30, "clinic-c": 30}  # every tensor shifted, head too
+    shift = {"clinic-a": 0.01, "clinic-b": 0.02, "clinic-c": 0.015}  # every tensor, the head too
+    script = Scripted(shift, dict.fromkeys(shift, 30))
     _, tracker = run(tmp_path, three, HEAD, "federation.rounds=1", *secure, transport=InProcess(script))
     for name in HEAD_NAMES:
         assert torch.equal(tracker.models[1][name], tracker.models[0][name])
