@@ -176,14 +176,24 @@ def encode(local: State, current: State, weight: int, encoding: Encoding) -> tup
     return encode_change(flat_change(local, current), weight, encoding)
 
 
+def check_weight(weight: int, encoding: Encoding) -> None:
+    """SecAggError unless the weight fits the encoding's bound."""
+    if not 0 < weight <= encoding.weight_bound:
+        raise SecAggError(f"weight {weight} is outside (0, {encoding.weight_bound}]")
+
+
+def beyond_range(delta: torch.Tensor, encoding: Encoding) -> int:
+    """How many coordinates of `delta` lie beyond the clipping range (encoding clips them)."""
+    return int((delta.abs() > encoding.clipping_range).sum())
+
+
 def encode_change(delta: torch.Tensor, weight: int, encoding: Encoding) -> tuple[np.ndarray, int]:
     """The silo's weighted, clipped, fixed-point change as uint32 (the weight last), and how many
     coordinates were clipped. |value| <= unit * weight holds exactly: |delta / range| <= 1 in
     IEEE arithmetic, and unit * weight is an exact float."""
-    if not 0 < weight <= encoding.weight_bound:
-        raise SecAggError(f"weight {weight} is outside (0, {encoding.weight_bound}]")
+    check_weight(weight, encoding)
     bound = encoding.clipping_range
-    clipped = int((delta.abs() > bound).sum())
+    clipped = beyond_range(delta, encoding)
     fixed = torch.round(delta.clamp(-bound, bound).div_(bound).mul_(encoding.unit * weight))
     vector = np.empty(fixed.numel() + 1, dtype=np.uint32)
     vector[:-1] = fixed.to(torch.int64).numpy().astype(np.uint32)  # two's complement: x mod 2^32

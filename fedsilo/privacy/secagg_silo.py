@@ -69,7 +69,7 @@ def keep_update(
     if bounds:
         delta = secagg.clip_norm(delta, min(bounds))
     weight = silo_weight(scenario, num_examples, encoding)
-    _, clipped = secagg.encode_change(delta, weight, encoding)  # checks the weight, counts the clipped
+    secagg.check_weight(weight, encoding)  # encoded only at the mask step, with the round's bound
     keys = {"mask_key": secagg.new_private_key(), "share_key": secagg.new_private_key()}
     record = {"encoding": encoding.as_dict(), "weight": weight}
     pending.save(silo, uri, pending.Kept(delta.numpy(), keys, record))
@@ -77,7 +77,8 @@ def keep_update(
     exchange, round_folder, _ = uri.rsplit("/", 2)  # <root>/round-NNN/<silo>.safetensors
     signed = signed_bundle(silo, bundle, int(round_folder.removeprefix("round-")), exchange)
     adaptive = not bounds and len(scenario.silos) >= influence.MIN_SILOS  # else no bound needs it
-    return Sent(None, signed, clipped, float(delta.norm()) if adaptive else 0.0)
+    norm = float(delta.norm()) if adaptive else 0.0
+    return Sent(None, signed, secagg.beyond_range(delta, encoding), norm)
 
 
 def keep_for_masking(silo, global_state: State, update_uri: str, config: dict) -> Sent:
