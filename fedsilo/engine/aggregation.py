@@ -84,7 +84,7 @@ class RoundContext:
     ledger: Any  # fedsilo.engine.ledger.WeightLedger
     check_quorum: Callable[[list[str], str], None]
     log: logging.Logger | logging.LoggerAdapter
-    clipped: dict[str, float] = field(default_factory=dict)  # silo -> its update's norm, clipped
+    clipped: dict[str, float | None] = field(default_factory=dict)  # silo -> its clipped norm (None: hidden)
     unsound: str = ""  # why no sound aggregate came of updates that passed their checks
     arrived: list[str] = field(default_factory=list)  # the order the fit replies came in
 

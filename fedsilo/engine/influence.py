@@ -13,7 +13,6 @@ most `NORM_FACTOR` times the median honest update's norm, whatever it sends or c
 aggregated model is checked (finite) before it is evaluated, logged or kept.
 """
 
-import math
 import statistics
 
 import numpy as np
@@ -127,7 +126,7 @@ def aggregate_round(job, round_index: int, current, outcome):
             job.tracker.set_tags({f"fedsilo.refused.round_{round_index}.aggregate": problem})
     if context.clipped:
         clipped = ", ".join(
-            silo if math.isnan(norm) else f"{silo} (norm {norm:.3g})"
+            silo if norm is None else f"{silo} (norm {norm:.3g})"
             for silo, norm in sorted(context.clipped.items())
         )
         job.tracker.set_tags({f"fedsilo.clipped.round_{round_index}": clipped})

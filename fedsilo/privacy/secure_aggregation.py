@@ -114,8 +114,8 @@ class SecureAggregation(Wrapper):
         self.last_bound = influence.norm_bound(list(norms.values())) or self.last_bound
         if not self.last_bound:
             return self.encoding
-        hidden = math.nan  # named as clipped, but no silo's norm goes into MLflow
-        ctx.clipped.update({silo: hidden for silo, norm in norms.items() if norm > self.last_bound})
+        # named as clipped, without its norm: no silo's norm goes into MLflow
+        ctx.clipped.update({silo: None for silo, norm in norms.items() if norm > self.last_bound})
         return replace(self.encoding, norm_bound=self.last_bound)
 
     def _unmasked(self, ctx, current, view: View, fits, shared, masked, revealed):
