@@ -256,3 +256,31 @@ def test_under_secure_aggregation_honest_silos_clip_to_three_medians_and_are_nam
     expected = (honest + clipped_c) / 3  # every change points the same way; equal weights
     assert distance(tracker.models[1], tracker.models[0]) == pytest.approx(expected, rel=1e-4)
     assert "clinic-c" in tracker.tags[None]["fedsilo.clipped.round_1"]
+
+
+def test_a_claimed_huge_test_split_does_not_decide_the_kept_or_alone_union():
+    from types import SimpleNamespace
+
+    from fedsilo.engine import keeping
+    from fedsilo.engine.protocols import NullTracker
+    from fedsilo.engine.recording import RoundRecorder
+    from fedsilo.messages import Evaluation, Kept
+    from fedsilo.scenario import load_scenario
+    from tests.conftest import REPO
+
+    def evaluation(silo, right, wrong):
+        return Evaluation(silo, 0.0, 0.0, 0.1, [[right, wrong], [0, 0]])
+
+    honest = [
+        Kept(s, "global", {}, evaluation(s, 5, 5), evaluation(s, 5, 5)) for s in ("clinic-a", "clinic-b")
+    ]
+    liar = Kept("clinic-c", "global", {}, evaluation("clinic-c", 10**6, 0), evaluation("clinic-c", 10**6, 0))
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", ["federation.rounds=1"])
+    tracker = NullTracker()
+    cap = influence.weight_cap([10, 10, 10**6], influence.TEST_FACTOR)  # from the counts at prepare
+    job = SimpleNamespace(
+        tracker=tracker, scenario=scenario, recorder=RoundRecorder(scenario, tracker, (), {}, cap)
+    )
+    keeping.record(job, [*honest, liar])
+    assert tracker.rounds[1]["kept_accuracy"] == pytest.approx(20 / 30)  # its split weighs as 10, not 10^6
+    assert tracker.rounds[1]["alone_accuracy"] == pytest.approx(20 / 30)

@@ -7,7 +7,6 @@ from fedsilo.engine import champion
 from fedsilo.engine.recording import silo_matrix
 from fedsilo.engine.screening import evaluation_problem
 from fedsilo.messages import Evaluation, FitReport, Kept, WeightRef
-from fedsilo.metrics import global_metrics
 from fedsilo.records import JobResult
 from fedsilo.steps import Score
 from fedsilo.transfer import materialize
@@ -24,7 +23,7 @@ def personalized(job, kept: list[Kept]) -> list[Evaluation]:
         e.silo: {"personalized_accuracy": e.accuracy, "personalized_f1_macro": e.f1_macro}
         for e in evaluations
     }
-    union = global_metrics(evaluations)
+    union = job.recorder.union(evaluations)
     figures = {f"personalized_{k}": union[k] for k in ("accuracy", "f1_macro") if k in union}
     job.tracker.log_round(job.scenario.federation.rounds, figures, per_silo, None)
     return evaluations

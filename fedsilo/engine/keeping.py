@@ -13,7 +13,6 @@ from dataclasses import replace
 
 from fedsilo.engine.screening import evaluation_problem, rescored
 from fedsilo.messages import KEPT_CHOICES, Kept, WeightRef
-from fedsilo.metrics import global_metrics
 from fedsilo.steps import Keep
 
 
@@ -91,10 +90,10 @@ def record(job, reports: list[Kept]) -> None:
             silo=report.silo,
         )
     union = {}
-    if kept:
-        union |= {f"kept_{k}": v for k, v in global_metrics(kept).items() if k in ("accuracy", "f1_macro")}
-    if alone:
-        union |= {f"alone_{k}": v for k, v in global_metrics(alone).items() if k in ("accuracy", "f1_macro")}
+    for name, evaluations in (("kept", kept), ("alone", alone)):
+        if evaluations:  # each silo's test split weighs at most the cap, as in the round metrics
+            scores = job.recorder.union(evaluations)
+            union |= {f"{name}_{k}": scores[k] for k in ("accuracy", "f1_macro")}
     if "kept_accuracy" in union and "alone_accuracy" in union and len(alone) == len(kept):
         union["gain_from_joining"] = union["kept_accuracy"] - union["alone_accuracy"]
     job.tracker.log_round(job.scenario.federation.rounds, union, per_silo, None)

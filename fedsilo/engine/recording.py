@@ -57,6 +57,11 @@ class RoundRecorder:
         self.scenario, self.tracker, self.input_shape, self.meta = scenario, tracker, input_shape, meta
         self.test_cap = test_cap  # the most one silo's test split weighs in the union
 
+    def union(self, evaluations: list[Evaluation]) -> dict[str, float]:
+        """accuracy, f1_macro and loss over the silos' test splits, each weighing at most the cap:
+        every union fedsilo logs (global, kept, alone, personalized) is taken this way."""
+        return bounded_union(evaluations, self.test_cap)
+
     def record(
         self,
         round_index: int,
@@ -69,7 +74,7 @@ class RoundRecorder:
         strategy_state: dict,
     ) -> tuple[RoundRecord, str | None]:
         """Log one round (global model with the strategy's state, metrics linked to it)."""
-        union = bounded_union(evaluations, self.test_cap)
+        union = self.union(evaluations)
         job = {f"global_{k}": v for k, v in union.items()} | figures | {"silos_evaluated": len(evaluations)}
         job = {k: v for k, v in job.items() if _finite(v)}
         for metric in ("accuracy", "f1_macro"):  # each silo one vote, beside the example-weighted union
