@@ -14,6 +14,16 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
+@pytest.fixture(autouse=True)
+def own_state_folders(tmp_path, monkeypatch):
+    """Every test's silos keep their state (keys, replay stores, ledgers, alone models, personal
+    layers) under its own tmp_path, never in the working tree; the coordinator too, unless the
+    session's stack set its key."""
+    monkeypatch.setenv("FEDSILO_SILO_STATE", str(tmp_path / "silo-state"))
+    if "FEDSILO_COORDINATOR_STATE" not in os.environ:
+        monkeypatch.setenv("FEDSILO_COORDINATOR_STATE", str(tmp_path / "coordinator"))
+
+
 @pytest.fixture
 def mlflow_store(tmp_path, monkeypatch) -> str:
     """A fresh SQLite MLflow store with its artifacts under tmp_path; returned as its URI."""
