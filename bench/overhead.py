@@ -22,6 +22,15 @@ BENCH = "overhead"
 ROUND_TARGET, STARTUP_TARGET = 0.05, 5.0
 
 
+# what the bare script does not do: the linear schedule, the validation split, alone and kept models
+SAME_WORK_AS_BARE = (
+    "federation.learning_rate_schedule=constant",
+    "evaluation.validation_fraction=0",
+    "evaluation.alone=false",
+    "evaluation.keep_best_round=false",
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -38,6 +47,7 @@ def main() -> None:
         for rounds in args.rounds:
             name = f"bench-overhead-{stamp}-r{rounds}"
             named = ["--set", f"tracking.experiment={name}", "--set", f"tracking.registered_model={name}"]
+            named += [arg for setting in SAME_WORK_AS_BARE for arg in ("--set", setting)]
             wall["fedsilo", rounds], _ = run_timed(
                 [FEDSILO, "run", args.scenario, "--rounds", str(rounds), *named], env
             )

@@ -15,7 +15,9 @@ fedsilo), every arm gets the same budget of E passes over every training example
                 personalized and alone on its validation rows), from the job's keep step.
 A strategy name may carry variants: `fedavg+ditto` (evaluation.personalization ditto instead of
 fine-tuning), `fedavg+head` (federation.personal_layers [classifier.*]: each silo keeps its own
-head). `scaffold` takes plain SGD steps at the data set's SGD learning rate.
+head), `fedavg+constant` (the learning rate constant and the last round kept, as before the linear
+schedule and keep_best_round became the defaults; centralized follows the scenario's schedule).
+`scaffold` takes plain SGD steps at the data set's SGD learning rate.
 Accuracy and macro-F1 are reported per silo and on the union of the silos' test splits.
 
     python -m bench.quality --dataset pneumonia --partitions iid 1.0 0.5 0.1 --silos 3 10
@@ -102,7 +104,7 @@ class TextSample(Dataset):
     folder: str = ""
     rows: int = 1200
     max_length: int = 64
-    learning_rate: float = 1e-4
+    learning_rate: float = 3e-4  # at 1e-4, 12 short rounds sat on the majority class for 7 (issue 22)
 
     def scenario(self, seed):
         return {
@@ -130,6 +132,9 @@ DATASETS = {
     ),
     "sms-spam": TextSample(
         "sms-spam", "telecom", epochs=2, rounds=8, folder="sms_spam_collection", rows=800, max_length=48
+    ),
+    "medical-abstracts": TextSample(
+        "medical-abstracts", "medical", epochs=3, rounds=8, folder="medical_abstracts", max_length=64
     ),
 }
 
@@ -168,6 +173,9 @@ def with_budget(scenario: Scenario, dataset: Dataset, train_sizes: list[int], ar
         raw["evaluation"] |= {"personalization": "ditto", "personalize_steps": 0}
     if "head" in variants:
         raw["federation"]["personal_layers"] = ["classifier.*"]
+    if "constant" in variants:  # the defaults before issue 22: constant rate, the last round kept
+        raw["federation"]["learning_rate_schedule"] = "constant"
+        raw["evaluation"]["keep_best_round"] = False
     return Scenario.model_validate(raw)
 
 
@@ -188,7 +196,10 @@ def centralized(scenario: Scenario, silos: list[SiloParticipant], epochs: int, s
     settings = FitSettings(
         epochs, federation.batch_size, federation.learning_rate, federation.optimizer, federation.seed
     )
-    fit(model, pooled([s.train for s in silos]), settings)
+    rows = pooled([s.train for s in silos])
+    if federation.learning_rate_schedule == "linear":  # the same recipe as the silos': one course
+        settings = settings.along(len(rows), federation.warmup_fraction)
+    fit(model, rows, settings)
     trained = write_state(model.state_dict(), f"{scratch}/centralized.safetensors")
     return [s.evaluate(trained) for s in silos]
 
@@ -196,7 +207,7 @@ def centralized(scenario: Scenario, silos: list[SiloParticipant], epochs: int, s
 def local_only(scenario: Scenario, silos: list[SiloParticipant], epochs: int, scratch: str, start_ref):
     """Each silo trains alone for the whole budget; scored on its own test split."""
     alone = scenario.model_copy(
-        update={"federation": scenario.federation.model_copy(update={"local_epochs": epochs})}
+        update={"federation": scenario.federation.model_copy(update={"local_epochs": epochs, "rounds": 1})}
     )
     evaluations = []
     for silo in silos:
@@ -217,7 +228,8 @@ def federated(scenario: Scenario, scratch: str) -> dict:
         )
     return {
         "curve": result.curve,
-        "global": keep.last_global,
+        "global": keep.by_round[result.kept_round or scenario.federation.rounds],
+        "kept_round": result.kept_round,
         "personalized": keep.personalized,
         "kept": keep.kept,
         "alone": keep.alone,
@@ -229,7 +241,7 @@ def federated(scenario: Scenario, scratch: str) -> dict:
 
 @dataclass
 class Keep:
-    last_global: list[Evaluation] = field(default_factory=list)
+    by_round: dict[int, list[Evaluation]] = field(default_factory=dict)
     personalized: list[Evaluation] = field(default_factory=list)
     kept: list[Evaluation] = field(default_factory=list)
     alone: list[Evaluation] = field(default_factory=list)
@@ -245,7 +257,7 @@ class KeptSilos(InProcess):
     def ask(self, scenario, step, silos):
         answers = super().ask(scenario, step, silos)
         if isinstance(step, Evaluate) and step.name.startswith("round-"):
-            self.keep.last_global = list(answers.replies.values())
+            self.keep.by_round[int(step.name.split("-")[1])] = list(answers.replies.values())
         if isinstance(step, KeepStep):
             replies = list(answers.replies.values())
             self.keep.personalized = [r.personalized for r in replies if r.personalized]
@@ -317,6 +329,7 @@ def report(dataset: Dataset, partition: str, n_silos: int, strategies, result: d
             per_silo=per_silo(evaluations),
             curve=[round(a, 4) for a in run.get("curve", [])],
             local_steps=run.get("local_steps"),
+            kept_round=run.get("kept_round"),
             **context,
         )
     best = max(strategies, key=lambda s: union[s]["accuracy"])
@@ -433,9 +446,9 @@ def plot(dataset: Dataset, results: dict, strategies) -> Path:
 def arm_name(text: str) -> str:
     """A strategy name, optionally with variants: fedavg, fedavg+ditto, scaffold+head."""
     strategy, *variants = text.split("+")
-    if strategy not in STRATEGIES or not set(variants) <= {"ditto", "head"}:
+    if strategy not in STRATEGIES or not set(variants) <= {"ditto", "head", "constant"}:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: a strategy ({', '.join(sorted(STRATEGIES))}) + ditto/head"
+            f"{text!r}: a strategy ({', '.join(sorted(STRATEGIES))}) + ditto/head/constant"
         )
     return text
 

@@ -314,11 +314,17 @@ def _run_flow(scenario, job: str, resume: str):
     return state.result()
 
 
+def _kept_round(result) -> str:
+    if result.kept_round in (None, result.rounds):
+        return ""
+    return f" (round {result.kept_round}'s model, the best on the silos' validation rows)"
+
+
 def _print_result(scenario, result) -> None:
     print(
         f"\nDone: global accuracy {result.initial_accuracy:.1%} (pretrained) -> {result.final_accuracy:.1%} "
-        f"after {result.rounds} rounds.\nMLflow: {result.tracking_uri}, experiment '{result.experiment}', "
-        f"run {result.parent_run_id} (see it with `make ui`)."
+        f"after {result.rounds} rounds{_kept_round(result)}.\nMLflow: {result.tracking_uri}, "
+        f"experiment '{result.experiment}', run {result.parent_run_id} (see it with `make ui`)."
     )
     if result.personalized:
         how = scenario.evaluation.personalized_by

@@ -33,7 +33,7 @@ class PersonalModel:
         anchor = {name: p.detach().clone() for name, p in member.model.named_parameters() if p.requires_grad}
         load_shared(member.model, self.rounds.latest(job, before_round=round_index) or global_state)
         steps = member.scenario.federation.local_steps
-        settings = member.settings(SEED_KEY + round_index, steps)
+        settings = member.on_course(member.settings(SEED_KEY + round_index, steps), round_index)
         settings = replace(settings, proximal_mu=member.scenario.evaluation.ditto_lambda, anchor=anchor)
         fit(member.model, member.train, settings, progress)
         self.rounds.remember(job, round_index, shared_state(member.model))

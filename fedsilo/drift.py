@@ -82,7 +82,7 @@ class ScaffoldRound:
         scaffold.own = variate.own(job, round_index, server)
         correction = {name: _of(server, name) - _of(scaffold.own, name) for name in names}
         return replace(
-            settings, optimizer="sgd", momentum=0.0, learning_rate=rate, correction=correction
+            settings, optimizer="sgd", momentum=0.0, learning_rate=rate, correction=correction, schedule=None
         ), scaffold
 
     def finish(self, steps: int) -> None:

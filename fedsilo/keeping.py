@@ -74,7 +74,7 @@ def alone_state(scenario: Scenario, member: SiloParticipant, rounds: int, progre
     per_round = member.settings(ALONE_SEED_KEY, scenario.federation.local_steps).total_steps(
         len(member.train)
     )
-    settings = member.settings(ALONE_SEED_KEY, per_round * rounds)
+    settings = member.on_course(member.settings(ALONE_SEED_KEY, per_round * rounds))
     path = state_folder(member.silo) / f"alone-{_alone_key(scenario, member, settings)}.safetensors"
     if path.exists():
         return load_file(str(path)), True
@@ -97,6 +97,7 @@ def _alone_key(scenario: Scenario, member: SiloParticipant, settings) -> str:
             settings.learning_rate,
             settings.optimizer,
             settings.seed,
+            str(settings.schedule),
         ],
     }
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:24]

@@ -31,6 +31,7 @@ class Evaluation:
     f1_macro: float
     loss: float
     confusion: list[list[int]]  # rows: true label, columns: predicted; counts only, never rows
+    validation: list[list[int]] | None = None  # the same on the silo's validation rows, when asked
 
 
 KEPT_CHOICES = ("global", "personalized", "alone")  # the candidates a silo may keep

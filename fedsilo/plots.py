@@ -10,9 +10,12 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def accuracy_by_round(
-    federation: dict[int, float], silos: dict[str, dict[str, dict[int, float]]]
+    federation: dict[int, float],
+    silos: dict[str, dict[str, dict[int, float]]],
+    validation: dict[int, float] | None = None,
 ) -> plt.Figure:
-    """Global accuracy on the union (bold), each silo's global (solid) and local (dashed) accuracy."""
+    """Global accuracy on the union (bold), each silo's global (solid) and local (dashed) accuracy,
+    and the global model on the silos' validation rows (bold dotted; its best round is the one kept)."""
     figure, axes = plt.subplots(figsize=(7, 4.2))
     for index, (silo, series) in enumerate(sorted(silos.items())):
         color = f"C{index % 10}"
@@ -25,7 +28,13 @@ def accuracy_by_round(
         axes.plot(
             *zip(*sorted(federation.items())), "-", color="black", linewidth=2.5, label="global, all silos"
         )
-    axes.set(xlabel="round", ylabel="test accuracy", ylim=(0, 1.02), title="Accuracy by round")
+    if validation:
+        axes.plot(
+            *zip(*sorted(validation.items())), ":", color="black", linewidth=2, label="global, validation"
+        )
+        best = max(sorted(validation), key=lambda r: (validation[r], r))
+        axes.plot([best], [validation[best]], "*", color="black", markersize=12, label=f"kept: round {best}")
+    axes.set(xlabel="round", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy by round")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     axes.grid(alpha=0.3)
     axes.legend(fontsize=7, loc="lower right")

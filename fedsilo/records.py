@@ -41,7 +41,8 @@ class JobResult(BaseModel):
     tracking_uri: str = ""
     rounds: int
     initial_accuracy: float
-    final_accuracy: float
+    final_accuracy: float  # the kept round's global model (kept_round; the last round by default)
+    kept_round: int | None = None  # the round whose global model the job kept and registered
     curve: list[float] = []  # global accuracy on the union of test splits, round 0 first
     personalized: dict[str, float] = {}  # each silo's personalized accuracy on its own test split
     kept: dict[str, str] = {}  # the model each silo keeps: global, personalized or alone

@@ -279,6 +279,18 @@ class FederationSpec(Strict):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
+    learning_rate_schedule: Literal["linear", "constant"] = Field(
+        "linear",
+        description=(
+            "linear: warm up over the first warmup_fraction of a silo's steps in the job, then decay "
+            "to 0 at its last round's last step, one course across all rounds (short rounds do not "
+            "start it again); the alone and personalized models follow their own. constant: "
+            "learning_rate throughout. SCAFFOLD's local steps are always constant"
+        ),
+    )
+    warmup_fraction: float = Field(
+        0.1, ge=0, lt=1, description="linear schedule: share of the steps that warm the learning rate up"
+    )
     strategy: SerializeAsAny[BuiltinSettings] = Field(
         default_factory=FedAvgSettings,
         description=(
@@ -382,6 +394,14 @@ class EvaluationSpec(Strict):
         description=(
             "share of each silo's training rows held out to choose the model it keeps (global, "
             "personalized or alone); never trained on by any model; 0: the silo keeps the global model"
+        ),
+    )
+    keep_best_round: bool = Field(
+        True,
+        description=(
+            "keep (and register) the round whose global model scored best on the silos' validation "
+            "rows, not the last round's; needs validation_fraction > 0. The curve is logged as "
+            "global_validation_accuracy, the choice as the tag fedsilo.kept_round"
         ),
     )
     alone: bool = Field(

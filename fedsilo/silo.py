@@ -273,6 +273,11 @@ class SiloParticipant:
         """Every named model on this silo's test split, in one step."""
         return Scores(self.silo, {name: self.evaluate(ref, job) for name, ref in models.items()})
 
+    def validation_confusion(self) -> list[list[int]]:
+        """The confusion counts of the model as loaded on this silo's validation rows."""
+        probs = predict(self.model, self.validation, EVAL_BATCH_SIZE)
+        return classification_metrics(self.validation.labels.numpy(), probs)["confusion"]
+
     def _evaluate_current(self) -> Evaluation:
         return self._evaluate_with(self.model)
 
@@ -285,6 +290,15 @@ class SiloParticipant:
     ) -> FitSettings:
         """The scenario's local training settings, seeded for this silo and `seed_key`."""
         return self._settings(seed_key, steps, config or {})
+
+    def on_course(self, settings: FitSettings, round_index: int | None = None) -> FitSettings:
+        """`settings` on the scenario's learning-rate schedule: as round `round_index` of the job's
+        rounds (one course across them), or as a fit with a course of its own (None)."""
+        federation = self.scenario.federation
+        if federation.learning_rate_schedule == "constant":
+            return settings
+        fits, index = (federation.rounds, round_index) if round_index else (1, 1)
+        return settings.along(len(self.train), federation.warmup_fraction, fits, index)
 
     def _settings(self, seed_key: int, steps: int | None, config: dict[str, float]) -> FitSettings:
         federation = self.scenario.federation
@@ -322,6 +336,7 @@ class SiloParticipant:
         config = config or {}
         training, upload = training or PlainTraining(), upload or plain_upload
         settings = self._settings(round_index, self.scenario.federation.local_steps, config)
+        settings = self.on_course(settings, round_index)
         global_state = read_state(ref)  # read (checksum checked) before any budget is charged
         try:
             spent = training.budget(self, settings, round_index)
@@ -374,7 +389,7 @@ class SiloParticipant:
         """Fine-tune the global weights at `ref` for `steps` steps on this silo's own training split
         and score the result on its own test split; the personalized weights never leave the silo."""
         self.load(read_state(ref), job)
-        fit(self.model, self.train, self._settings(PERSONALIZE_SEED_KEY, steps, {}), progress)
+        fit(self.model, self.train, self.on_course(self._settings(PERSONALIZE_SEED_KEY, steps, {})), progress)
         return self._evaluate_current()
 
 

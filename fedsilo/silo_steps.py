@@ -11,6 +11,8 @@ names (`exchange`). Scoring any weights a caller names would make the exact conf
 oracle on the test rows; until steps are signed, a caller can still name another folder.
 """
 
+from dataclasses import replace
+
 from fedsilo.errors import SiloDeclined
 from fedsilo.handler import handle, handles
 from fedsilo.messages import DataSummary, Evaluation, FitReport, Kept, Scores, WeightRef
@@ -67,7 +69,11 @@ def fit(scenario: Scenario, silo: str, step: Fit, progress: Progress | None) -> 
 @handles(Evaluate)
 def evaluate(scenario: Scenario, silo: str, step: Evaluate, progress: Progress | None) -> Evaluation:
     only_job_models(scenario, silo, step, [step.weights])
-    return participant(scenario, silo).evaluate(step.weights, step.exchange)
+    member = participant(scenario, silo)
+    evaluation = member.evaluate(step.weights, step.exchange)
+    if step.validation and member.validation is not None and not scenario.privacy.dp:
+        return replace(evaluation, validation=member.validation_confusion())
+    return evaluation
 
 
 @handles(Score)

@@ -80,11 +80,13 @@ class Fit(Step):
 
 @dataclass(frozen=True)
 class Evaluate(Step):
-    """Score `weights` on the silo's test split; `name` says which model (`round-3`, `champion`)."""
+    """Score `weights` on the silo's test split; `name` says which model (`round-3`, `champion`).
+    With `validation`, also on its validation rows (the counts only, to choose the best round)."""
 
     weights: WeightRef
     name: str
     exchange: str = ""  # the job's folder: under DP-SGD a silo scores only this job's models
+    validation: bool = False
     kind: ClassVar[str] = "evaluate"
     reply: ClassVar[type] = Evaluation
 

@@ -1,7 +1,7 @@
 """Local fit and evaluate in plain torch: seeded, bf16 autocast on CUDA, CPU otherwise."""
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -13,6 +13,24 @@ Progress = Callable[[int, int, float], None]
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A linear warm-up over `warmup` steps, then a linear decay to 0 at step `total` (transformers'
+    linear schedule), counted over a whole job: a fit that takes the job's steps from `start` on
+    continues the course where the previous round left it, rather than starting it again."""
+
+    start: int
+    total: int
+    warmup: int
+
+    def factor(self, step: int) -> float:
+        """The learning rate's multiplier at this fit's `step` (0 is its first)."""
+        at = self.start + step
+        if at < self.warmup:
+            return (at + 1) / (self.warmup + 1)
+        return max(0.0, (self.total - at) / max(1, self.total - self.warmup))
 
 
 @dataclass(frozen=True)
@@ -35,9 +53,18 @@ class FitSettings:
     momentum: float = 0.9  # SGD's; SCAFFOLD's local steps are plain SGD (0)
     anchor: dict[str, torch.Tensor] | None = field(default=None, compare=False, hash=False)
     correction: dict[str, torch.Tensor] | None = field(default=None, compare=False, hash=False)
+    schedule: Schedule | None = None  # the learning rate's course over the job; None: constant
 
     def total_steps(self, num_examples: int) -> int:
         return self.steps or -(-num_examples // self.batch_size) * self.epochs
+
+    def along(
+        self, num_examples: int, warmup_fraction: float, fits: int = 1, index: int = 1
+    ) -> "FitSettings":
+        """These settings as fit `index` (from 1) of `fits` equal fits that share one linear schedule."""
+        per_fit = self.total_steps(num_examples)
+        total = per_fit * fits
+        return replace(self, schedule=Schedule((index - 1) * per_fit, total, int(warmup_fraction * total)))
 
 
 def logits(model: torch.nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -49,6 +76,13 @@ def make_optimizer(model: torch.nn.Module, settings: FitSettings) -> torch.optim
     if settings.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=settings.learning_rate, momentum=settings.momentum)
     return torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
+
+
+def scheduled(optimizer: torch.optim.Optimizer, schedule: Schedule | None):
+    """A torch scheduler that follows `schedule` step by step, or None for a constant rate."""
+    if schedule is None:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, schedule.factor)
 
 
 def _batches(data: EncodedSet, settings: FitSettings, shuffle: torch.Generator) -> Iterator:
@@ -88,6 +122,7 @@ def fit(
     torch.manual_seed(settings.seed)
     shuffle = torch.Generator().manual_seed(settings.seed)
     optimizer = make_optimizer(model, settings)
+    scheduler = scheduled(optimizer, settings.schedule)
     proximal = _Proximal(model, settings.proximal_mu, settings.anchor) if settings.proximal_mu > 0 else None
     total, window = settings.total_steps(len(data)), -(-len(data) // settings.batch_size)
     losses: list[float] = []
@@ -102,6 +137,8 @@ def fit(
         loss.backward()
         _correct(model, settings.correction)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         if progress:
             progress(step, total, losses[-1])
     return float(np.mean(losses[-window:]))

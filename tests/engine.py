@@ -33,6 +33,10 @@ class Recorder(NullTracker):
         self.meta = meta
         return f"m-{round_index}"
 
+    def register(self, model_id, make_champion, reason):
+        self.registered = model_id
+        return "1"
+
 
 def run(tmp_path, *overrides, transport=None, reporters=(), exchange=None, wrap=None):
     """The smoke scenario with `overrides`, through the engine; weights cross through a folder

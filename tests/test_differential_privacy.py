@@ -165,7 +165,7 @@ REPLY_FIELDS = {
         "update_norm": "noised",  # the norm of DP-SGD's output: post-processing
     },
     "Evaluation": dict.fromkeys(("silo", "accuracy", "f1_macro", "loss", "confusion"), "test split")
-    | {"silo": "public"},
+    | {"silo": "public", "validation": "absent"},  # under DP the job keeps its last round
     "Scores": {"silo": "public", "models": "test split"},
     "Kept": {  # under DP a silo keeps the global model and trains nothing else
         "silo": "public",
@@ -247,6 +247,7 @@ def test_under_dp_sgd_every_field_a_silo_sends_is_noised_accounted_or_absent(tmp
         evaluations += [reply.local] if isinstance(reply, messages.FitReport) else []
         for evaluation in evaluations:
             assert sum(map(sum, evaluation.confusion)) == SMOKE_TEST
+            assert evaluation.validation is None  # no validation counts leave a DP silo
         scored = [step.weights] if isinstance(step, Evaluate) else []
         scored += list(step.models.values()) if isinstance(step, Score) else []
         assert all(ref.uri in job_models(scenario, paths.root) for ref in scored)

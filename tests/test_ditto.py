@@ -35,13 +35,15 @@ def ditto_model(tmp_path, silo: str, before_round: int | None = None):
 
 
 def alone_round_by_round(overrides: list[str], silo: str) -> dict:
-    """The starting model trained on the silo's rows only, with Ditto's seeds and steps per round."""
+    """The starting model trained on the silo's rows only, with Ditto's seeds, steps per round and
+    the job's learning-rate course."""
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", overrides)
     try:
         member = participant(scenario, silo)
         load_shared(member.model, initial_state(scenario, member.input_shape))
         for round_index in (1, 2):
-            fit(member.model, member.train, member.settings(SEED_KEY + round_index, 3))
+            settings = member.on_course(member.settings(SEED_KEY + round_index, 3), round_index)
+            fit(member.model, member.train, settings)
         return {name: tensor.clone() for name, tensor in shared_state(member.model).items()}
     finally:
         release_participants()

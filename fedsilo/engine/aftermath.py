@@ -115,6 +115,8 @@ def job_result(job, personalized: list[Evaluation], kept=()) -> JobResult:
     """What the job returns: its curve, personalization, what each silo keeps and would have had
     alone, and the privacy statement."""
     rounds = job.scenario.federation.rounds
+    kept_round = getattr(job, "kept_round", rounds)
+    final = next((r for r in job.history if r.round_index == kept_round), job.history[-1])
     return JobResult(
         job=job.job,
         experiment=job.scenario.experiment_name,
@@ -122,7 +124,8 @@ def job_result(job, personalized: list[Evaluation], kept=()) -> JobResult:
         tracking_uri=getattr(job.tracker, "tracking_uri", ""),
         rounds=rounds,
         initial_accuracy=job.history[0].global_accuracy,
-        final_accuracy=job.history[-1].global_accuracy,
+        final_accuracy=final.global_accuracy,
+        kept_round=final.round_index,
         curve=[r.global_accuracy for r in job.history],
         personalized={e.silo: e.accuracy for e in personalized},
         kept={k.silo: k.kept for k in kept},

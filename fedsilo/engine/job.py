@@ -16,12 +16,13 @@ from typing import Any
 
 from fedsilo.engine import aftermath, influence, keeping, screening
 from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules
+from fedsilo.engine.best_round import BestRound, Candidate, kept_round
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.protocols import Reporter, Tracker
 from fedsilo.engine.recording import RoundRecorder, silo_metrics, summary, tag_left_out, update_bytes
 from fedsilo.engine.screening import Outcome, check_quorum, screen
 from fedsilo.engine.start import resumed, settle_data, starting_point
-from fedsilo.engine.wrapping import make_aggregation
+from fedsilo.engine.wrapping import bind_strategy, make_aggregation, strategy_tensors
 from fedsilo.errors import FederationError
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.paths import JobPaths
@@ -29,10 +30,9 @@ from fedsilo.records import JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
 from fedsilo.steps import Evaluate, Fit, Prepare, Step
-from fedsilo.strategies import RunFacts, Strategy, make_strategy
+from fedsilo.strategies import Strategy, make_strategy
 from fedsilo.transport import Courier, Transport, secured
 from fedsilo.trust.credentials import ephemeral
-from fedsilo.weights import write_state
 
 Phase = Callable[[str, Callable[[], Any]], Any]  # runs named coordinator work (a Prefect task)
 
@@ -99,6 +99,8 @@ class Coordinator:
             current, fits, final, model_id = self._round(round_index, current)
         if final is None:  # resumed after the last round: score the final model again
             final = list(self.evaluate(current, f"round-{federation.rounds}").replies.values())
+        last = Candidate(federation.rounds, current, final, model_id, None)
+        current, final, model_id = kept_round(self, last)
         kept = keeping.keep_models(self, current)
         personalized = aftermath.personalized(self, kept)
         aftermath.compare_silos(self, fits, final, personalized, [k.alone for k in kept if k.alone])
@@ -132,6 +134,7 @@ class Coordinator:
         meta = model_card(self.scenario, self.input_shape)
         test_cap = influence.weight_cap(list(self.test_counts.values()), influence.TEST_FACTOR)
         self.recorder = RoundRecorder(self.scenario, self.tracker, self.input_shape, meta, test_cap)
+        self.best = BestRound(self.scenario, self.ledger, test_cap, len(self.scenario.data.labels or []))
 
     def _start(self) -> tuple[WeightRef, str, str | None, list[Evaluation] | None]:
         """Round 0: the starting model scored and recorded, or the resumed job's last round."""
@@ -169,32 +172,26 @@ class Coordinator:
         tag_left_out(self.tracker, self.notify, round_index, outcome)
         check_quorum(self.scenario, outcome, label)
         fits = aftermath.full_local_models(self, round_index, list(outcome.replies.values()), current)
-        self.ledger.release(current)
+        self.best.release(current)
         if round_index < self.scenario.federation.rounds:  # the last round's go on to the matrix
             for fit in fits:
                 self.ledger.release(fit.update)
-        scored = self.evaluate(new, f"round-{round_index}")
+        scored = self.evaluate(new, f"round-{round_index}", self.best.wanted)
         tag_left_out(self.tracker, self.notify, round_index, scored, "evaluation")
+        final = list(scored.replies.values())
+        if (validation := self.best.score(final)) is not None:
+            figures["global_validation_accuracy"] = validation
         figures |= {
             "round_seconds": time.perf_counter() - started,
             "bytes_exchanged": update_bytes(current, len(fits), sent),
             "silos_answered": len(fits),
         }
-        final = list(scored.replies.values())
         model_id = self._record(round_index, new, final, fits, figures, privacy, outcome)
+        self.best.offer(Candidate(round_index, new, final, model_id, validation))
         return new, fits, final, model_id
 
     def context(self, round_index: int) -> RoundContext:
-        """What the round lends its aggregation (fedsilo.engine.aggregation.RoundContext)."""
-        return RoundContext(
-            round_index,
-            self.paths,
-            lambda step, silos: self.ask(step, step.label, silos),
-            self.phase,
-            self.ledger,
-            lambda silos, label: check_quorum(self.scenario, silos, label),
-            self.log,
-        )
+        return round_context(self, round_index)
 
     def _record(self, round_index, current, final, fits, figures, privacy, outcome) -> str | None:
         left_out = sorted(outcome.left_out()) if round_index else []
@@ -217,13 +214,16 @@ class Coordinator:
             self.log.warning("%s: reply of %s refused: %s", label, silo, reason)
         return outcome
 
-    def evaluate(self, weights: WeightRef, name: str) -> Outcome:
-        """Every silo scores `weights` on its test split; evaluations that do not fit are refused."""
+    def evaluate(self, weights: WeightRef, name: str, validation: bool = False) -> Outcome:
+        """Every silo scores `weights` on its test split (and on its validation rows, when asked);
+        evaluations that do not fit are refused."""
         labels, asked = (
             len(self.scenario.data.labels or []),
-            self.ask(Evaluate(weights, name, self.paths.root), name),
+            self.ask(Evaluate(weights, name, self.paths.root, validation), name),
         )
         outcome = screening.screen_evaluations(asked, labels, self.test_counts)
+        if validation:
+            self.best.screened(outcome.replies, self.log)
         for silo, reason in outcome.left_out().items():
             self.log.warning("%s: evaluation of %s left out: %s", name, silo, reason)
         if not outcome.replies:
@@ -238,16 +238,14 @@ class Coordinator:
                 self.log.warning("reporter %s failed on %s: %s", type(reporter).__name__, method, exc)
 
 
-def bind_strategy(strategy: Strategy, scenario: Scenario, rules: UpdateRules) -> None:
-    """Tell the strategy the job's facts once the silos have described their data."""
-    fed = scenario.federation
-    facts = (len(scenario.silos), fed.learning_rate, fed.local_steps, fed.epochs, fed.batch_size)
-    strategy.bind(RunFacts(*facts, dict(rules.trained_on)))
-
-
-def strategy_tensors(job: Coordinator, round_index: int) -> WeightRef | None:
-    """What the strategy sends every silo's fit beside the global model (SCAFFOLD's c), or None."""
-    tensors = job.strategy.fit_tensors()
-    if not tensors:
-        return None
-    return job.ledger.hold(write_state(tensors, job.paths.strategy_uri(round_index)))
+def round_context(job, round_index: int) -> RoundContext:
+    """What the round lends its aggregation (fedsilo.engine.aggregation.RoundContext)."""
+    return RoundContext(
+        round_index,
+        job.paths,
+        lambda step, silos: job.ask(step, step.label, silos),
+        job.phase,
+        job.ledger,
+        lambda silos, label: check_quorum(job.scenario, silos, label),
+        job.log,
+    )

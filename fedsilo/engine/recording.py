@@ -146,13 +146,16 @@ def summary(result, origin: str, evaluation) -> str:
             f"\n\n**Champion**: {moved} {result.registered_model} v{result.registered_version}, "
             f"because {result.champion_reason}."
         )
+    kept_round = ""
+    if result.kept_round not in (None, result.rounds):
+        kept_round = f" (round {result.kept_round}, the best on the silos' validation rows)"
     personalized = ""
     if result.personalized:
         values = ", ".join(f"{s} {a:.3f}" for s, a in result.personalized.items())
         personalized = f" Personalized ({evaluation.personalized_by}): {values}."
     return (
         f"Started from the {origin}. Initial accuracy {result.initial_accuracy:.3f}, final "
-        f"{result.final_accuracy:.3f}.{personalized} Experiment `{result.experiment}`, run "
+        f"{result.final_accuracy:.3f}{kept_round}.{personalized} Experiment `{result.experiment}`, run "
         f"`{result.parent_run_id}`.{decision}{kept_table(result)}"
     )
 

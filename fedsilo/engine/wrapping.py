@@ -1,13 +1,14 @@
 """Aggregations around aggregations: the `Wrapper` base privacy mechanisms (and a caller's own)
-subclass, and `make_aggregation`, which stacks them in a fixed order around the strategy."""
+subclass, and `make_aggregation`, which stacks them in a fixed order around the strategy; the
+strategy told the job's facts, and the tensors it sends each fit."""
 
 from collections.abc import Callable, Iterator
 
 from fedsilo.engine.aggregation import Aggregated, Aggregation, UpdateRules
-from fedsilo.messages import FitReport
+from fedsilo.messages import FitReport, WeightRef
 from fedsilo.scenario import Scenario
-from fedsilo.strategies import SiloUpdate, Strategy
-from fedsilo.weights import State
+from fedsilo.strategies import RunFacts, SiloUpdate, Strategy
+from fedsilo.weights import State, write_state
 
 
 class Wrapper(Aggregation):
@@ -68,3 +69,18 @@ def make_aggregation(
     for mechanism in (central_dp, dp_sgd, secure_aggregation):
         aggregation = mechanism.wrap(scenario, aggregation)
     return aggregation
+
+
+def bind_strategy(strategy: Strategy, scenario: Scenario, rules: UpdateRules) -> None:
+    """Tell the strategy the job's facts once the silos have described their data."""
+    fed = scenario.federation
+    facts = (len(scenario.silos), fed.learning_rate, fed.local_steps, fed.epochs, fed.batch_size)
+    strategy.bind(RunFacts(*facts, dict(rules.trained_on)))
+
+
+def strategy_tensors(job, round_index: int) -> WeightRef | None:
+    """What the strategy sends every silo's fit beside the global model (SCAFFOLD's c), or None."""
+    tensors = job.strategy.fit_tensors()
+    if not tensors:
+        return None
+    return job.ledger.hold(write_state(tensors, job.paths.strategy_uri(round_index)))

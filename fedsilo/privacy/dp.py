@@ -35,7 +35,7 @@ import torch
 from fedsilo.errors import SiloDeclined, StepFailed
 from fedsilo.modeling import EncodedSet
 from fedsilo.privacy.accounting import epsilon, noise_for
-from fedsilo.training import FitSettings, Progress, logits, make_optimizer, pick_device
+from fedsilo.training import FitSettings, Progress, logits, make_optimizer, pick_device, scheduled
 
 FROZEN_MARK = "embeddings"
 
@@ -216,6 +216,7 @@ def dp_fit(
     sample = _sampler(len(data), dp, source)
     wrapped = GradSampleModule(model)
     optimizer = _optimizer(model, settings, dp, device, source)
+    scheduler = scheduled(optimizer.original_optimizer, settings.schedule)
     trainable = [p for p in model.parameters() if p.requires_grad]
     losses: list[float] = []
     warnings.filterwarnings("ignore", message="Full backward hook is firing", category=UserWarning)
@@ -233,6 +234,8 @@ def dp_fit(
                 for parameter in trainable:
                     parameter.grad_sample = parameter.new_zeros((0, *parameter.shape))
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             if progress:
                 progress(step, dp.steps_per_round, float("nan"))
     finally:

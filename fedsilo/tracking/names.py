@@ -24,6 +24,7 @@ GLOBAL_ACCURACY, LOCAL_ACCURACY, ANSWERED, ROUND_SECONDS = (
     "answered",
     "round_seconds",
 )
+VALIDATION_ACCURACY = "global_validation_accuracy"  # the global model on the silos' validation rows
 
 # logged models and the registry
 ROUND = "fedsilo.round"  # tag of a logged global model

@@ -82,6 +82,7 @@ def read_curves(client: MlflowClient, ids: JobRunIds, last: int) -> Curves:
     keys = (names.LOCAL_ACCURACY, names.GLOBAL_ACCURACY, names.ANSWERED)
     return Curves(
         job=_series(client, ids.parent_id, names.GLOBAL_ACCURACY, last),
+        validation=_series(client, ids.parent_id, names.VALIDATION_ACCURACY, last),
         silos={
             silo: {key: _series(client, run_id, key, last) for key in keys}
             for silo, run_id in ids.silo_runs.items()

@@ -32,6 +32,7 @@ class Curves:
 
     job: dict[int, float] = field(default_factory=dict)
     silos: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
+    validation: dict[int, float] = field(default_factory=dict)
 
     def add(self, round_index: int, job: dict[str, float], silos: dict[str, dict[str, float]]) -> None:
         for silo, values in silos.items():
@@ -39,6 +40,8 @@ class Curves:
                 self.silos.setdefault(silo, {}).setdefault(key, {})[round_index] = value
         if names.GLOBAL_ACCURACY in job:
             self.job[round_index] = job[names.GLOBAL_ACCURACY]
+        if names.VALIDATION_ACCURACY in job:
+            self.validation[round_index] = job[names.VALIDATION_ACCURACY]
 
     def series(self, silo: str, key: str) -> dict[int, float]:
         return self.silos.get(silo, {}).get(key, {})
@@ -128,7 +131,8 @@ class JobRuns:
             self.client.log_batch(self.silo_runs[silo], metrics=metrics(values, round_index))
         self.client.log_batch(self.parent_id, metrics=metrics(job, round_index, model_id))
         self.curves.add(round_index, job, silos)
-        self._log_figure(accuracy_by_round(self.curves.job, self.curves.silos), names.ACCURACY_PLOT)
+        figure = accuracy_by_round(self.curves.job, self.curves.silos, self.curves.validation)
+        self._log_figure(figure, names.ACCURACY_PLOT)
 
     def log_silo_matrix(self, matrix: pd.DataFrame, metric: str) -> None:
         self.client.log_table(self.parent_id, matrix.reset_index(), names.MATRIX_TABLE)

@@ -1,0 +1,113 @@
+"""Text federation that neither stalls nor swings: the learning rate follows one course across a
+job's rounds, and a job keeps the round whose global model scored best on the silos' validation
+rows rather than whatever its last round produced."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fedsilo.engine.best_round import validation_problem
+from fedsilo.modeling import EncodedSet
+from fedsilo.steps import Evaluate, Fit, Keep
+from fedsilo.training import FitSettings, Schedule, fit
+from fedsilo.transport import InProcess
+from tests.engine import run
+
+ROWS = "data.source.rows_per_silo=120"  # a validation split of 10% has rows to score
+
+
+class ClaimsRound(InProcess):
+    """Real in-process silos whose validation counts say round `favourite` was perfect and every
+    other round wrong; records what the coordinator sends."""
+
+    def __init__(self, favourite: int):
+        super().__init__()
+        self.favourite = favourite
+        self.fits: dict[int, str] = {}  # round -> sha256 of the global model the fit started from
+        self.kept_from = ""
+        self.asked_validation: list[bool] = []
+
+    def ask(self, scenario, step, silos):
+        answers = super().ask(scenario, step, silos)
+        if isinstance(step, Fit):
+            self.fits[step.round_index] = step.weights.sha256
+        if isinstance(step, Keep):
+            self.kept_from = step.weights.sha256
+        if isinstance(step, Evaluate) and step.name.startswith("round-"):
+            self.asked_validation.append(step.validation)
+            right = step.name == f"round-{self.favourite}"
+            for silo, reply in answers.replies.items():
+                if reply.validation is not None:
+                    n, size = sum(map(sum, reply.validation)), len(reply.validation)
+                    claim = [[0] * size for _ in range(size)]
+                    claim[0][0 if right else 1] = n
+                    answers.replies[silo] = replace(reply, validation=claim)
+        return answers
+
+
+def test_the_job_keeps_registers_and_hands_on_the_round_best_on_validation(tmp_path):
+    silos = ClaimsRound(favourite=2)
+    result, tracker = run(tmp_path, ROWS, "federation.rounds=3", transport=silos)
+    assert silos.asked_validation == [False, True, True, True]  # round 0 is the starting model
+    assert result.kept_round == 2
+    assert result.final_accuracy == pytest.approx(tracker.rounds[2]["global_accuracy"])
+    assert tracker.tags[None]["fedsilo.kept_round"].startswith("2 (best on the silos' validation rows")
+    assert [tracker.rounds[r]["global_validation_accuracy"] for r in (1, 2, 3)] == [0.0, 1.0, 0.0]
+    assert silos.kept_from == silos.fits[3]  # round 2's model (sent to round 3's fits) is kept
+    assert tracker.registered == "m-2"  # and registered
+
+
+def test_without_validation_rows_the_last_round_is_kept_and_nothing_extra_is_asked(tmp_path):
+    silos = ClaimsRound(favourite=1)
+    result, tracker = run(
+        tmp_path, ROWS, "federation.rounds=2", "evaluation.validation_fraction=0", transport=silos
+    )
+    assert silos.asked_validation == [False, False, False]
+    assert result.kept_round == 2 and tracker.registered == "m-2"
+    assert "global_validation_accuracy" not in tracker.rounds[2]
+    assert tracker.tags[None]["fedsilo.kept_round"] == "2 (the last round)"
+
+
+def test_validation_counts_that_are_not_counts_are_left_out():
+    assert validation_problem([[1, 0], [0, 1]], 2) is None
+    assert "2 x 2" in validation_problem([[1, 0, 0], [0, 1, 0]], 2)
+    assert "non-negative" in validation_problem([[-5, 0], [0, 9]], 2)
+    assert "non-negative" in validation_problem([[0.5, 0], [0, 1]], 2)
+    assert "non-negative" in validation_problem([[0, 0], [0, 0]], 2)
+
+
+def test_one_course_across_rounds_equals_one_run_of_all_their_steps():
+    rounds, per_round = 4, 5
+    settings = FitSettings(epochs=1, batch_size=2, learning_rate=1.0, optimizer="adamw", seed=0)
+    settings = replace(settings, steps=per_round)
+    by_round = [
+        settings.along(10, 0.1, rounds, index).schedule.factor(step)
+        for index in range(1, rounds + 1)
+        for step in range(per_round)
+    ]
+    whole = Schedule(0, rounds * per_round, 2)
+    assert by_round == [whole.factor(step) for step in range(rounds * per_round)]
+    assert by_round[:3] == [1 / 3, 2 / 3, 1.0] and by_round[-1] == pytest.approx(1 / 18)
+    assert max(by_round) == 1.0 and all(f > 0 for f in by_round)
+
+
+class Linear(torch.nn.Linear):
+    def __init__(self):
+        super().__init__(3, 2)
+
+    def forward(self, pixel_values):
+        return super().forward(pixel_values)
+
+
+def test_fit_follows_the_schedule_step_by_step():
+    torch.manual_seed(0)
+    data = EncodedSet({"pixel_values": torch.randn(8, 3)}, torch.tensor([0, 1] * 4), pad=0)
+    settings = FitSettings(epochs=1, batch_size=4, learning_rate=0.1, optimizer="sgd", seed=0, steps=2)
+    past_the_end = replace(settings, schedule=Schedule(start=10, total=10, warmup=0))  # factor 0
+    for chosen, moves in ((settings, True), (past_the_end, False)):
+        model = Linear()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        fit(model, data, chosen)
+        moved = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+        assert moved == moves
