@@ -15,8 +15,9 @@ fedsilo), every arm gets the same budget of E passes over every training example
                 personalized and alone on its validation rows), from the job's keep step.
 A strategy name may carry variants: `fedavg+ditto` (evaluation.personalization ditto instead of
 fine-tuning), `fedavg+head` (federation.personal_layers [classifier.*]: each silo keeps its own
-head), `fedavg+constant` (the learning rate constant and the last round kept, as before the linear
-schedule and keep_best_round became the defaults; centralized follows the scenario's schedule).
+head), `fedavg+linear` (federation.learning_rate_schedule linear), `fedavg+last` (the last round's
+global model, not the best on validation: evaluation.keep_best_round false). Centralized follows
+the scenario's schedule.
 `scaffold` takes plain SGD steps at the data set's SGD learning rate.
 Accuracy and macro-F1 are reported per silo and on the union of the silos' test splits.
 
@@ -173,8 +174,9 @@ def with_budget(scenario: Scenario, dataset: Dataset, train_sizes: list[int], ar
         raw["evaluation"] |= {"personalization": "ditto", "personalize_steps": 0}
     if "head" in variants:
         raw["federation"]["personal_layers"] = ["classifier.*"]
-    if "constant" in variants:  # the defaults before issue 22: constant rate, the last round kept
-        raw["federation"]["learning_rate_schedule"] = "constant"
+    if "linear" in variants:
+        raw["federation"]["learning_rate_schedule"] = "linear"
+    if "last" in variants:  # the last round's global model, as before keep_best_round
         raw["evaluation"]["keep_best_round"] = False
     return Scenario.model_validate(raw)
 
@@ -446,9 +448,9 @@ def plot(dataset: Dataset, results: dict, strategies) -> Path:
 def arm_name(text: str) -> str:
     """A strategy name, optionally with variants: fedavg, fedavg+ditto, scaffold+head."""
     strategy, *variants = text.split("+")
-    if strategy not in STRATEGIES or not set(variants) <= {"ditto", "head", "constant"}:
+    if strategy not in STRATEGIES or not set(variants) <= {"ditto", "head", "linear", "last"}:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: a strategy ({', '.join(sorted(STRATEGIES))}) + ditto/head/constant"
+            f"{text!r}: a strategy ({', '.join(sorted(STRATEGIES))}) + ditto/head/linear/last"
         )
     return text
 

@@ -15,7 +15,8 @@ def accuracy_by_round(
     validation: dict[int, float] | None = None,
 ) -> plt.Figure:
     """Global accuracy on the union (bold), each silo's global (solid) and local (dashed) accuracy,
-    and the global model on the silos' validation rows (bold dotted; its best round is the one kept)."""
+    and the global model on the silos' validation rows (dotted; the job's tag fedsilo.kept_round says
+    which round it kept)."""
     figure, axes = plt.subplots(figsize=(7, 4.2))
     for index, (silo, series) in enumerate(sorted(silos.items())):
         color = f"C{index % 10}"
@@ -30,10 +31,12 @@ def accuracy_by_round(
         )
     if validation:
         axes.plot(
-            *zip(*sorted(validation.items())), ":", color="black", linewidth=2, label="global, validation"
+            *zip(*sorted(validation.items())),
+            ":",
+            color="black",
+            linewidth=2,
+            label="global, validation rows",
         )
-        best = max(sorted(validation), key=lambda r: (validation[r], r))
-        axes.plot([best], [validation[best]], "*", color="black", markersize=12, label=f"kept: round {best}")
     axes.set(xlabel="round", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy by round")
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # rounds are whole numbers
     axes.grid(alpha=0.3)

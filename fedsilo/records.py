@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 
 from pydantic import BaseModel
 
+VALIDATION_ACCURACY = "global_validation_accuracy"  # a round's global model on the validation rows
 ADAPTER = "lora_adapter.safetensors"  # logged with a LoRA job's merged model: what silos exchange
 
 
@@ -18,6 +19,7 @@ class RoundRecord:
     silo_global: dict[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     missing: list[str] = field(default_factory=list)
+    validation_accuracy: float | None = None  # the global model on the silos' validation rows
 
 
 @dataclass(frozen=True)

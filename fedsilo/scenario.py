@@ -279,11 +279,11 @@ class FederationSpec(Strict):
     batch_size: int = Field(16, ge=1)
     learning_rate: float = Field(5e-5, gt=0)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    learning_rate_schedule: Literal["linear", "constant"] = Field(
-        "linear",
+    learning_rate_schedule: Literal["constant", "linear"] = Field(
+        "constant",
         description=(
             "linear: warm up over the first warmup_fraction of a silo's steps in the job, then decay "
-            "to 0 at its last round's last step, one course across all rounds (short rounds do not "
+            "toward 0 at its last round's last step, one course across all rounds (short rounds do not "
             "start it again); the alone and personalized models follow their own. constant: "
             "learning_rate throughout. SCAFFOLD's local steps are always constant"
         ),

@@ -298,7 +298,8 @@ class SiloParticipant:
         if federation.learning_rate_schedule == "constant":
             return settings
         fits, index = (federation.rounds, round_index) if round_index else (1, 1)
-        return settings.along(len(self.train), federation.warmup_fraction, fits, index)
+        # the stated count: under DP-SGD the noised one its steps come from, not the exact one
+        return settings.along(self.num_examples, federation.warmup_fraction, fits, index)
 
     def _settings(self, seed_key: int, steps: int | None, config: dict[str, float]) -> FitSettings:
         federation = self.scenario.federation

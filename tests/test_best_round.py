@@ -2,17 +2,27 @@
 job's rounds, and a job keeps the round whose global model scored best on the silos' validation
 rows rather than whatever its last round produced."""
 
+import logging
 from dataclasses import replace
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
-from fedsilo.engine.best_round import validation_problem
+from fedsilo.engine import Coordinator
+from fedsilo.engine.best_round import BestRound, validation_problem
+from fedsilo.engine.ledger import WeightLedger
+from fedsilo.messages import Evaluation
 from fedsilo.modeling import EncodedSet
+from fedsilo.paths import JobPaths
+from fedsilo.records import ResumePoint, RoundRecord
+from fedsilo.scenario import load_scenario
+from fedsilo.silo import participant, release_participants
 from fedsilo.steps import Evaluate, Fit, Keep
 from fedsilo.training import FitSettings, Schedule, fit
 from fedsilo.transport import InProcess
-from tests.engine import run
+from tests.conftest import REPO
+from tests.engine import Recorder, run
 
 ROWS = "data.source.rows_per_silo=120"  # a validation split of 10% has rows to score
 
@@ -48,7 +58,8 @@ class ClaimsRound(InProcess):
 
 def test_the_job_keeps_registers_and_hands_on_the_round_best_on_validation(tmp_path):
     silos = ClaimsRound(favourite=2)
-    result, tracker = run(tmp_path, ROWS, "federation.rounds=3", transport=silos)
+    linear = "federation.learning_rate_schedule=linear"  # the schedule's whole course, in a job
+    result, tracker = run(tmp_path, ROWS, "federation.rounds=3", linear, transport=silos)
     assert silos.asked_validation == [False, True, True, True]  # round 0 is the starting model
     assert result.kept_round == 2
     assert result.final_accuracy == pytest.approx(tracker.rounds[2]["global_accuracy"])
@@ -111,3 +122,75 @@ def test_fit_follows_the_schedule_step_by_step():
         fit(model, data, chosen)
         moved = any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
         assert moved == moves
+
+
+class SendsUnasked(ClaimsRound):
+    """Real silos, one of which attaches validation counts nobody asked for, ragged and negative."""
+
+    def ask(self, scenario, step, silos):
+        answers = super().ask(scenario, step, silos)
+        if isinstance(step, Evaluate) and "clinic-a" in answers.replies:
+            reply = answers.replies["clinic-a"]
+            answers.replies["clinic-a"] = replace(reply, validation=[[-5, 1], [2]])
+        return answers
+
+
+@pytest.mark.parametrize("off", ["evaluation.keep_best_round=false", "evaluation.validation_fraction=0"])
+def test_validation_counts_nobody_asked_for_are_dropped_unread(tmp_path, off):
+    result, tracker = run(tmp_path, ROWS, "federation.rounds=2", off, transport=SendsUnasked(favourite=1))
+    assert result.kept_round == 2
+    assert not any("global_validation_accuracy" in figures for figures in tracker.rounds.values())
+
+
+def test_in_a_rounds_union_one_silo_weighs_at_most_the_median_validation_total():
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [])
+    best = BestRound(scenario, WeightLedger(logging.getLogger("test")), labels=2)
+    honest = [[2, 3], [4, 0]]  # 9 rows, 2 right
+    liar = [[30, 0], [0, 0]]  # claims 30 rows, all right
+    claims = {"a": honest, "b": honest, "c": liar}
+    scored = [Evaluation(silo, 0, 0, 0, [[1]], validation=counts) for silo, counts in claims.items()]
+    assert best.score(scored) == pytest.approx((2 + 2 + 9) / 27)  # the liar counts as 9 rows, not 30
+
+
+def test_a_resumed_job_keeps_the_round_it_resumed_from_when_its_logged_score_is_best(tmp_path):
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [ROWS, "federation.rounds=3"])
+    whole, tracker = run(tmp_path / "whole", ROWS, "federation.rounds=3", transport=ClaimsRound(favourite=2))
+    weights = str(tmp_path / "round-2.safetensors")
+    save_file(tracker.models[2], weights)
+    history = [record for record in whole_history(tracker, 3) if record.round_index <= 2]
+    point = ResumePoint(2, weights, None, "m-2", history)
+    resumed, again = Recorder(), ClaimsRound(favourite=2)
+    paths = JobPaths.under(tmp_path / "resumed" / "jobs", "job")
+    try:
+        result = Coordinator(scenario, "job", again, resumed, paths, resume=point).run()
+    finally:
+        release_participants()
+    assert whole.kept_round == 2 and result.kept_round == 2 and resumed.registered == "m-2"
+    assert resumed.tags[None]["fedsilo.kept_round"].startswith("2 (best")
+    assert result.final_accuracy == pytest.approx(tracker.rounds[2]["global_accuracy"])  # scored again
+
+
+def whole_history(tracker: Recorder, rounds: int) -> list[RoundRecord]:
+    """The round records an uninterrupted job's tracker would give a resumed one."""
+    return [
+        RoundRecord(
+            r,
+            rounds,
+            tracker.rounds[r]["global_accuracy"],
+            validation_accuracy=tracker.rounds[r].get("global_validation_accuracy"),
+        )
+        for r in range(rounds + 1)
+    ]
+
+
+def test_under_dp_sgd_the_schedule_counts_the_noised_training_count_its_steps_come_from():
+    overrides = ["privacy.dp.target_epsilon=4", "federation.learning_rate_schedule=linear"]
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", overrides)
+    try:
+        member = participant(scenario, "clinic-a")
+        settings = member.on_course(member.settings(1, None), 1)
+        assert member.num_examples != len(member.train)  # noised
+        per_round = -(-member.num_examples // scenario.federation.batch_size)
+        assert settings.schedule.total == scenario.federation.rounds * per_round
+    finally:
+        release_participants()

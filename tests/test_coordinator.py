@@ -38,7 +38,7 @@ class Events:
 
 
 def test_fedavg_gives_the_numbers_it_gave_before_the_loop_moved_into_the_engine(tmp_path):
-    result, tracker = run(tmp_path, "federation.learning_rate_schedule=constant")  # the rate of then
+    result, tracker = run(tmp_path)
     losses = [tracker.rounds[r]["global_loss"] for r in range(3)]
     assert losses == pytest.approx(SMOKE_LOSS_BEFORE, abs=2e-6)
     assert result.curve == [tracker.rounds[r]["global_accuracy"] for r in range(3)]

@@ -14,8 +14,8 @@ from fedsilo.weights import copy_file
 
 
 def personalized(job, kept: list[Kept]) -> list[Evaluation]:
-    """Each silo's personalized model (the final global model fine-tuned on its own rows in its
-    keep step) on its own test split: logged per silo and over the union."""
+    """Each silo's personalized model (the kept round's global model fine-tuned on its own rows in
+    its keep step) on its own test split: logged per silo and over the union."""
     evaluations = [report.personalized for report in kept if report.personalized is not None]
     if not evaluations:
         return []

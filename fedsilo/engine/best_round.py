@@ -4,13 +4,16 @@ Late rounds of a short federation swing (one round's mean pulls toward some silo
 next toward others'), so the last round's model is whatever the swing left. With
 `evaluation.keep_best_round`, every round's global model is also scored on each silo's validation
 rows (held out of all training, as for the keep step, fedsilo.keeping; counts only), and the job
-keeps, registers and hands to the keep step the round whose model scored best on their union,
-each silo weighing at most the test cap. A later round wins a tie; with no validation counts at
-all the last round is kept, as before; under DP-SGD silos send none (the README's table of what
-each reply field carries under DP), so a DP job keeps its last round.
+keeps, registers and hands to the keep step the round whose model scored best on their union.
+A later round wins a tie; with no validation counts at all the last round is kept, as before;
+under DP-SGD silos send none (the README's table of what each reply field carries under DP), so
+a DP job keeps its last round. A resumed job's candidates are the round it resumed from (with
+its logged score) and the rounds after it: earlier rounds' weights are no longer held.
 
-A silo can lie about its validation counts, but only to choose among the rounds' global models,
-and it weighs no more than its capped share of the union.
+A silo can lie about its validation counts, but only to choose among the rounds' global models:
+in each round's union a silo's counts weigh at most the lower median of that round's reported
+validation totals, so with three or more silos no one silo outweighs the others together.
+Counts a step did not ask for are dropped unread.
 """
 
 from dataclasses import dataclass, replace
@@ -28,7 +31,7 @@ class Candidate:
 
     round_index: int
     weights: WeightRef
-    final: list[Evaluation]
+    final: list[Evaluation] | None  # None: a resumed job's starting round, not scored in this run
     model_id: str | None
     score: float | None
 
@@ -36,27 +39,39 @@ class Candidate:
 class BestRound:
     """Follows the rounds' validation scores and holds the best round's weights until the end."""
 
-    def __init__(self, scenario: Scenario, ledger: WeightLedger, cap: int | None, labels: int):
+    def __init__(self, scenario: Scenario, ledger: WeightLedger, labels: int):
         evaluation = scenario.evaluation
         dp = scenario.privacy.dp is not None  # no field leaves a silo that DP-SGD does not cover
         self.wanted = evaluation.keep_best_round and evaluation.validation_fraction > 0 and not dp
-        self.ledger, self.cap, self.labels = ledger, cap, labels
+        self.ledger, self.labels = ledger, labels
         self.best: Candidate | None = None
 
-    def screened(self, evaluations: dict[str, Evaluation], log) -> None:
-        """Drop validation counts that are not a labels x labels matrix of counts (the test
-        evaluation stays)."""
+    def screened(self, evaluations: dict[str, Evaluation], log, asked: bool) -> None:
+        """Drop validation counts that were not asked for, or are not a labels x labels matrix of
+        counts (the test evaluation stays)."""
         for silo, evaluation in list(evaluations.items()):
             if evaluation.validation is None:
                 continue
-            if problem := validation_problem(evaluation.validation, self.labels):
+            problem = validation_problem(evaluation.validation, self.labels) if asked else "not asked for"
+            if problem:
                 log.warning("validation counts of %s left out: %s", silo, problem)
                 evaluations[silo] = replace(evaluation, validation=None)
 
     def score(self, evaluations: list[Evaluation]) -> float | None:
-        """Accuracy over the union of the silos' validation rows, or None when no silo scored any."""
+        """Accuracy over the union of the silos' validation rows, each weighing at most the lower
+        median of the round's validation totals; None when no silo scored any."""
         scored = [replace(e, confusion=e.validation) for e in evaluations if e.validation is not None]
-        return bounded_union(scored, self.cap)["accuracy"] if scored else None
+        if not self.wanted or not scored:
+            return None
+        totals = sorted(sum(map(sum, e.confusion)) for e in scored)
+        return bounded_union(scored, totals[(len(totals) - 1) // 2])["accuracy"]
+
+    def resumed(self, round_index: int, weights: WeightRef, model_id: str | None, history) -> None:
+        """A resumed job's starting round is a candidate, with the score it logged (its test
+        evaluations are taken again if it is kept)."""
+        logged = next((r.validation_accuracy for r in history if r.round_index == round_index), None)
+        if round_index > 0:
+            self.offer(Candidate(round_index, weights, None, model_id, logged))
 
     def offer(self, candidate: Candidate) -> None:
         """Keep `candidate` when it scores at least as well as the best so far (releasing that)."""
@@ -77,7 +92,7 @@ class BestRound:
         return self.best or last
 
 
-def kept_round(job, last: Candidate) -> tuple[WeightRef, list[Evaluation], str | None]:
+def kept_round(job, last: Candidate) -> tuple[WeightRef, list[Evaluation] | None, str | None]:
     """The weights, test evaluations and logged model id of the round `job` keeps, tagged."""
     chosen = job.best.chosen(last)
     job.kept_round = chosen.round_index

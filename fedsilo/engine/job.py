@@ -26,7 +26,7 @@ from fedsilo.engine.wrapping import bind_strategy, make_aggregation, strategy_te
 from fedsilo.errors import FederationError
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.paths import JobPaths
-from fedsilo.records import JobResult, ResumePoint, RoundRecord
+from fedsilo.records import VALIDATION_ACCURACY, JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
 from fedsilo.steps import Evaluate, Fit, Prepare, Step
@@ -97,10 +97,10 @@ class Coordinator:
         fits: list[FitReport] = []
         for round_index in range(len(self.history), federation.rounds + 1):
             current, fits, final, model_id = self._round(round_index, current)
-        if final is None:  # resumed after the last round: score the final model again
-            final = list(self.evaluate(current, f"round-{federation.rounds}").replies.values())
         last = Candidate(federation.rounds, current, final, model_id, None)
         current, final, model_id = kept_round(self, last)
+        if final is None:  # the round a resumed job started from is kept: score it again
+            final = list(self.evaluate(current, f"round-{self.kept_round}").replies.values())
         kept = keeping.keep_models(self, current)
         personalized = aftermath.personalized(self, kept)
         aftermath.compare_silos(self, fits, final, personalized, [k.alone for k in kept if k.alone])
@@ -134,7 +134,7 @@ class Coordinator:
         meta = model_card(self.scenario, self.input_shape)
         test_cap = influence.weight_cap(list(self.test_counts.values()), influence.TEST_FACTOR)
         self.recorder = RoundRecorder(self.scenario, self.tracker, self.input_shape, meta, test_cap)
-        self.best = BestRound(self.scenario, self.ledger, test_cap, len(self.scenario.data.labels or []))
+        self.best = BestRound(self.scenario, self.ledger, len(self.scenario.data.labels or []))
 
     def _start(self) -> tuple[WeightRef, str, str | None, list[Evaluation] | None]:
         """Round 0: the starting model scored and recorded, or the resumed job's last round."""
@@ -142,6 +142,7 @@ class Coordinator:
             current = resumed(self.resume, self.paths, self.ledger, self.aggregation)
             origin = f"round {self.resume.round_index} of the interrupted job {self.job}"
             self.tracker.set_tags({"fedsilo.resumed": origin})
+            self.best.resumed(self.resume.round_index, current, self.resume.model_id, self.history)
             self.log.info("job %s resumes after round %d", self.job, self.resume.round_index)
             return current, origin, self.resume.model_id, None
         current, origin = starting_point(
@@ -180,7 +181,7 @@ class Coordinator:
         tag_left_out(self.tracker, self.notify, round_index, scored, "evaluation")
         final = list(scored.replies.values())
         if (validation := self.best.score(final)) is not None:
-            figures["global_validation_accuracy"] = validation
+            figures[VALIDATION_ACCURACY] = validation
         figures |= {
             "round_seconds": time.perf_counter() - started,
             "bytes_exchanged": update_bytes(current, len(fits), sent),
@@ -222,8 +223,7 @@ class Coordinator:
             self.ask(Evaluate(weights, name, self.paths.root, validation), name),
         )
         outcome = screening.screen_evaluations(asked, labels, self.test_counts)
-        if validation:
-            self.best.screened(outcome.replies, self.log)
+        self.best.screened(outcome.replies, self.log, asked=validation)
         for silo, reason in outcome.left_out().items():
             self.log.warning("%s: evaluation of %s left out: %s", name, silo, reason)
         if not outcome.replies:

@@ -1,5 +1,7 @@
 """The MLflow names fedsilo writes and reads: a contract that users and dashboards depend on."""
 
+from fedsilo import records
+
 # run tags
 ROLE, SILO, JOB, SCENARIO = "fedsilo.role", "fedsilo.silo", "fedsilo.job", "fedsilo.scenario"
 FEDERATION, SILO_ROLE, PRETRAIN_ROLE = "federation", "silo", "pretrain"
@@ -24,7 +26,7 @@ GLOBAL_ACCURACY, LOCAL_ACCURACY, ANSWERED, ROUND_SECONDS = (
     "answered",
     "round_seconds",
 )
-VALIDATION_ACCURACY = "global_validation_accuracy"  # the global model on the silos' validation rows
+VALIDATION_ACCURACY = records.VALIDATION_ACCURACY  # the global model on the silos' validation rows
 
 # logged models and the registry
 ROUND = "fedsilo.round"  # tag of a logged global model

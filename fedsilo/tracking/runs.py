@@ -58,6 +58,7 @@ class Curves:
             silo_global={s: h[r] for s, h in global_.items() if r in h},
             seconds=seconds,
             missing=[s for s in self.silos if self.series(s, names.ANSWERED).get(r) == 0.0],
+            validation_accuracy=self.validation.get(r),
         )
 
 
