@@ -10,8 +10,9 @@ import torch
 from safetensors.torch import save_file
 
 from fedsilo.engine import Coordinator
-from fedsilo.engine.best_round import BestRound, validation_problem
+from fedsilo.engine.best_round import BestRound
 from fedsilo.engine.ledger import WeightLedger
+from fedsilo.engine.screening import counts_problem
 from fedsilo.messages import Evaluation
 from fedsilo.modeling import EncodedSet
 from fedsilo.paths import JobPaths
@@ -81,11 +82,11 @@ def test_without_validation_rows_the_last_round_is_kept_and_nothing_extra_is_ask
 
 
 def test_validation_counts_that_are_not_counts_are_left_out():
-    assert validation_problem([[1, 0], [0, 1]], 2) is None
-    assert "2 x 2" in validation_problem([[1, 0, 0], [0, 1, 0]], 2)
-    assert "non-negative" in validation_problem([[-5, 0], [0, 9]], 2)
-    assert "non-negative" in validation_problem([[0.5, 0], [0, 1]], 2)
-    assert "non-negative" in validation_problem([[0, 0], [0, 0]], 2)
+    assert counts_problem([[1, 0], [0, 1]], 2) is None
+    assert "2 x 2" in counts_problem([[1, 0, 0], [0, 1, 0]], 2)
+    assert "non-negative" in counts_problem([[-5, 0], [0, 9]], 2)
+    assert "non-negative" in counts_problem([[0.5, 0], [0, 1]], 2)
+    assert "non-negative" in counts_problem([[0, 0], [0, 0]], 2)
 
 
 def test_one_course_across_rounds_equals_one_run_of_all_their_steps():

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 
 from fedsilo.engine.influence import bounded_union
 from fedsilo.engine.ledger import WeightLedger
-from fedsilo.engine.screening import MAX_COUNT
+from fedsilo.engine.screening import counts_problem
 from fedsilo.messages import Evaluation, WeightRef
 from fedsilo.scenario import Scenario
 
@@ -52,7 +52,7 @@ class BestRound:
         for silo, evaluation in list(evaluations.items()):
             if evaluation.validation is None:
                 continue
-            problem = validation_problem(evaluation.validation, self.labels) if asked else "not asked for"
+            problem = counts_problem(evaluation.validation, self.labels) if asked else "not asked for"
             if problem:
                 log.warning("validation counts of %s left out: %s", silo, problem)
                 evaluations[silo] = replace(evaluation, validation=None)
@@ -104,17 +104,3 @@ def kept_round(job, last: Candidate) -> tuple[WeightRef, list[Evaluation] | None
 
 def _rank(score: float | None) -> float:
     return -1.0 if score is None else score
-
-
-def validation_problem(matrix, labels: int) -> str | None:
-    """Why validation counts cannot be used, or None."""
-    if not isinstance(matrix, list) or len(matrix) != labels:
-        return f"not a {labels} x {labels} matrix"
-    if any(not isinstance(row, list) or len(row) != labels for row in matrix):
-        return f"not a {labels} x {labels} matrix"
-    cells = [cell for row in matrix for cell in row]
-    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells) or not sum(cells):
-        return "counts must be non-negative integers, not all zero"
-    if sum(cells) > MAX_COUNT:
-        return f"counts more than {MAX_COUNT} examples"
-    return None

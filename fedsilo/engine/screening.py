@@ -89,20 +89,31 @@ MAX_COUNT = 2**53  # counts stay exact as floats; a larger one is no data set's
 MAX_LOSS = 1e9  # a mean cross-entropy beyond this is no model's (and would overflow the union's)
 
 
+def counts_problem(matrix, labels: int) -> str | None:
+    """Why `matrix` is not a labels x labels matrix of counts (non-negative integers, not all zero,
+    at most MAX_COUNT in all), or None."""
+    if not isinstance(matrix, list) or len(matrix) != labels:
+        return f"is not {labels} x {labels}"
+    if any(not isinstance(row, list) or len(row) != labels for row in matrix):
+        return f"is not {labels} x {labels}"
+    cells = [cell for row in matrix for cell in row]
+    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells) or not sum(cells):
+        return "must hold non-negative integer counts, not all zero"
+    if sum(cells) > MAX_COUNT:
+        return f"counts more than {MAX_COUNT} examples"
+    return None
+
+
 def evaluation_problem(evaluation: Evaluation, num_labels: int, test_count: int | None = None) -> str | None:
     """Why a silo's evaluation cannot enter the union metrics, or None: its confusion matrix must
     be num_labels x num_labels non-negative integer counts adding up to the test count the silo
     reported at prepare (so no silo outweighs its own test split), and its loss a finite number."""
     matrix = evaluation.confusion
-    if len(matrix) != num_labels or any(len(row) != num_labels for row in matrix):
-        return f"confusion matrix is not {num_labels} x {num_labels}"
-    cells = [cell for row in matrix for cell in row]
-    if any(isinstance(c, bool) or not isinstance(c, int) or c < 0 for c in cells) or not sum(cells):
-        return "confusion matrix must hold non-negative integer counts, not all zero"
-    if sum(cells) > MAX_COUNT:
-        return f"confusion matrix counts more than {MAX_COUNT} examples"
-    if test_count is not None and sum(cells) != test_count:
-        return f"confusion matrix counts {sum(cells)} examples; the silo reported {test_count} test examples"
+    if problem := counts_problem(matrix, num_labels):
+        return f"confusion matrix {problem}"
+    total = sum(map(sum, matrix))
+    if test_count is not None and total != test_count:
+        return f"confusion matrix counts {total} examples; the silo reported {test_count} test examples"
     loss = evaluation.loss
     if isinstance(loss, bool) or not isinstance(loss, int | float) or not 0 <= loss <= MAX_LOSS:
         return f"loss {loss!r} is not a number in [0, {MAX_LOSS:g}]"
