@@ -16,8 +16,9 @@ fedsilo), every arm gets the same budget of E passes over every training example
 A strategy name may carry variants: `fedavg+ditto` (evaluation.personalization ditto instead of
 fine-tuning), `fedavg+head` (federation.personal_layers [classifier.*]: each silo keeps its own
 head), `fedavg+linear` (federation.learning_rate_schedule linear), `fedavg+last` (the last round's
-global model, not the best on validation: evaluation.keep_best_round false). Centralized follows
-the scenario's schedule.
+global model, not the best on validation: evaluation.keep_best_round false), `fedavg+tune` (the
+personalized model fine-tuned for the alone model's budget, not one average epoch). Centralized
+follows the scenario's schedule.
 `scaffold` takes plain SGD steps at the data set's SGD learning rate.
 Accuracy and macro-F1 are reported per silo and on the union of the silos' test splits.
 
@@ -178,6 +179,8 @@ def with_budget(scenario: Scenario, dataset: Dataset, train_sizes: list[int], ar
         raw["federation"]["learning_rate_schedule"] = "linear"
     if "last" in variants:  # the last round's global model, as before keep_best_round
         raw["evaluation"]["keep_best_round"] = False
+    if "tune" in variants:  # fine-tune the global model as long as the alone model trains
+        raw["evaluation"]["personalize_steps"] = steps * dataset.rounds
     return Scenario.model_validate(raw)
 
 
@@ -448,9 +451,9 @@ def plot(dataset: Dataset, results: dict, strategies) -> Path:
 def arm_name(text: str) -> str:
     """A strategy name, optionally with variants: fedavg, fedavg+ditto, scaffold+head."""
     strategy, *variants = text.split("+")
-    if strategy not in STRATEGIES or not set(variants) <= {"ditto", "head", "linear", "last"}:
+    if strategy not in STRATEGIES or not set(variants) <= {"ditto", "head", "linear", "last", "tune"}:
         raise argparse.ArgumentTypeError(
-            f"{text!r}: a strategy ({', '.join(sorted(STRATEGIES))}) + ditto/head/linear/last"
+            f"{text!r}: a strategy ({', '.join(sorted(STRATEGIES))}) + ditto/head/linear/last/tune"
         )
     return text
 

@@ -1,10 +1,10 @@
 """Each silo keeps the best model it can prove, and sees what it would have had alone.
 
-After the last round a silo scores its candidates on its validation rows (held out of its
-training split, trained on by no model): the final global model, its personalized model (the
-global model fine-tuned on its own rows, `evaluation.personalize_steps`, or its Ditto model,
-fedsilo.ditto), and its **alone** model: the starting model trained
-on its own rows only, for as many optimizer steps as its federated work took. It keeps the best,
+After the last round a silo scores its candidates, in `evaluation.metric`, on its validation rows
+(held out of its training split, trained on by no model): the final global model, its
+personalized model (the global model fine-tuned on its own rows, `evaluation.personalize_steps`,
+or its Ditto model, fedsilo.ditto), and its **alone** model: the starting model trained on its
+own rows only, for as many optimizer steps as its federated work took. It keeps the best,
 and on a tie the alone model, then the personalized one: a model from joining must score higher
 than the alone model on the validation rows to be kept (a small validation split ties often, and
 a tie proves nothing). So no silo keeps a model that scored below its alone model on its own
@@ -57,7 +57,8 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
         validation, choice = {}, "global"
         note = "too few training rows for a validation split: the silo keeps the global model"
     else:
-        validation = {name: _validation_accuracy(member, state) for name, state in candidates.items()}
+        metric = scenario.evaluation.metric
+        validation = {name: _validation_score(member, state, metric) for name, state in candidates.items()}
         choice, note = chosen(validation), ""
     alone = _test_evaluation(member, candidates["alone"]) if "alone" in candidates else None
     kept = _test_evaluation(member, candidates[choice])
@@ -107,10 +108,10 @@ def _copy(state: State) -> State:
     return {name: tensor.detach().clone() for name, tensor in state.items()}
 
 
-def _validation_accuracy(member: SiloParticipant, state: State) -> float:
+def _validation_score(member: SiloParticipant, state: State, metric: str) -> float:
     load_shared(member.model, state)
     probs = predict(member.model, member.validation, EVAL_BATCH_SIZE)
-    return float(classification_metrics(member.validation.labels.numpy(), probs)["accuracy"])
+    return float(classification_metrics(member.validation.labels.numpy(), probs)[metric])
 
 
 def _test_evaluation(member: SiloParticipant, state: State):

@@ -40,10 +40,10 @@ KEPT_CHOICES = ("global", "personalized", "alone")  # the candidates a silo may 
 @dataclass(frozen=True)
 class Kept:
     """The model a silo keeps after the job, and what it would have had alone. Only the choice and
-    scores leave the silo: `validation` holds each candidate's accuracy on its validation rows
-    (global, personalized, alone), `kept` the best of them, `kept_evaluation` that model on its test
-    split, `alone` and `personalized` those candidates there (None when it trained none: `note`
-    says why)."""
+    scores leave the silo: `validation` holds each candidate's score (evaluation.metric) on its
+    validation rows (global, personalized, alone), `kept` the best of them, `kept_evaluation` that
+    model on its test split, `alone` and `personalized` those candidates there (None when it
+    trained none: `note` says why)."""
 
     silo: str
     kept: str

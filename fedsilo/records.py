@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pydantic import BaseModel
 
 VALIDATION_ACCURACY = "global_validation_accuracy"  # a round's global model on the validation rows
+VALIDATION_F1_MACRO = "global_validation_f1_macro"  # the same rows' macro-F1
 ADAPTER = "lora_adapter.safetensors"  # logged with a LoRA job's merged model: what silos exchange
 
 
@@ -20,6 +21,11 @@ class RoundRecord:
     seconds: float = 0.0
     missing: list[str] = field(default_factory=list)
     validation_accuracy: float | None = None  # the global model on the silos' validation rows
+    validation_f1_macro: float | None = None
+
+    def validation(self, metric: str) -> float | None:
+        """The round's global model on the validation rows, in `metric` (accuracy | f1_macro)."""
+        return self.validation_f1_macro if metric == "f1_macro" else self.validation_accuracy
 
 
 @dataclass(frozen=True)

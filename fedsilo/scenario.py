@@ -377,7 +377,11 @@ class FederationSpec(Strict):
 class EvaluationSpec(Strict):
     test_fraction: float = Field(0.2, gt=0, lt=1, description="each silo's held-out share")
     metric: Literal["accuracy", "f1_macro"] = Field(
-        "accuracy", description="metric that decides whether a new model becomes champion"
+        "accuracy",
+        description=(
+            "metric that decides whether a new model becomes champion, which round's global model a "
+            "job keeps and which model each silo keeps"
+        ),
     )
     personalize_steps: int = Field(
         0,
@@ -400,8 +404,8 @@ class EvaluationSpec(Strict):
         True,
         description=(
             "keep (and register) the round whose global model scored best on the silos' validation "
-            "rows, not the last round's; needs validation_fraction > 0. The curve is logged as "
-            "global_validation_accuracy, the choice as the tag fedsilo.kept_round"
+            "rows (in metric), not the last round's; needs validation_fraction > 0. The curves are "
+            "logged as global_validation_accuracy / _f1_macro, the choice as the tag fedsilo.kept_round"
         ),
     )
     alone: bool = Field(

@@ -81,6 +81,42 @@ def test_without_validation_rows_the_last_round_is_kept_and_nothing_extra_is_ask
     assert tracker.tags[None]["fedsilo.kept_round"] == "2 (the last round)"
 
 
+class ClaimsMatrices(InProcess):
+    """Real in-process silos whose validation counts are, per round, a share of their rows
+    (row = true label, column = prediction, in tenths; round 1 predicts the majority class)."""
+
+    SHARES = {"round-1": [[8, 0], [2, 0]], "round-2": [[5, 3], [0, 2]], "round-3": [[0, 8], [2, 0]]}
+
+    def ask(self, scenario, step, silos):
+        answers = super().ask(scenario, step, silos)
+        if isinstance(step, Evaluate) and (shares := self.SHARES.get(step.name)):
+            for silo, reply in answers.replies.items():
+                if reply.validation is not None:
+                    tenth = max(1, sum(map(sum, reply.validation)) // 10)
+                    size = len(reply.validation)  # the shares fill the top-left corner
+                    claim = [[0] * size for _ in range(size)]
+                    for row, counts in enumerate(shares):
+                        claim[row][:2] = [tenth * share for share in counts]
+                    answers.replies[silo] = replace(reply, validation=claim)
+        return answers
+
+
+@pytest.mark.parametrize(("metric", "kept"), [("accuracy", 1), ("f1_macro", 2)])
+def test_the_round_kept_is_the_best_in_the_scenarios_metric(tmp_path, metric, kept):
+    """Round 1 predicts the majority class (accuracy 0.8, macro-F1 over smoke's 5 labels 0.18),
+    round 2 both classes (0.7, 0.27): a job judged on macro-F1 keeps round 2."""
+    result, tracker = run(
+        tmp_path, ROWS, "federation.rounds=3", f"evaluation.metric={metric}", transport=ClaimsMatrices()
+    )
+    assert result.kept_round == kept and tracker.registered == f"m-{kept}"
+    curves = {
+        key: [tracker.rounds[r][f"global_validation_{key}"] for r in (1, 2)]
+        for key in ("accuracy", "f1_macro")
+    }
+    assert curves["accuracy"] == pytest.approx([0.8, 0.7])
+    assert curves["f1_macro"] == pytest.approx([(16 / 18) / 5, (10 / 13 + 4 / 7) / 5])
+
+
 def test_validation_counts_that_are_not_counts_are_left_out():
     assert counts_problem([[1, 0], [0, 1]], 2) is None
     assert "2 x 2" in counts_problem([[1, 0, 0], [0, 1, 0]], 2)
@@ -150,7 +186,7 @@ def test_in_a_rounds_union_one_silo_weighs_at_most_the_median_validation_total()
     liar = [[30, 0], [0, 0]]  # claims 30 rows, all right
     claims = {"a": honest, "b": honest, "c": liar}
     scored = [Evaluation(silo, 0, 0, 0, [[1]], validation=counts) for silo, counts in claims.items()]
-    assert best.score(scored) == pytest.approx((2 + 2 + 9) / 27)  # the liar counts as 9 rows, not 30
+    assert best.scores(scored)["accuracy"] == pytest.approx((2 + 2 + 9) / 27)  # 9 rows, not 30
 
 
 def test_a_resumed_job_keeps_the_round_it_resumed_from_when_its_logged_score_is_best(tmp_path):

@@ -4,7 +4,8 @@ Late rounds of a short federation swing (one round's mean pulls toward some silo
 next toward others'), so the last round's model is whatever the swing left. With
 `evaluation.keep_best_round`, every round's global model is also scored on each silo's validation
 rows (held out of all training, as for the keep step, fedsilo.keeping; counts only), and the job
-keeps, registers and hands to the keep step the round whose model scored best on their union.
+keeps, registers and hands to the keep step the round whose model scored best on their union, in
+`evaluation.metric` (the metric that also decides the champion and each silo's kept model).
 A later round wins a tie; with no validation counts at all the last round is kept, as before;
 under DP-SGD silos send none (the README's table of what each reply field carries under DP), so
 a DP job keeps its last round. A resumed job's candidates are the round it resumed from (with
@@ -43,7 +44,7 @@ class BestRound:
         evaluation = scenario.evaluation
         dp = scenario.privacy.dp is not None  # no field leaves a silo that DP-SGD does not cover
         self.wanted = evaluation.keep_best_round and evaluation.validation_fraction > 0 and not dp
-        self.ledger, self.labels = ledger, labels
+        self.ledger, self.labels, self.metric = ledger, labels, evaluation.metric
         self.best: Candidate | None = None
 
     def screened(self, evaluations: dict[str, Evaluation], log, asked: bool) -> None:
@@ -57,19 +58,23 @@ class BestRound:
                 log.warning("validation counts of %s left out: %s", silo, problem)
                 evaluations[silo] = replace(evaluation, validation=None)
 
-    def score(self, evaluations: list[Evaluation]) -> float | None:
-        """Accuracy over the union of the silos' validation rows, each weighing at most the lower
-        median of the round's validation totals; None when no silo scored any."""
+    def scores(self, evaluations: list[Evaluation]) -> dict[str, float]:
+        """accuracy and f1_macro over the union of the silos' validation rows, each weighing at most
+        the lower median of the round's validation totals; empty when no silo scored any."""
         scored = [replace(e, confusion=e.validation) for e in evaluations if e.validation is not None]
         if not self.wanted or not scored:
-            return None
+            return {}
         totals = sorted(sum(map(sum, e.confusion)) for e in scored)
-        return bounded_union(scored, totals[(len(totals) - 1) // 2])["accuracy"]
+        return bounded_union(scored, totals[(len(totals) - 1) // 2])
+
+    def score(self, scores: dict[str, float]) -> float | None:
+        """The figure rounds are ranked by: `evaluation.metric` of `scores` (None: not scored)."""
+        return scores.get(self.metric)
 
     def resumed(self, round_index: int, weights: WeightRef, model_id: str | None, history) -> None:
         """A resumed job's starting round is a candidate, with the score it logged (its test
         evaluations are taken again if it is kept)."""
-        logged = next((r.validation_accuracy for r in history if r.round_index == round_index), None)
+        logged = next((r.validation(self.metric) for r in history if r.round_index == round_index), None)
         if round_index > 0:
             self.offer(Candidate(round_index, weights, None, model_id, logged))
 

@@ -26,7 +26,7 @@ from fedsilo.engine.wrapping import bind_strategy, make_aggregation, strategy_te
 from fedsilo.errors import FederationError
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.paths import JobPaths
-from fedsilo.records import VALIDATION_ACCURACY, JobResult, ResumePoint, RoundRecord
+from fedsilo.records import VALIDATION_ACCURACY, VALIDATION_F1_MACRO, JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
 from fedsilo.steps import Evaluate, Fit, Prepare, Step
@@ -180,15 +180,18 @@ class Coordinator:
         scored = self.evaluate(new, f"round-{round_index}", self.best.wanted)
         tag_left_out(self.tracker, self.notify, round_index, scored, "evaluation")
         final = list(scored.replies.values())
-        if (validation := self.best.score(final)) is not None:
-            figures[VALIDATION_ACCURACY] = validation
+        if validation := self.best.scores(final):
+            figures |= {
+                VALIDATION_ACCURACY: validation["accuracy"],
+                VALIDATION_F1_MACRO: validation["f1_macro"],
+            }
         figures |= {
             "round_seconds": time.perf_counter() - started,
             "bytes_exchanged": update_bytes(current, len(fits), sent),
             "silos_answered": len(fits),
         }
         model_id = self._record(round_index, new, final, fits, figures, privacy, outcome)
-        self.best.offer(Candidate(round_index, new, final, model_id, validation))
+        self.best.offer(Candidate(round_index, new, final, model_id, self.best.score(validation)))
         return new, fits, final, model_id
 
     def context(self, round_index: int) -> RoundContext:

@@ -47,7 +47,7 @@ def kept_problem(report: Kept, labels: int, test_count: int | None) -> str | Non
         return f"it keeps {str(report.kept)[:40]!r}, none of {KEPT_CHOICES}"
     scores = report.validation
     if any(name not in KEPT_CHOICES or not _is_score(value) for name, value in scores.items()):
-        return "its validation scores must be accuracies of the candidates"
+        return "its validation scores must be the candidates' scores, between 0 and 1"
     if scores and (report.kept not in scores or scores[report.kept] < max(scores.values())):
         return f"it keeps {report.kept}, which is not its best candidate on its validation rows"
     candidates = (
