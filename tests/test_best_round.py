@@ -186,7 +186,9 @@ def test_in_a_rounds_union_one_silo_weighs_at_most_the_median_validation_total()
     liar = [[30, 0], [0, 0]]  # claims 30 rows, all right
     claims = {"a": honest, "b": honest, "c": liar}
     scored = [Evaluation(silo, 0, 0, 0, [[1]], validation=counts) for silo, counts in claims.items()]
-    assert best.scores(scored)["accuracy"] == pytest.approx((2 + 2 + 9) / 27)  # 9 rows, not 30
+    assert best.scores(scored)["global_validation_accuracy"] == pytest.approx(
+        (2 + 2 + 9) / 27
+    )  # 9 rows, not 30
 
 
 def test_a_resumed_job_keeps_the_round_it_resumed_from_when_its_logged_score_is_best(tmp_path):

@@ -111,11 +111,10 @@ def register(job, result: JobResult, model_id: str, candidate: WeightRef, final:
     job.notify("event", event, detail)
 
 
-def job_result(job, personalized: list[Evaluation], kept=()) -> JobResult:
-    """What the job returns: its curve, personalization, what each silo keeps and would have had
-    alone, and the privacy statement."""
+def job_result(job, kept_round: int, personalized: list[Evaluation], kept=()) -> JobResult:
+    """What the job returns: its curve, the round it kept, personalization, what each silo keeps
+    and would have had alone, and the privacy statement."""
     rounds = job.scenario.federation.rounds
-    kept_round = getattr(job, "kept_round", rounds)
     final = next((r for r in job.history if r.round_index == kept_round), job.history[-1])
     return JobResult(
         job=job.job,

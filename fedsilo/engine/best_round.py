@@ -23,6 +23,7 @@ from fedsilo.engine.influence import bounded_union
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.screening import counts_problem
 from fedsilo.messages import Evaluation, WeightRef
+from fedsilo.records import VALIDATION_ACCURACY, VALIDATION_F1_MACRO
 from fedsilo.scenario import Scenario
 
 
@@ -59,17 +60,19 @@ class BestRound:
                 evaluations[silo] = replace(evaluation, validation=None)
 
     def scores(self, evaluations: list[Evaluation]) -> dict[str, float]:
-        """accuracy and f1_macro over the union of the silos' validation rows, each weighing at most
-        the lower median of the round's validation totals; empty when no silo scored any."""
+        """The round's figures VALIDATION_ACCURACY and VALIDATION_F1_MACRO over the union of the
+        silos' validation rows, each weighing at most the lower median of the round's validation
+        totals; empty when no silo scored any."""
         scored = [replace(e, confusion=e.validation) for e in evaluations if e.validation is not None]
         if not self.wanted or not scored:
             return {}
         totals = sorted(sum(map(sum, e.confusion)) for e in scored)
-        return bounded_union(scored, totals[(len(totals) - 1) // 2])
+        union = bounded_union(scored, totals[(len(totals) - 1) // 2])
+        return {VALIDATION_ACCURACY: union["accuracy"], VALIDATION_F1_MACRO: union["f1_macro"]}
 
     def score(self, scores: dict[str, float]) -> float | None:
         """The figure rounds are ranked by: `evaluation.metric` of `scores` (None: not scored)."""
-        return scores.get(self.metric)
+        return scores.get(VALIDATION_F1_MACRO if self.metric == "f1_macro" else VALIDATION_ACCURACY)
 
     def resumed(self, round_index: int, weights: WeightRef, model_id: str | None, history) -> None:
         """A resumed job's starting round is a candidate, with the score it logged (its test
@@ -97,14 +100,17 @@ class BestRound:
         return self.best or last
 
 
-def kept_round(job, last: Candidate) -> tuple[WeightRef, list[Evaluation] | None, str | None]:
-    """The weights, test evaluations and logged model id of the round `job` keeps, tagged."""
+def kept_round(job, last: Candidate) -> Candidate:
+    """The round `job` keeps (its weights, test evaluations and logged model id), tagged. The
+    round a resumed job started from has its test evaluations taken again."""
     chosen = job.best.chosen(last)
-    job.kept_round = chosen.round_index
+    if chosen.final is None:
+        scored = job.evaluate(chosen.weights, f"round-{chosen.round_index}")
+        chosen = replace(chosen, final=list(scored.replies.values()))
     how = "best on the silos' validation rows" if chosen.score is not None else "the last round"
     job.tracker.set_tags({"fedsilo.kept_round": f"{chosen.round_index} ({how})"})
     job.log.info("the job keeps round %d's global model: %s", chosen.round_index, how)
-    return chosen.weights, chosen.final, chosen.model_id
+    return chosen
 
 
 def _rank(score: float | None) -> float:

@@ -26,7 +26,7 @@ from fedsilo.engine.wrapping import bind_strategy, make_aggregation, strategy_te
 from fedsilo.errors import FederationError
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.paths import JobPaths
-from fedsilo.records import VALIDATION_ACCURACY, VALIDATION_F1_MACRO, JobResult, ResumePoint, RoundRecord
+from fedsilo.records import JobResult, ResumePoint, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.silo import model_card
 from fedsilo.steps import Evaluate, Fit, Prepare, Step
@@ -98,13 +98,12 @@ class Coordinator:
         for round_index in range(len(self.history), federation.rounds + 1):
             current, fits, final, model_id = self._round(round_index, current)
         last = Candidate(federation.rounds, current, final, model_id, None)
-        current, final, model_id = kept_round(self, last)
-        if final is None:  # the round a resumed job started from is kept: score it again
-            final = list(self.evaluate(current, f"round-{self.kept_round}").replies.values())
+        chosen = kept_round(self, last)
+        current, final, model_id = chosen.weights, chosen.final, chosen.model_id
         kept = keeping.keep_models(self, current)
         personalized = aftermath.personalized(self, kept)
         aftermath.compare_silos(self, fits, final, personalized, [k.alone for k in kept if k.alone])
-        result = aftermath.job_result(self, personalized, kept)
+        result = aftermath.job_result(self, chosen.round_index, personalized, kept)
         if result.privacy:
             self.tracker.set_tags({"fedsilo.privacy": result.privacy})
         self.after_rounds(current, result)
@@ -180,11 +179,7 @@ class Coordinator:
         scored = self.evaluate(new, f"round-{round_index}", self.best.wanted)
         tag_left_out(self.tracker, self.notify, round_index, scored, "evaluation")
         final = list(scored.replies.values())
-        if validation := self.best.scores(final):
-            figures |= {
-                VALIDATION_ACCURACY: validation["accuracy"],
-                VALIDATION_F1_MACRO: validation["f1_macro"],
-            }
+        figures |= (validation := self.best.scores(final))
         figures |= {
             "round_seconds": time.perf_counter() - started,
             "bytes_exchanged": update_bytes(current, len(fits), sent),
