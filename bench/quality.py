@@ -37,7 +37,7 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import matplotlib
@@ -77,6 +77,7 @@ class Dataset:
     epochs: int  # the budget E: passes over each training example, in every arm
     rounds: int  # federated rounds the budget is cut into
     sgd_learning_rate: float = 0.05  # scaffold's plain SGD steps
+    learning_rate: float | None = None  # every arm's rate, when set (--learning-rate)
 
     @property
     def bench(self) -> str:
@@ -147,6 +148,8 @@ def build_scenario(dataset: Dataset, partition: str, silos: int, seed: int) -> S
         {"kind": "iid"} if partition == "iid" else {"kind": "dirichlet", "alpha": float(partition)}
     )
     raw["federation"] |= {"rounds": dataset.rounds, "seed": seed}
+    if dataset.learning_rate:
+        raw["federation"]["learning_rate"] = dataset.learning_rate
     return Scenario.model_validate(
         raw
         | {
@@ -303,7 +306,8 @@ def run_setting(dataset: Dataset, partition: str, n_silos: int, seed: int, strat
         arms[f"{name}+personalized"] = runs[name]["personalized"]
         arms[f"{name}+kept"] = runs[name]["kept"]
         arms.setdefault("alone", runs[name]["alone"])  # the same model in every arm: same budget
-    return {"arms": arms, "runs": runs, "seconds": time.perf_counter() - began, "train_sizes": sizes}
+    seconds, rate = time.perf_counter() - began, scenario.federation.learning_rate
+    return {"arms": arms, "runs": runs, "seconds": seconds, "train_sizes": sizes, "learning_rate": rate}
 
 
 def per_silo(evaluations: list[Evaluation]) -> dict:
@@ -319,6 +323,7 @@ def report(dataset: Dataset, partition: str, n_silos: int, strategies, result: d
         "silos": n_silos,
         "epochs": dataset.epochs,
         "rounds": dataset.rounds,
+        "learning_rate": result["learning_rate"],
         "train_sizes": result["train_sizes"],
     }
     union = {arm: global_metrics(evals) for arm, evals in result["arms"].items() if evals}
@@ -467,9 +472,12 @@ def main() -> None:
     parser.add_argument("--silos", type=int, nargs="+", default=[3, 10])
     parser.add_argument("--strategies", nargs="+", type=arm_name, default=sorted(STRATEGIES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--learning-rate", type=float, help="every arm's rate (default: the data set's)")
     args = parser.parse_args()
     logging.getLogger("fedsilo").setLevel(logging.ERROR)
     dataset = DATASETS[args.dataset]
+    if args.learning_rate:
+        dataset = replace(dataset, learning_rate=args.learning_rate)
     start(dataset.bench)
     results = {}
     with tempfile.TemporaryDirectory() as scratch:
