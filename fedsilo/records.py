@@ -21,11 +21,6 @@ class RoundRecord:
     seconds: float = 0.0
     missing: list[str] = field(default_factory=list)
     validation_accuracy: float | None = None  # the global model on the silos' validation rows
-    validation_f1_macro: float | None = None
-
-    def validation(self, metric: str) -> float | None:
-        """The round's global model on the validation rows, in `metric` (accuracy | f1_macro)."""
-        return self.validation_f1_macro if metric == "f1_macro" else self.validation_accuracy
 
 
 @dataclass(frozen=True)

@@ -179,24 +179,40 @@ def test_validation_counts_nobody_asked_for_are_dropped_unread(tmp_path, off):
     assert not any("global_validation_accuracy" in figures for figures in tracker.rounds.values())
 
 
-def test_in_a_rounds_union_one_silo_weighs_at_most_the_median_validation_total():
+def test_each_silo_has_one_vote_and_a_liar_stays_within_the_other_silos_scores():
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [])
     best = BestRound(scenario, WeightLedger(logging.getLogger("test")), labels=2)
-    honest = [[2, 3], [4, 0]]  # 9 rows, 2 right
-    liar = [[30, 0], [0, 0]]  # claims 30 rows, all right
-    claims = {"a": honest, "b": honest, "c": liar}
-    scored = [Evaluation(silo, 0, 0, 0, [[1]], validation=counts) for silo, counts in claims.items()]
-    assert best.scores(scored)["global_validation_accuracy"] == pytest.approx(
-        (2 + 2 + 9) / 27
-    )  # 9 rows, not 30
+    honest = {"a": [[2, 3], [4, 0]], "b": [[5, 0], [1, 3]]}  # accuracy 2/9 and 8/9
+    for claim, median in (([[30, 0], [0, 0]], 8 / 9), ([[0, 30], [0, 0]], 2 / 9)):  # all right, all wrong
+        claims = honest | {"liar": claim}
+        scored = [Evaluation(silo, 0, 0, 0, [[1]], validation=counts) for silo, counts in claims.items()]
+        assert best.scores(scored)["global_validation_accuracy"] == pytest.approx(median)
 
 
-def test_a_resumed_job_keeps_the_round_it_resumed_from_when_its_logged_score_is_best(tmp_path):
+@pytest.mark.parametrize("metric", ["accuracy", "f1_macro"])
+def test_a_liar_spending_its_rows_on_a_rare_class_cannot_choose_the_round(metric):
+    """Four honest silos find round 1 better in both metrics (F1 0.86 against 0.48); the liar
+    claims round 1 missed all its positives and round 2 found them all. Pooled, even with its rows
+    capped, that reversed the macro-F1 choice (0.55 against 0.69)."""
+    scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [f"evaluation.metric={metric}"])
+    best = BestRound(scenario, WeightLedger(logging.getLogger("test")), labels=2)
+
+    def score(honest, lie):
+        claims = [honest] * 4 + [lie]
+        return best.score(
+            best.scores([Evaluation(f"s{k}", 0, 0, 0, [[1]], validation=c) for k, c in enumerate(claims)])
+        )
+
+    assert score([[93, 2], [1, 4]], [[0, 0], [100, 0]]) > score([[60, 35], [1, 4]], [[0, 0], [0, 100]])
+
+
+def test_a_resumed_job_scores_the_round_it_resumed_from_again_and_keeps_it_when_best(tmp_path):
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [ROWS, "federation.rounds=3"])
     whole, tracker = run(tmp_path / "whole", ROWS, "federation.rounds=3", transport=ClaimsRound(favourite=2))
     weights = str(tmp_path / "round-2.safetensors")
     save_file(tracker.models[2], weights)
-    history = [record for record in whole_history(tracker, 3) if record.round_index <= 2]
+    logged = [record for record in whole_history(tracker, 3) if record.round_index <= 2]
+    history = [replace(record, validation_accuracy=None) for record in logged]  # an older run's log
     point = ResumePoint(2, weights, None, "m-2", history)
     resumed, again = Recorder(), ClaimsRound(favourite=2)
     paths = JobPaths.under(tmp_path / "resumed" / "jobs", "job")
@@ -206,7 +222,8 @@ def test_a_resumed_job_keeps_the_round_it_resumed_from_when_its_logged_score_is_
         release_participants()
     assert whole.kept_round == 2 and result.kept_round == 2 and resumed.registered == "m-2"
     assert resumed.tags[None]["fedsilo.kept_round"].startswith("2 (best")
-    assert result.final_accuracy == pytest.approx(tracker.rounds[2]["global_accuracy"])  # scored again
+    assert again.asked_validation == [True, True]  # round 2 scored again on validation, then 3
+    assert result.final_accuracy == pytest.approx(tracker.rounds[2]["global_accuracy"])
 
 
 def whole_history(tracker: Recorder, rounds: int) -> list[RoundRecord]:

@@ -4,25 +4,28 @@ Late rounds of a short federation swing (one round's mean pulls toward some silo
 next toward others'), so the last round's model is whatever the swing left. With
 `evaluation.keep_best_round`, every round's global model is also scored on each silo's validation
 rows (held out of all training, as for the keep step, fedsilo.keeping; counts only), and the job
-keeps, registers and hands to the keep step the round whose model scored best on their union, in
+keeps, registers and hands to the keep step the round whose model scored best in
 `evaluation.metric` (the metric that also decides the champion and each silo's kept model).
-A later round wins a tie; with no validation counts at all the last round is kept, as before;
-under DP-SGD silos send none (the README's table of what each reply field carries under DP), so
-a DP job keeps its last round. A resumed job's candidates are the round it resumed from (with
-its logged score) and the rounds after it: earlier rounds' weights are no longer held.
+A round's score is the median of the silos' own validation scores, one vote per silo, as in the
+champion decision. A later round wins a tie; with no validation counts at all the last round is
+kept, as before; under DP-SGD silos send none (the README's table of what each reply field
+carries under DP), so a DP job keeps its last round. A resumed job's candidates are the round it
+resumed from (scored again) and the rounds after it: earlier rounds' weights are no longer held.
 
-A silo can lie about its validation counts, but only to choose among the rounds' global models:
-in each round's union a silo's counts weigh at most the lower median of that round's reported
-validation totals, so with three or more silos no one silo outweighs the others together.
+A silo can lie about its validation counts, but only to choose among the rounds' global models,
+and with three or more silos its vote cannot move a round's score outside the range of the other
+silos' scores. A pooled union would not do: even with each silo's rows capped, macro-F1 weighs
+every class alike, so a liar that spends its rows on a rare class decides that class's F1.
 Counts a step did not ask for are dropped unread.
 """
 
+import statistics
 from dataclasses import dataclass, replace
 
-from fedsilo.engine.influence import bounded_union
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.screening import counts_problem
 from fedsilo.messages import Evaluation, WeightRef
+from fedsilo.metrics import scores_from_confusion
 from fedsilo.records import VALIDATION_ACCURACY, VALIDATION_F1_MACRO
 from fedsilo.scenario import Scenario
 
@@ -60,26 +63,17 @@ class BestRound:
                 evaluations[silo] = replace(evaluation, validation=None)
 
     def scores(self, evaluations: list[Evaluation]) -> dict[str, float]:
-        """The round's figures VALIDATION_ACCURACY and VALIDATION_F1_MACRO over the union of the
-        silos' validation rows, each weighing at most the lower median of the round's validation
-        totals; empty when no silo scored any."""
-        scored = [replace(e, confusion=e.validation) for e in evaluations if e.validation is not None]
-        if not self.wanted or not scored:
+        """The round's figures VALIDATION_ACCURACY and VALIDATION_F1_MACRO: the median of the
+        silos' own scores on their validation rows, one vote each; empty when no silo scored any."""
+        per_silo = [scores_from_confusion(e.validation) for e in evaluations if e.validation is not None]
+        if not self.wanted or not per_silo:
             return {}
-        totals = sorted(sum(map(sum, e.confusion)) for e in scored)
-        union = bounded_union(scored, totals[(len(totals) - 1) // 2])
-        return {VALIDATION_ACCURACY: union["accuracy"], VALIDATION_F1_MACRO: union["f1_macro"]}
+        figures = ((VALIDATION_ACCURACY, "accuracy"), (VALIDATION_F1_MACRO, "f1_macro"))
+        return {name: float(statistics.median(s[key] for s in per_silo)) for name, key in figures}
 
     def score(self, scores: dict[str, float]) -> float | None:
         """The figure rounds are ranked by: `evaluation.metric` of `scores` (None: not scored)."""
         return scores.get(VALIDATION_F1_MACRO if self.metric == "f1_macro" else VALIDATION_ACCURACY)
-
-    def resumed(self, round_index: int, weights: WeightRef, model_id: str | None, history) -> None:
-        """A resumed job's starting round is a candidate, with the score it logged (its test
-        evaluations are taken again if it is kept)."""
-        logged = next((r.validation(self.metric) for r in history if r.round_index == round_index), None)
-        if round_index > 0:
-            self.offer(Candidate(round_index, weights, None, model_id, logged))
 
     def offer(self, candidate: Candidate) -> None:
         """Keep `candidate` when it scores at least as well as the best so far (releasing that)."""
@@ -100,9 +94,19 @@ class BestRound:
         return self.best or last
 
 
+def offer_resumed(job, round_index: int, weights: WeightRef, model_id: str | None) -> None:
+    """A resumed job's starting round is a candidate, scored again by the silos (its logged score
+    may come from an older fedsilo or another metric); its test evaluations come with it."""
+    if job.best.wanted and round_index > 0:
+        final = list(job.evaluate(weights, f"round-{round_index}", validation=True).replies.values())
+        job.best.offer(
+            Candidate(round_index, weights, final, model_id, job.best.score(job.best.scores(final)))
+        )
+
+
 def kept_round(job, last: Candidate) -> Candidate:
-    """The round `job` keeps (its weights, test evaluations and logged model id), tagged. The
-    round a resumed job started from has its test evaluations taken again."""
+    """The round `job` keeps (its weights, test evaluations and logged model id), tagged. A
+    resumed job that had no round left to run has its test evaluations taken again."""
     chosen = job.best.chosen(last)
     if chosen.final is None:
         scored = job.evaluate(chosen.weights, f"round-{chosen.round_index}")

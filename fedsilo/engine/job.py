@@ -16,7 +16,7 @@ from typing import Any
 
 from fedsilo.engine import aftermath, influence, keeping, screening
 from fedsilo.engine.aggregation import Aggregation, RoundContext, UpdateRules
-from fedsilo.engine.best_round import BestRound, Candidate, kept_round
+from fedsilo.engine.best_round import BestRound, Candidate, kept_round, offer_resumed
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.protocols import Reporter, Tracker
 from fedsilo.engine.recording import RoundRecorder, silo_metrics, summary, tag_left_out, update_bytes
@@ -141,7 +141,7 @@ class Coordinator:
             current = resumed(self.resume, self.paths, self.ledger, self.aggregation)
             origin = f"round {self.resume.round_index} of the interrupted job {self.job}"
             self.tracker.set_tags({"fedsilo.resumed": origin})
-            self.best.resumed(self.resume.round_index, current, self.resume.model_id, self.history)
+            offer_resumed(self, self.resume.round_index, current, self.resume.model_id)
             self.log.info("job %s resumes after round %d", self.job, self.resume.round_index)
             return current, origin, self.resume.model_id, None
         current, origin = starting_point(

@@ -12,7 +12,7 @@ from fedsilo.engine.champion import per_silo_median
 from fedsilo.engine.influence import bounded_union
 from fedsilo.messages import Evaluation, FitReport, WeightRef
 from fedsilo.modeling import full_state
-from fedsilo.records import ADAPTER, VALIDATION_ACCURACY, VALIDATION_F1_MACRO, RoundRecord
+from fedsilo.records import ADAPTER, VALIDATION_ACCURACY, RoundRecord
 from fedsilo.scenario import Scenario
 from fedsilo.weights import local_path, to_bytes
 
@@ -93,7 +93,6 @@ class RoundRecorder:
             seconds=figures.get("round_seconds", 0.0),
             missing=list(left_out),
             validation_accuracy=figures.get(VALIDATION_ACCURACY),
-            validation_f1_macro=figures.get(VALIDATION_F1_MACRO),
         )
         return record, model_id
 

@@ -27,7 +27,6 @@ GLOBAL_ACCURACY, LOCAL_ACCURACY, ANSWERED, ROUND_SECONDS = (
     "round_seconds",
 )
 VALIDATION_ACCURACY = records.VALIDATION_ACCURACY  # the global model on the silos' validation rows
-VALIDATION_F1_MACRO = records.VALIDATION_F1_MACRO
 
 # logged models and the registry
 ROUND = "fedsilo.round"  # tag of a logged global model

@@ -83,7 +83,6 @@ def read_curves(client: MlflowClient, ids: JobRunIds, last: int) -> Curves:
     return Curves(
         job=_series(client, ids.parent_id, names.GLOBAL_ACCURACY, last),
         validation=_series(client, ids.parent_id, names.VALIDATION_ACCURACY, last),
-        validation_f1=_series(client, ids.parent_id, names.VALIDATION_F1_MACRO, last),
         silos={
             silo: {key: _series(client, run_id, key, last) for key in keys}
             for silo, run_id in ids.silo_runs.items()

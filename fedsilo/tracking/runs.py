@@ -33,7 +33,6 @@ class Curves:
     job: dict[int, float] = field(default_factory=dict)
     silos: dict[str, dict[str, dict[int, float]]] = field(default_factory=dict)
     validation: dict[int, float] = field(default_factory=dict)
-    validation_f1: dict[int, float] = field(default_factory=dict)
 
     def add(self, round_index: int, job: dict[str, float], silos: dict[str, dict[str, float]]) -> None:
         for silo, values in silos.items():
@@ -43,8 +42,6 @@ class Curves:
             self.job[round_index] = job[names.GLOBAL_ACCURACY]
         if names.VALIDATION_ACCURACY in job:
             self.validation[round_index] = job[names.VALIDATION_ACCURACY]
-        if names.VALIDATION_F1_MACRO in job:
-            self.validation_f1[round_index] = job[names.VALIDATION_F1_MACRO]
 
     def series(self, silo: str, key: str) -> dict[int, float]:
         return self.silos.get(silo, {}).get(key, {})
@@ -62,7 +59,6 @@ class Curves:
             seconds=seconds,
             missing=[s for s in self.silos if self.series(s, names.ANSWERED).get(r) == 0.0],
             validation_accuracy=self.validation.get(r),
-            validation_f1_macro=self.validation_f1.get(r),
         )
 
 
