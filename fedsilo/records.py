@@ -6,6 +6,7 @@ from pydantic import BaseModel
 
 VALIDATION_ACCURACY = "global_validation_accuracy"  # a round's global model on the validation rows
 VALIDATION_F1_MACRO = "global_validation_f1_macro"  # the same rows' macro-F1
+VALIDATION_SILOS = "global_validation_silos"  # how many silos' validation scores the median is over
 ADAPTER = "lora_adapter.safetensors"  # logged with a LoRA job's merged model: what silos exchange
 
 

@@ -186,24 +186,29 @@ def test_each_silo_has_one_vote_and_a_liar_stays_within_the_other_silos_scores()
     for claim, median in (([[30, 0], [0, 0]], 8 / 9), ([[0, 30], [0, 0]], 2 / 9)):  # all right, all wrong
         claims = honest | {"liar": claim}
         scored = [Evaluation(silo, 0, 0, 0, [[1]], validation=counts) for silo, counts in claims.items()]
-        assert best.scores(scored)["global_validation_accuracy"] == pytest.approx(median)
+        figures = best.scores(scored)
+        assert figures["global_validation_accuracy"] == pytest.approx(median)
+        assert figures["global_validation_silos"] == 3
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "f1_macro"])
 def test_a_liar_spending_its_rows_on_a_rare_class_cannot_choose_the_round(metric):
-    """Four honest silos find round 1 better in both metrics (F1 0.86 against 0.48); the liar
-    claims round 1 missed all its positives and round 2 found them all. Pooled, even with its rows
-    capped, that reversed the macro-F1 choice (0.55 against 0.69)."""
+    """Four honest silos find round 1 better in both metrics; the liar claims round 1 missed all
+    its positives and round 2 found them all. Pooled (every silo 100 rows, within any cap), that
+    reversed the macro-F1 choice: 0.54 against 0.71, where the honest silos alone give 0.82
+    against 0.49."""
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [f"evaluation.metric={metric}"])
     best = BestRound(scenario, WeightLedger(logging.getLogger("test")), labels=2)
 
     def score(honest, lie):
-        claims = [honest] * 4 + [lie]
+        claims = [*honest, lie]
         return best.score(
             best.scores([Evaluation(f"s{k}", 0, 0, 0, [[1]], validation=c) for k, c in enumerate(claims)])
         )
 
-    assert score([[93, 2], [1, 4]], [[0, 0], [100, 0]]) > score([[60, 35], [1, 4]], [[0, 0], [0, 100]])
+    first = [[[93, 2], [1, 4]], [[90, 5], [2, 3]], [[94, 1], [1, 4]], [[91, 4], [0, 5]]]
+    second = [[[60, 35], [1, 4]], [[70, 25], [2, 3]], [[65, 30], [0, 5]], [[55, 40], [1, 4]]]
+    assert score(first, [[0, 0], [100, 0]]) > score(second, [[0, 0], [0, 100]])
 
 
 def test_a_resumed_job_scores_the_round_it_resumed_from_again_and_keeps_it_when_best(tmp_path):

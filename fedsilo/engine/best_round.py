@@ -13,9 +13,11 @@ carries under DP), so a DP job keeps its last round. A resumed job's candidates 
 resumed from (scored again) and the rounds after it: earlier rounds' weights are no longer held.
 
 A silo can lie about its validation counts, but only to choose among the rounds' global models,
-and with three or more silos its vote cannot move a round's score outside the range of the other
-silos' scores. A pooled union would not do: even with each silo's rows capped, macro-F1 weighs
-every class alike, so a liar that spends its rows on a rare class decides that class's F1.
+and while at least two other silos score a round its vote cannot move that round's score outside
+the range of theirs (withholding its counts moves it no further). With one other voter (two silos,
+or a silo without a validation split) the liar chooses the round: the number of voters is logged
+as VALIDATION_SILOS. A pooled union would not do: even with each silo's rows capped, macro-F1
+weighs every class alike, so a liar that spends its rows on a rare class decides that class's F1.
 Counts a step did not ask for are dropped unread.
 """
 
@@ -26,7 +28,7 @@ from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.screening import counts_problem
 from fedsilo.messages import Evaluation, WeightRef
 from fedsilo.metrics import scores_from_confusion
-from fedsilo.records import VALIDATION_ACCURACY, VALIDATION_F1_MACRO
+from fedsilo.records import VALIDATION_ACCURACY, VALIDATION_F1_MACRO, VALIDATION_SILOS
 from fedsilo.scenario import Scenario
 
 
@@ -63,13 +65,15 @@ class BestRound:
                 evaluations[silo] = replace(evaluation, validation=None)
 
     def scores(self, evaluations: list[Evaluation]) -> dict[str, float]:
-        """The round's figures VALIDATION_ACCURACY and VALIDATION_F1_MACRO: the median of the
-        silos' own scores on their validation rows, one vote each; empty when no silo scored any."""
+        """The round's figures VALIDATION_ACCURACY and VALIDATION_F1_MACRO, the median of the
+        silos' own scores on their validation rows (one vote each), and VALIDATION_SILOS, how many
+        voted; empty when no silo scored any."""
         per_silo = [scores_from_confusion(e.validation) for e in evaluations if e.validation is not None]
         if not self.wanted or not per_silo:
             return {}
         figures = ((VALIDATION_ACCURACY, "accuracy"), (VALIDATION_F1_MACRO, "f1_macro"))
-        return {name: float(statistics.median(s[key] for s in per_silo)) for name, key in figures}
+        medians = {name: float(statistics.median(s[key] for s in per_silo)) for name, key in figures}
+        return medians | {VALIDATION_SILOS: len(per_silo)}
 
     def score(self, scores: dict[str, float]) -> float | None:
         """The figure rounds are ranked by: `evaluation.metric` of `scores` (None: not scored)."""
