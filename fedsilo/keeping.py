@@ -54,8 +54,7 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
     if scenario.evaluation.alone:
         candidates["alone"], reused = alone_state(scenario, member, step.rounds, progress)
     if member.validation is None:
-        validation, choice = {}, "global"
-        note = "too few training rows for a validation split: the silo keeps the global model"
+        validation, choice, note = {}, *_unproven(scenario, candidates)
     else:
         metric = scenario.evaluation.metric
         validation = {name: _validation_score(member, state, metric) for name, state in candidates.items()}
@@ -63,6 +62,20 @@ def keep(scenario: Scenario, member: SiloParticipant, step: Keep, progress: Prog
     alone = _test_evaluation(member, candidates["alone"]) if "alone" in candidates else None
     kept = _test_evaluation(member, candidates[choice])
     return Kept(member.silo, choice, validation, kept, alone, reused, note, personalized)
+
+
+def _unproven(scenario: Scenario, candidates: dict[str, State]) -> tuple[str, str]:
+    """What a silo without validation rows keeps: with validation off by choice the global model;
+    with too few rows for a split its alone model, since nothing shows a model from joining does
+    better (as on a tie)."""
+    if not scenario.evaluation.validation_fraction:
+        return "global", "evaluation.validation_fraction is 0: the silo keeps the global model"
+    if "alone" in candidates:
+        return "alone", "too few training rows for a validation split: the silo keeps its alone model"
+    return (
+        "global",
+        "too few training rows for a validation split and no alone model: it keeps the global one",
+    )
 
 
 def chosen(validation: dict[str, float]) -> str:

@@ -66,6 +66,23 @@ def test_every_silo_reports_alone_kept_and_the_gain_and_never_keeps_worse_than_a
         assert f"{gain:+.1f} points |" in table
 
 
+@pytest.mark.parametrize(
+    ("validation", "kept"),
+    [("evaluation.validation_fraction=0.1", "alone"), ("evaluation.validation_fraction=0", "global")],
+)
+def test_a_silo_too_small_for_a_validation_split_keeps_its_alone_model(tmp_path, validation, kept):
+    """30 training rows hold out 3 for validation, under the 4 a split needs: nothing shows a model
+    from joining does better, so the silo keeps its alone model; validation off keeps the global."""
+    silos = Capturing()
+    result, tracker = run(tmp_path, "federation.rounds=1", validation, transport=silos)
+    for silo, report in silos.kept.items():
+        assert report.kept == kept and report.validation == {} and report.note
+        assert tracker.tags[silo]["fedsilo.kept_model"] == kept
+        assert result.kept_accuracy[silo] == pytest.approx(
+            result.alone_accuracy[silo] if kept == "alone" else report.kept_evaluation.accuracy
+        )
+
+
 def test_the_alone_model_is_reused_while_rows_model_and_budget_are_unchanged(tmp_path):
     first, second, longer = Capturing(), Capturing(), Capturing()
     run(tmp_path / "a", ROWS, "federation.rounds=1", transport=first)

@@ -71,7 +71,7 @@ def load_silo_data(scenario: Scenario, silo: str) -> SiloData:
     return SiloData(silo, kept, test, validation)
 
 
-MIN_VALIDATION_ROWS = 4  # fewer: no validation split (the silo keeps the global model)
+MIN_VALIDATION_ROWS = 4  # fewer: no validation split (the silo keeps its alone model)
 
 
 def held_out(train: Examples, fraction: float, seed: int, silo: str) -> tuple[Examples, Examples | None]:
