@@ -179,24 +179,24 @@ def test_validation_counts_nobody_asked_for_are_dropped_unread(tmp_path, off):
     assert not any("global_validation_accuracy" in figures for figures in tracker.rounds.values())
 
 
-def test_each_silo_has_one_vote_and_a_liar_stays_within_the_other_silos_scores():
+def test_in_a_round_one_silo_weighs_at_most_the_lower_median_validation_total():
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [])
     best = BestRound(scenario, WeightLedger(logging.getLogger("test")), labels=2)
-    honest = {"a": [[2, 3], [4, 0]], "b": [[5, 0], [1, 3]]}  # accuracy 2/9 and 8/9
-    for claim, median in (([[30, 0], [0, 0]], 8 / 9), ([[0, 30], [0, 0]], 2 / 9)):  # all right, all wrong
+    honest = {"a": [[2, 3], [4, 0]], "b": [[5, 0], [1, 3]]}  # 9 rows each: 2 and 8 right
+    for claim, right in (([[30, 0], [0, 0]], 9), ([[0, 30], [0, 0]], 0)):  # 30 rows, all right or wrong
         claims = honest | {"liar": claim}
         scored = [Evaluation(silo, 0, 0, 0, [[1]], validation=counts) for silo, counts in claims.items()]
         figures = best.scores(scored)
-        assert figures["global_validation_accuracy"] == pytest.approx(median)
+        assert figures["global_validation_accuracy"] == pytest.approx((2 + 8 + right) / 27)  # 9 rows, not 30
         assert figures["global_validation_silos"] == 3
 
 
 @pytest.mark.parametrize("metric", ["accuracy", "f1_macro"])
 def test_a_liar_spending_its_rows_on_a_rare_class_cannot_choose_the_round(metric):
     """Four honest silos find round 1 better in both metrics; the liar claims round 1 missed all
-    its positives and round 2 found them all. Pooled (every silo 100 rows, within any cap), that
-    reversed the macro-F1 choice: 0.54 against 0.71, where the honest silos alone give 0.82
-    against 0.49."""
+    its positives and round 2 found them all. Macro-F1 of the pooled counts (every silo 100 rows,
+    within any cap) would reverse the choice: 0.54 against 0.71, where the honest silos alone give
+    0.82 against 0.49. The weighted mean of the silos' own scores gives 0.66 against 0.49."""
     scenario = load_scenario(REPO / "scenarios" / "smoke.yaml", [f"evaluation.metric={metric}"])
     best = BestRound(scenario, WeightLedger(logging.getLogger("test")), labels=2)
 

@@ -6,22 +6,23 @@ next toward others'), so the last round's model is whatever the swing left. With
 rows (held out of all training, as for the keep step, fedsilo.keeping; counts only), and the job
 keeps, registers and hands to the keep step the round whose model scored best in
 `evaluation.metric` (the metric that also decides the champion and each silo's kept model).
-A round's score is the median of the silos' own validation scores, one vote per silo, as in the
-champion decision. A later round wins a tie; with no validation counts at all the last round is
+A round's score is the mean of the silos' own validation scores, each weighted by its validation
+rows up to the lower median of the round's totals (for accuracy, exactly the pooled accuracy of the
+capped counts). A later round wins a tie; with no validation counts at all the last round is
 kept, as before; under DP-SGD silos send none (the README's table of what each reply field
 carries under DP), so a DP job keeps its last round. A resumed job's candidates are the round it
 resumed from (scored again) and the rounds after it: earlier rounds' weights are no longer held.
 
 A silo can lie about its validation counts, but only to choose among the rounds' global models,
-and while at least two other silos score a round its vote cannot move that round's score outside
-the range of theirs (withholding its counts moves it no further). With one other voter (two silos,
-or a silo without a validation split) the liar chooses the round: the number of voters is logged
-as VALIDATION_SILOS. A pooled union would not do: even with each silo's rows capped, macro-F1
-weighs every class alike, so a liar that spends its rows on a rare class decides that class's F1.
+and it moves a round's score by at most its weight's share: with three or more silos scoring the
+round, no more than the others together. (Macro-F1 of the pooled counts would not do: it weighs
+every class alike, so a liar spending its rows on a rare class would decide that class's F1.) A
+median of the silos' scores would bound a liar more tightly, but it rests on one silo's few rows
+where the weighted mean uses all of them, and for accuracy the mean is the pooled score the
+benchmarks measured. The number of silos that scored a round is logged as VALIDATION_SILOS.
 Counts a step did not ask for are dropped unread.
 """
 
-import statistics
 from dataclasses import dataclass, replace
 
 from fedsilo.engine.ledger import WeightLedger
@@ -65,15 +66,21 @@ class BestRound:
                 evaluations[silo] = replace(evaluation, validation=None)
 
     def scores(self, evaluations: list[Evaluation]) -> dict[str, float]:
-        """The round's figures VALIDATION_ACCURACY and VALIDATION_F1_MACRO, the median of the
-        silos' own scores on their validation rows (one vote each), and VALIDATION_SILOS, how many
-        voted; empty when no silo scored any."""
-        per_silo = [scores_from_confusion(e.validation) for e in evaluations if e.validation is not None]
-        if not self.wanted or not per_silo:
+        """The round's figures VALIDATION_ACCURACY and VALIDATION_F1_MACRO, the mean of the silos'
+        own scores on their validation rows, each weighted by its rows up to the lower median of
+        the round's totals, and VALIDATION_SILOS, how many silos scored; empty when none did."""
+        counts = [e.validation for e in evaluations if e.validation is not None]
+        if not self.wanted or not counts:
             return {}
-        figures = ((VALIDATION_ACCURACY, "accuracy"), (VALIDATION_F1_MACRO, "f1_macro"))
-        medians = {name: float(statistics.median(s[key] for s in per_silo)) for name, key in figures}
-        return medians | {VALIDATION_SILOS: len(per_silo)}
+        totals = [sum(map(sum, matrix)) for matrix in counts]
+        cap = sorted(totals)[(len(totals) - 1) // 2]
+        weights = [min(total, cap) for total in totals]
+        per_silo = [scores_from_confusion(matrix) for matrix in counts]
+        figures = {
+            name: sum(w * s[key] for w, s in zip(weights, per_silo, strict=True)) / sum(weights)
+            for name, key in ((VALIDATION_ACCURACY, "accuracy"), (VALIDATION_F1_MACRO, "f1_macro"))
+        }
+        return figures | {VALIDATION_SILOS: len(per_silo)}
 
     def score(self, scores: dict[str, float]) -> float | None:
         """The figure rounds are ranked by: `evaluation.metric` of `scores` (None: not scored)."""
