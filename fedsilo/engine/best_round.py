@@ -25,6 +25,7 @@ Counts a step did not ask for are dropped unread.
 
 from dataclasses import dataclass, replace
 
+from fedsilo.engine.influence import TEST_FACTOR, weight_cap
 from fedsilo.engine.ledger import WeightLedger
 from fedsilo.engine.screening import counts_problem
 from fedsilo.messages import Evaluation, WeightRef
@@ -73,8 +74,8 @@ class BestRound:
         if not self.wanted or not counts:
             return {}
         totals = [sum(map(sum, matrix)) for matrix in counts]
-        cap = sorted(totals)[(len(totals) - 1) // 2]
-        weights = [min(total, cap) for total in totals]
+        cap = weight_cap(totals, TEST_FACTOR)  # as for the test splits in the union metrics
+        weights = [min(total, cap or total) for total in totals]
         per_silo = [scores_from_confusion(matrix) for matrix in counts]
         figures = {
             name: sum(w * s[key] for w, s in zip(weights, per_silo, strict=True)) / sum(weights)
